@@ -1,0 +1,73 @@
+# Every target sets up what it needs: a virtual environment in .venv and, for
+# the integration tests and the demo, the control-plane binaries in the cache.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TESTENV_BIN := $(shell scripts/testenv.sh path)
+DEVCLUSTER := .devcluster
+DEMO_NAMESPACE := privatellm-demo
+
+.PHONY: all test unit integration lint crds check-crds testenv chart demo demo-down bench clean
+
+all: lint test
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(STAMP)
+
+testenv:
+	scripts/testenv.sh build
+
+crds: $(STAMP)
+	$(BIN)/privatellm crds
+
+check-crds: $(STAMP)
+	$(BIN)/privatellm crds --check
+
+lint: $(STAMP)
+	$(BIN)/ruff check operator tests
+	$(BIN)/ruff format --check operator tests
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit
+
+integration: $(STAMP) testenv
+	$(BIN)/pytest tests/integration
+
+# The one command CI and newcomers run: lint, then unit and integration tests.
+test: lint testenv
+	$(BIN)/pytest tests/unit tests/integration
+
+chart: testenv
+	$(TESTENV_BIN)/helm lint charts/privatellm
+
+bench: $(STAMP)
+	@echo "no benchmarks yet"
+
+# The demo runs on $$KUBECONFIG when it is set, else on a local simulated cluster.
+demo: $(STAMP) testenv
+	@if [[ -z "$$KUBECONFIG" ]]; then $(BIN)/privatellm dev-cluster up --dir $(DEVCLUSTER); fi
+	@export KUBECONFIG="$${KUBECONFIG:-$(CURDIR)/$(DEVCLUSTER)/kubeconfig}"; \
+	  export PATH="$(TESTENV_BIN):$$PATH"; \
+	  set -e; \
+	  kubectl apply --server-side -f crds/; \
+	  kubectl wait --for=condition=Established --timeout=60s -f crds/ >/dev/null; \
+	  kubectl create namespace $(DEMO_NAMESPACE) --dry-run=client -o yaml | kubectl apply -f - >/dev/null; \
+	  kubectl apply -n $(DEMO_NAMESPACE) -f examples/; \
+	  echo; kubectl get -n $(DEMO_NAMESPACE) privatellm -o wide; \
+	  echo; echo "KUBECONFIG=$$KUBECONFIG"; \
+	  echo "Stop the local cluster with: make demo-down"
+
+demo-down: $(STAMP)
+	$(BIN)/privatellm dev-cluster down --dir $(DEVCLUSTER)
+
+clean:
+	rm -rf $(VENV) $(DEVCLUSTER) .mypy_cache .pytest_cache .ruff_cache

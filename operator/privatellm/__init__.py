@@ -1,0 +1,1 @@
+"""Run LLMs on private data behind nine safety layers."""

@@ -1,0 +1,191 @@
+"""Building blocks shared by the four custom resources.
+
+The pydantic models in this package are the single source of truth for the API:
+the CRD YAML is generated from them (see `privatellm.api.crd`). Cross-field rules
+are declared next to the model they constrain as CEL rules, so that the API server
+itself rejects a bad spec with a message that names the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "privatellm.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# Upper bounds on lists and strings keep the API server's CEL cost estimate
+# within budget; they are generous for real use.
+MAX_LIST = 64
+MAX_NAME = 253
+MAX_TEXT = 4096
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DURATION = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+
+ValidationReason = Literal[
+    "FieldValueInvalid", "FieldValueForbidden", "FieldValueRequired", "FieldValueDuplicate"
+]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A CEL rule the API server evaluates on the object it is attached to."""
+
+    rule: str
+    message: str
+    field_path: str | None = None
+    reason: ValidationReason = "FieldValueInvalid"
+
+    def as_schema(self) -> dict[str, str]:
+        out = {"rule": self.rule, "message": self.message, "reason": self.reason}
+        if self.field_path:
+            out["fieldPath"] = self.field_path
+        return out
+
+
+def _attach_rules(schema: dict[str, Any], cls: type[BaseModel]) -> None:
+    rules: tuple[Rule, ...] = getattr(cls, "cel_rules", ())
+    if rules:
+        schema["x-kubernetes-validations"] = [r.as_schema() for r in rules]
+
+
+class ApiModel(BaseModel):
+    """Base of every API object: camelCase on the wire, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        json_schema_extra=_attach_rules,
+    )
+    cel_rules: ClassVar[tuple[Rule, ...]] = ()
+
+
+def set_list() -> dict[str, Any]:
+    """Schema extra for a list whose items must be unique (the API server checks)."""
+    return {"x-kubernetes-list-type": "set"}
+
+
+def map_list(*keys: str) -> dict[str, Any]:
+    """Schema extra for a list of objects keyed by `keys` (unique, merged by key)."""
+    return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": list(keys)}
+
+
+class LocalObjectReference(ApiModel):
+    """A reference to an object in the same namespace."""
+
+    name: str = Field(
+        description="Name of the referenced object.", min_length=1, max_length=MAX_NAME
+    )
+
+
+class SecretKeyReference(ApiModel):
+    """A key inside a Secret in the same namespace."""
+
+    name: str = Field(description="Name of the Secret.", min_length=1, max_length=MAX_NAME)
+    key: str = Field(description="Key inside the Secret.", min_length=1, max_length=MAX_NAME)
+
+
+ConditionType = Literal["Ready", "Progressing", "Degraded"]
+
+
+class Condition(ApiModel):
+    """A standard Kubernetes condition, readable by kubectl wait, Argo CD and kstatus."""
+
+    type: str = Field(description="Condition type: Ready, Progressing or Degraded.", max_length=64)
+    status: Literal["True", "False", "Unknown"] = Field(description="Condition status.")
+    reason: str = Field(
+        default="",
+        description="Machine-readable CamelCase reason for the last transition.",
+        max_length=128,
+    )
+    message: str = Field(default="", description="Human-readable explanation.", max_length=MAX_TEXT)
+    last_transition_time: str | None = Field(
+        default=None,
+        description="When the status last changed (RFC 3339).",
+        json_schema_extra={"format": "date-time"},
+    )
+    observed_generation: int | None = Field(
+        default=None,
+        description="The metadata.generation this condition was computed from.",
+        ge=0,
+    )
+
+
+class CommonStatus(ApiModel):
+    """Status fields every resource reports."""
+
+    observed_generation: int | None = Field(
+        default=None,
+        description="The metadata.generation the operator last reconciled.",
+        ge=0,
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Ready, Progressing and Degraded conditions.",
+        max_length=8,
+        json_schema_extra=map_list("type"),
+    )
+
+
+class ObjectMeta(ApiModel):
+    """The subset of Kubernetes object metadata the models read."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(default="", description="Object name.")
+    namespace: str | None = Field(default=None, description="Object namespace.")
+    generation: int | None = Field(default=None, description="Spec generation.")
+    labels: dict[str, str] = Field(default_factory=dict, description="Labels.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Annotations.")
+
+
+@dataclass(frozen=True)
+class PrinterColumn:
+    """A column `kubectl get` prints for a resource."""
+
+    name: str
+    json_path: str
+    type: Literal["string", "integer", "number", "boolean", "date"] = "string"
+    description: str = ""
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class CRDInfo:
+    """Names and presentation of a custom resource; the schema comes from the model."""
+
+    kind: str
+    plural: str
+    short_names: tuple[str, ...]
+    categories: tuple[str, ...] = ("privatellm",)
+    printer_columns: tuple[PrinterColumn, ...] = ()
+    root_rules: tuple[Rule, ...] = ()
+
+
+def ready_column() -> PrinterColumn:
+    return PrinterColumn(
+        "Ready",
+        '.status.conditions[?(@.type=="Ready")].status',
+        description="Whether the resource is ready.",
+    )
+
+
+def age_column() -> PrinterColumn:
+    return PrinterColumn("Age", ".metadata.creationTimestamp", type="date")
+
+
+class Resource(ApiModel):
+    """Envelope of a custom resource: apiVersion, kind, metadata, spec, status."""
+
+    crd_info: ClassVar[CRDInfo]
+
+    api_version: str = Field(default=API_VERSION, alias="apiVersion")
+    kind: str
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)

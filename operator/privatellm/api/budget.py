@@ -1,0 +1,166 @@
+"""CostBudget: spend limits, GPU prices and schedules for a set of models (layer 2)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from .base import (
+    DURATION,
+    ApiModel,
+    CommonStatus,
+    CRDInfo,
+    PrinterColumn,
+    Resource,
+    Rule,
+    age_column,
+    map_list,
+    ready_column,
+    set_list,
+)
+
+HHMM = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+Weekday = Literal["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+
+
+def _working_week() -> list[Weekday]:
+    return ["Mon", "Tue", "Wed", "Thu", "Fri"]
+
+
+class LabelSelector(ApiModel):
+    """Selects InferenceDeployments by label."""
+
+    match_labels: dict[str, str] = Field(
+        default_factory=dict, description="Labels an InferenceDeployment must carry."
+    )
+
+
+class GPUPrice(ApiModel):
+    """Price of one GPU-hour of a GPU type."""
+
+    gpu_product: str = Field(
+        description="GPU product, as in the nvidia.com/gpu.product node label.",
+        min_length=1,
+        max_length=128,
+    )
+    on_demand_per_hour: float = Field(description="Price per GPU-hour on demand.", gt=0)
+    spot_per_hour: float | None = Field(
+        default=None, description="Price per GPU-hour on spot.", gt=0
+    )
+
+    cel_rules = (
+        Rule(
+            "!has(self.spotPerHour) || self.spotPerHour <= self.onDemandPerHour",
+            "spotPerHour must not exceed onDemandPerHour",
+            field_path=".spotPerHour",
+        ),
+    )
+
+
+class BusinessHours(ApiModel):
+    """When people work; outside these hours models scale down."""
+
+    timezone: str = Field(
+        default="UTC",
+        description="IANA time zone, e.g. Europe/Amsterdam.",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z]+(/[A-Za-z0-9_+-]+)*$",
+    )
+    days: list[Weekday] = Field(
+        default_factory=_working_week,
+        description="Working days.",
+        min_length=1,
+        max_length=7,
+        json_schema_extra=set_list(),
+    )
+    start: str = Field(
+        default="08:00", description="Start of the working day (HH:MM).", pattern=HHMM
+    )
+    end: str = Field(default="18:00", description="End of the working day (HH:MM).", pattern=HHMM)
+    off_hours_max_replicas: int = Field(
+        default=1, description="Replica ceiling outside business hours.", ge=0, le=1000
+    )
+
+    cel_rules = (
+        Rule("self.start < self.end", "start must be earlier than end", field_path=".start"),
+    )
+
+
+class ThresholdAction(ApiModel):
+    """What happens when spend reaches a percentage of the limit."""
+
+    percent: int = Field(description="Percentage of the monthly limit.", ge=1, le=1000)
+    action: Literal["alert", "throttle", "scaleDown", "block"] = Field(
+        description="alert, throttle new requests, scale down to the minimum, or block."
+    )
+
+
+class CostBudgetSpec(ApiModel):
+    """A monthly budget for the selected models."""
+
+    selector: LabelSelector = Field(
+        default_factory=LabelSelector,
+        description="InferenceDeployments the budget covers; empty selects all in the namespace.",
+    )
+    currency: str = Field(description="ISO 4217 currency code.", pattern=r"^[A-Z]{3}$")
+    monthly_limit: float = Field(description="Spend limit per calendar month.", gt=0)
+    gpu_prices: list[GPUPrice] = Field(
+        description="Prices per GPU type.",
+        min_length=1,
+        max_length=32,
+        json_schema_extra=map_list("gpuProduct"),
+    )
+    business_hours: BusinessHours | None = Field(
+        default=None, description="Schedule for off-hours scale-down."
+    )
+    idle_timeout: str | None = Field(
+        default=None,
+        description="Scale an idle model to zero after this long.",
+        pattern=DURATION,
+        max_length=32,
+    )
+    thresholds: list[ThresholdAction] = Field(
+        default_factory=list,
+        description="Actions at spend thresholds.",
+        max_length=16,
+        json_schema_extra=map_list("percent"),
+    )
+
+
+class CostBudgetStatus(CommonStatus):
+    """Observed spend."""
+
+    spent_this_month: float = Field(default=0, description="Spend so far this month.", ge=0)
+    forecast_this_month: float = Field(
+        default=0, description="Projected spend for the month.", ge=0
+    )
+    active_users: int = Field(default=0, description="Distinct subjects this month.", ge=0)
+    cost_per_active_user: float = Field(
+        default=0, description="Spend divided by active users.", ge=0
+    )
+    active_action: str | None = Field(
+        default=None, description="Highest threshold action in force."
+    )
+
+
+class CostBudget(Resource):
+    """Budget, prices and schedules that drive cost-aware scaling."""
+
+    crd_info = CRDInfo(
+        kind="CostBudget",
+        plural="costbudgets",
+        short_names=("cb", "llmbudget"),
+        printer_columns=(
+            ready_column(),
+            PrinterColumn("Limit", ".spec.monthlyLimit", type="number"),
+            PrinterColumn("Currency", ".spec.currency"),
+            PrinterColumn("Spent", ".status.spentThisMonth", type="number"),
+            age_column(),
+        ),
+    )
+
+    kind: str = "CostBudget"
+    spec: CostBudgetSpec = Field(description="Desired state.")
+    status: CostBudgetStatus | None = Field(default=None, description="Observed state.")

@@ -1,0 +1,165 @@
+"""DataConnector: an external system whose items pass filters in and out (layers 3, 6)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from .access import FilterAction, PIIRule
+from .base import (
+    MAX_LIST,
+    MAX_NAME,
+    ApiModel,
+    CommonStatus,
+    CRDInfo,
+    PrinterColumn,
+    Resource,
+    Rule,
+    age_column,
+    map_list,
+    ready_column,
+    set_list,
+)
+
+
+class EgressEndpoint(ApiModel):
+    """A destination the connector may reach; everything else is denied."""
+
+    host: str | None = Field(
+        default=None, description="DNS name of the destination.", max_length=MAX_NAME
+    )
+    cidr: str | None = Field(
+        default=None,
+        description="IP block of the destination, e.g. 10.20.0.0/16.",
+        max_length=64,
+        pattern=r"^[0-9a-fA-F:.]+/[0-9]{1,3}$",
+    )
+    ports: list[int] = Field(
+        description="TCP ports.", min_length=1, max_length=16, json_schema_extra=set_list()
+    )
+
+    cel_rules = (
+        Rule(
+            "has(self.host) != has(self.cidr)",
+            "set exactly one of host or cidr",
+            reason="FieldValueInvalid",
+        ),
+        Rule(
+            "self.ports.all(p, p >= 1 && p <= 65535)",
+            "ports must be between 1 and 65535",
+            field_path=".ports",
+        ),
+    )
+
+
+class ConnectorFilters(ApiModel):
+    """Filters every item passes in the connector's sidecar."""
+
+    allowed_file_types: list[str] = Field(
+        default_factory=list,
+        description="MIME types accepted inbound, checked on content, not on the file name.",
+        max_length=MAX_LIST,
+        json_schema_extra=set_list(),
+    )
+    max_item_bytes: int = Field(
+        default=10 * 1024 * 1024, description="Largest item accepted.", ge=1, le=1024 * 1024 * 1024
+    )
+    pii: list[PIIRule] = Field(
+        default_factory=list,
+        description="Per-entity actions.",
+        max_length=32,
+        json_schema_extra=map_list("entity"),
+    )
+    injection: Literal["off", "flag", "block"] = Field(
+        default="block", description="What to do when injection heuristics match an item."
+    )
+    customer_id_field: str | None = Field(
+        default=None,
+        description="Item field naming the customer; items mixing customers are blocked.",
+        max_length=128,
+    )
+    dlp_action: FilterAction = Field(
+        default="block", description="Action on protected entities and internal terms outbound."
+    )
+
+
+class DataConnectorSpec(ApiModel):
+    """An external system connected to the models through filters."""
+
+    type: Literal["mail", "crm", "documentStore", "webhook", "objectStore", "database"] = Field(
+        description="Kind of external system."
+    )
+    direction: Literal["inbound", "outbound", "both"] = Field(
+        description="inbound: items flow to the models; outbound: results flow to the system."
+    )
+    endpoint: str = Field(
+        description="URL of the external system.",
+        min_length=1,
+        max_length=1024,
+        pattern=r"^[a-z][a-z0-9+.-]*://",
+    )
+    credentials_secret: str | None = Field(
+        default=None, description="Secret with the system's credentials.", max_length=MAX_NAME
+    )
+    image: str | None = Field(
+        default=None,
+        description="Connector container image; the filter sidecar is added to it.",
+        max_length=512,
+    )
+    models: list[str] = Field(
+        default_factory=list,
+        description="InferenceDeployments the connector sends items to.",
+        max_length=MAX_LIST,
+        json_schema_extra=set_list(),
+    )
+    data_classes: list[str] = Field(
+        default_factory=list,
+        description="Data classes the connector's items carry; an AccessPolicy must allow them.",
+        max_length=32,
+        json_schema_extra=set_list(),
+    )
+    filters: ConnectorFilters = Field(
+        default_factory=ConnectorFilters, description="Filters in the sidecar."
+    )
+    egress: list[EgressEndpoint] = Field(
+        default_factory=list,
+        description="Destinations the connector may reach besides the gateway.",
+        max_length=MAX_LIST,
+    )
+
+    cel_rules = (
+        Rule(
+            "self.direction == 'inbound' || (has(self.egress) && size(self.egress) > 0)",
+            "egress must list the destination when direction is outbound or both",
+            field_path=".egress",
+            reason="FieldValueRequired",
+        ),
+    )
+
+
+class DataConnectorStatus(CommonStatus):
+    """Observed state of a DataConnector."""
+
+    items_passed: int = Field(default=0, description="Items that passed the filters.", ge=0)
+    items_blocked: int = Field(default=0, description="Items the filters blocked.", ge=0)
+
+
+class DataConnector(Resource):
+    """A filtered connection between an external system and the models."""
+
+    crd_info = CRDInfo(
+        kind="DataConnector",
+        plural="dataconnectors",
+        short_names=("dc", "llmconn"),
+        printer_columns=(
+            ready_column(),
+            PrinterColumn("Type", ".spec.type"),
+            PrinterColumn("Direction", ".spec.direction"),
+            age_column(),
+        ),
+    )
+
+    kind: str = "DataConnector"
+    spec: DataConnectorSpec = Field(description="Desired state.")
+    status: DataConnectorStatus | None = Field(default=None, description="Observed state.")

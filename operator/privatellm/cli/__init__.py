@@ -1,0 +1,1 @@
+"""The `privatellm` command."""

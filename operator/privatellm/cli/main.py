@@ -1,0 +1,88 @@
+"""Entry point of the `privatellm` command."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from privatellm.api.crd import crd_files
+from privatellm.devcluster import LocalCluster, Toolchain
+
+DEFAULT_CRD_DIRS = (Path("crds"), Path("charts/privatellm/crds"))
+
+
+def _write_crds(directories: Sequence[Path], check: bool) -> int:
+    """Write the generated CRDs into each directory, or with `check` report drift."""
+    stale: list[Path] = []
+    for directory in directories:
+        for name, text in crd_files().items():
+            path = directory / name
+            if check:
+                if not path.exists() or path.read_text() != text:
+                    stale.append(path)
+                continue
+            directory.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            print(f"wrote {path}")
+    for path in stale:
+        print(f"out of date: {path} (run `make crds`)", file=sys.stderr)
+    return 1 if stale else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="privatellm", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    crds = commands.add_parser("crds", help="generate the CustomResourceDefinitions")
+    crds.add_argument(
+        "--out",
+        type=Path,
+        action="append",
+        help="directory to write into (repeatable; default: crds/ and the chart's crds/)",
+    )
+    crds.add_argument(
+        "--check", action="store_true", help="exit 1 when a written CRD differs from the models"
+    )
+    cluster = commands.add_parser(
+        "dev-cluster", help="start or stop the local simulated cluster (KWOK GPU nodes)"
+    )
+    cluster.add_argument("action", choices=("up", "down", "status"))
+    cluster.add_argument(
+        "--dir", type=Path, default=Path(".devcluster"), help="folder for state, logs, kubeconfig"
+    )
+    return parser
+
+
+def _dev_cluster(action: str, workdir: Path) -> int:
+    cluster = LocalCluster(workdir.resolve(), Toolchain.locate())
+    if action == "up":
+        if cluster.running():
+            print(f"already running; KUBECONFIG={cluster.kubeconfig}")
+            return 0
+        cluster.stop()
+        shutil.rmtree(cluster.workdir, ignore_errors=True)
+        cluster.workdir.mkdir(parents=True)
+        cluster.start()
+        print(f"export KUBECONFIG={cluster.kubeconfig}")
+    elif action == "down":
+        cluster.stop()
+        shutil.rmtree(cluster.workdir, ignore_errors=True)
+    else:
+        print("running" if cluster.running() else "stopped")
+        return 0 if cluster.running() else 3
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "crds":
+        return _write_crds(args.out or DEFAULT_CRD_DIRS, args.check)
+    if args.command == "dev-cluster":
+        return _dev_cluster(args.action, args.dir)
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Builds the binaries of the local test control plane from the Go module proxy,
+# once, into a cache outside the repository keyed by component and version.
+# Usage: scripts/testenv.sh [build|path]
+#   build  build whatever is missing (default)
+#   path   print the bin directory holding every binary
+set -euo pipefail
+
+K8S_VERSION="${K8S_VERSION:-v1.36.3}"
+ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
+KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
+HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+
+CACHE="${PRIVATELLM_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/privatellm/testenv}"
+BIN="$CACHE/bin"
+export GOFLAGS="-mod=mod -buildvcs=false"
+export CGO_ENABLED=0
+
+log() { printf '[testenv] %s\n' "$*" >&2; }
+
+# stamp NAME VERSION: true when NAME was already built at VERSION
+stamped() { [[ -x "$BIN/$1" && "$(cat "$BIN/.$1.version" 2>/dev/null)" == "$2" ]]; }
+stamp() { echo "$2" >"$BIN/.$1.version"; }
+
+build_kubernetes() {
+  local wanted=(kube-apiserver kube-controller-manager kube-scheduler kubectl) missing=() b
+  for b in "${wanted[@]}"; do stamped "$b" "$K8S_VERSION" || missing+=("$b"); done
+  [[ ${#missing[@]} -eq 0 ]] && { log "kubernetes $K8S_VERSION cached"; return; }
+  log "kubernetes $K8S_VERSION: building ${missing[*]} (cold build takes a while)"
+  local src="$CACHE/src/kubernetes-$K8S_VERSION" minor="${K8S_VERSION#v1.}"
+  minor="${minor%%.*}"
+  mkdir -p "$src"
+  local modfile
+  modfile="$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
+  # k8s.io/kubernetes replaces its staging modules with local folders; a wrapper
+  # module points each of them at the matching published v0.<minor>.<patch>.
+  {
+    echo "module privatellm.local/testenv/kubernetes"
+    echo
+    echo "go 1.26"
+    echo
+    echo "require k8s.io/kubernetes $K8S_VERSION"
+    echo
+    echo "replace ("
+    sed -n 's#^\s*\(k8s.io/[a-z0-9-]*\) => ./staging/src/k8s.io/.*#\1#p' "$modfile" |
+      while read -r mod; do echo "	$mod => $mod v0.${K8S_VERSION#v1.}"; done
+    echo ")"
+  } >"$src/go.mod"
+  local ts
+  ts="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  local ldflags=""
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$ts"
+  done
+  local pkgs=()
+  for b in "${missing[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$b"); done
+  (cd "$src" && go build -trimpath -ldflags "-s -w $ldflags" -o "$BIN/" "${pkgs[@]}")
+  for b in "${missing[@]}"; do stamp "$b" "$K8S_VERSION"; done
+}
+
+build_etcd() {
+  stamped etcd "$ETCD_VERSION" && { log "etcd $ETCD_VERSION cached"; return; }
+  log "etcd $ETCD_VERSION: building"
+  local src="$CACHE/src/etcd-$ETCD_VERSION"
+  mkdir -p "$src"
+  printf 'module privatellm.local/testenv/etcd\n\ngo 1.26\n\nrequire go.etcd.io/etcd/server/v3 %s\n' \
+    "$ETCD_VERSION" >"$src/go.mod"
+  (cd "$src" && go build -trimpath -ldflags "-s -w" -o "$BIN/etcd" go.etcd.io/etcd/server/v3)
+  stamp etcd "$ETCD_VERSION"
+}
+
+build_kwok() {
+  if ! stamped kwok "$KWOK_VERSION"; then
+    log "kwok $KWOK_VERSION: building"
+    GOFLAGS=-buildvcs=false GOBIN="$BIN" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+    stamp kwok "$KWOK_VERSION"
+  else
+    log "kwok $KWOK_VERSION cached"
+  fi
+  # kwok ships no default stages any more; keep the upstream ones beside the binary.
+  local stages="$CACHE/kwok-stages-$KWOK_VERSION"
+  if [[ ! -d "$stages" ]]; then
+    local dir
+    dir="$(go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
+    mkdir -p "$stages"
+    cp -r "$dir/kustomize/stage/." "$stages/"
+    chmod -R u+w "$stages"
+  fi
+}
+
+build_helm() {
+  stamped helm "$HELM_VERSION" && { log "helm $HELM_VERSION cached"; return; }
+  log "helm $HELM_VERSION: building"
+  GOFLAGS=-buildvcs=false GOBIN="$BIN" go install -trimpath \
+    -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  stamp helm "$HELM_VERSION"
+}
+
+main() {
+  mkdir -p "$BIN"
+  case "${1:-build}" in
+    path) echo "$BIN" ;;
+    build)
+      local start=$SECONDS
+      build_etcd
+      build_kwok
+      build_helm
+      build_kubernetes
+      log "ready in $((SECONDS - start))s: $BIN"
+      ;;
+    *) echo "usage: $0 [build|path]" >&2; exit 2 ;;
+  esac
+}
+
+main "$@"

@@ -1,0 +1,338 @@
+"""The API server itself accepts the examples and rejects bad specs, naming the field."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes.client.exceptions import ApiException
+
+from privatellm.api import GROUP, KINDS, VERSION
+
+from .conftest import ROOT, Cluster
+
+Spec = dict[str, Any]
+
+
+def examples() -> list[tuple[Path, dict[str, Any]]]:
+    out = []
+    for path in sorted((ROOT / "examples").glob("*.yaml")):
+        out += [(path, d) for d in yaml.safe_load_all(path.read_text()) if d]
+    return out
+
+
+def example(kind: str, name: str) -> dict[str, Any]:
+    return copy.deepcopy(
+        next(d for _, d in examples() if d["kind"] == kind and d["metadata"]["name"] == name)
+    )
+
+
+def create(cluster: Cluster, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    plural = KINDS[body["kind"]].crd_info.plural
+    created: dict[str, Any] = cluster.custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, plural, body, field_validation="Strict"
+    )
+    return created
+
+
+def test_every_example_is_accepted(crds: Cluster, namespace: str) -> None:
+    for path, doc in examples():
+        created = create(crds, namespace, doc)
+        assert created["metadata"]["uid"], path.name
+
+
+def test_server_fills_nested_defaults(crds: Cluster, namespace: str) -> None:
+    created = create(crds, namespace, example("InferenceDeployment", "llama-8b"))
+    assert created["spec"]["engine"]["gpuMemoryUtilization"] == 0.9
+    assert created["spec"]["health"]["failoverSeconds"] == 120
+    assert created["spec"]["encryption"]["tls"] == "mutual"
+
+
+@dataclass(frozen=True)
+class Invalid:
+    """A valid example, broken in one place; the rejection must name `field`."""
+
+    case: str
+    kind: str
+    name: str
+    mutate: Callable[[Spec], None]
+    field: str
+    says: str
+
+
+def put(path: str, value: Any) -> Callable[[Spec], None]:
+    def mutate(obj: Spec) -> None:
+        *parents, leaf = path.split(".")
+        node = obj
+        for part in parents:
+            node = node[int(part)] if part.isdigit() else node.setdefault(part, {})
+        node[leaf] = value
+
+    return mutate
+
+
+def drop(path: str) -> Callable[[Spec], None]:
+    def mutate(obj: Spec) -> None:
+        *parents, leaf = path.split(".")
+        node = obj
+        for part in parents:
+            node = node[part]
+        del node[leaf]
+
+    return mutate
+
+
+ID, AP, DC, CB = "InferenceDeployment", "AccessPolicy", "DataConnector", "CostBudget"
+
+INVALID = [
+    Invalid(
+        "min-above-max",
+        ID,
+        "llama-70b",
+        put("spec.autoscaling.minReplicas", 9),
+        "spec.autoscaling.minReplicas",
+        "less than or equal to maxReplicas",
+    ),
+    Invalid(
+        "no-zones",
+        ID,
+        "llama-70b",
+        put("spec.zones", []),
+        "spec.zones",
+        "should have at least 1 items",
+    ),
+    Invalid(
+        "duplicate-zone",
+        ID,
+        "llama-70b",
+        put("spec.zones", ["zone-a", "zone-a"]),
+        "spec.zones[1]",
+        "Duplicate value",
+    ),
+    Invalid(
+        "gpu-model-without-gpus",
+        ID,
+        "llama-8b",
+        put("spec.resources.gpusPerReplica", 0),
+        "spec.resources.gpusPerReplica",
+        "at least 1 when accelerator is gpu",
+    ),
+    Invalid(
+        "fallback-to-itself",
+        ID,
+        "llama-70b",
+        put("spec.fallback.model", "llama-70b"),
+        "spec.fallback.model",
+        "must name another InferenceDeployment",
+    ),
+    Invalid(
+        "tensor-parallel-mismatch",
+        ID,
+        "llama-70b",
+        put("spec.engine.tensorParallelSize", 2),
+        "spec.engine.tensorParallelSize",
+        "must equal resources.gpusPerReplica",
+    ),
+    Invalid(
+        "gpu-memory-over-one",
+        ID,
+        "llama-8b",
+        put("spec.engine.gpuMemoryUtilization", 1.5),
+        "spec.engine.gpuMemoryUtilization",
+        "less than or equal to 1",
+    ),
+    Invalid(
+        "unknown-dtype",
+        ID,
+        "llama-8b",
+        put("spec.engine.dtype", "int3"),
+        "spec.engine.dtype",
+        "Unsupported value",
+    ),
+    Invalid(
+        "weights-from-the-internet",
+        ID,
+        "llama-8b",
+        put("spec.model.source.uri", "https://huggingface.example/llama"),
+        "spec.model.source.uri",
+        "should match",
+    ),
+    Invalid(
+        "s3-without-endpoint",
+        ID,
+        "llama-70b",
+        drop("spec.model.source.s3Endpoint"),
+        "spec.model.source.s3Endpoint",
+        "required when uri is an s3:// URL",
+    ),
+    Invalid(
+        "spot-for-interactive",
+        ID,
+        "llama-8b",
+        put("spec.capacityType", "spot"),
+        "spec.capacityType",
+        "only allowed for workloadClass batch",
+    ),
+    Invalid(
+        "high-risk-without-review",
+        ID,
+        "claims-classifier",
+        put("spec.governance.review", {"required": False}),
+        "spec.governance.review",
+        "riskClass high requires review.required",
+    ),
+    Invalid(
+        "scale-to-zero-with-min-replicas",
+        ID,
+        "claims-classifier",
+        put("spec.autoscaling.minReplicas", 1),
+        "spec.autoscaling.scaleToZeroAfter",
+        "needs minReplicas 0",
+    ),
+    Invalid(
+        "misspelled-field",
+        ID,
+        "llama-8b",
+        put("spec.replicaz", 3),
+        "spec.replicaz",
+        "unknown field",
+    ),
+    Invalid("missing-model", ID, "llama-8b", drop("spec.model"), "spec.model", "Required value"),
+    Invalid(
+        "no-subjects",
+        AP,
+        "support-agents",
+        put("spec.subjects", []),
+        "spec.subjects",
+        "should have at least 1 items",
+    ),
+    Invalid(
+        "service-account-without-namespace",
+        AP,
+        "support-agents",
+        drop("spec.subjects.1.namespace"),
+        "spec.subjects[1].namespace",
+        "namespace is required for a ServiceAccount",
+    ),
+    Invalid(
+        "wildcard-mixed-with-models",
+        AP,
+        "support-agents",
+        put("spec.models", ["*", "llama-8b"]),
+        "spec.models",
+        "cannot be combined",
+    ),
+    Invalid(
+        "unknown-filter-action",
+        AP,
+        "support-agents",
+        put("spec.dataClasses.2.action", "shred"),
+        "spec.dataClasses[2].action",
+        "Unsupported value",
+    ),
+    Invalid(
+        "minute-quota-above-daily",
+        AP,
+        "support-agents",
+        put("spec.quotas.tokensPerMinute", 5_000_000),
+        "spec.quotas.tokensPerMinute",
+        "must not exceed tokensPerDay",
+    ),
+    Invalid(
+        "outbound-without-egress",
+        DC,
+        "crm-writeback",
+        put("spec.egress", []),
+        "spec.egress",
+        "egress must list the destination",
+    ),
+    Invalid(
+        "port-out-of-range",
+        DC,
+        "crm-writeback",
+        put("spec.egress.0.ports", [70000]),
+        "spec.egress[0].ports",
+        "between 1 and 65535",
+    ),
+    Invalid(
+        "host-and-cidr",
+        DC,
+        "crm-writeback",
+        put("spec.egress.0.cidr", "10.0.0.0/8"),
+        "spec.egress[0]",
+        "exactly one of host or cidr",
+    ),
+    Invalid(
+        "zero-budget",
+        CB,
+        "support",
+        put("spec.monthlyLimit", 0),
+        "spec.monthlyLimit",
+        "greater than 0",
+    ),
+    Invalid(
+        "currency-not-iso",
+        CB,
+        "support",
+        put("spec.currency", "euro"),
+        "spec.currency",
+        "should match",
+    ),
+    Invalid(
+        "office-hours-backwards",
+        CB,
+        "support",
+        put("spec.businessHours.start", "20:00"),
+        "spec.businessHours.start",
+        "start must be earlier than end",
+    ),
+    Invalid(
+        "bad-clock-time",
+        CB,
+        "support",
+        put("spec.businessHours.end", "25:00"),
+        "spec.businessHours.end",
+        "should match",
+    ),
+    Invalid(
+        "spot-dearer-than-on-demand",
+        CB,
+        "support",
+        put("spec.gpuPrices.0.spotPerHour", 9.0),
+        "spec.gpuPrices[0].spotPerHour",
+        "must not exceed onDemandPerHour",
+    ),
+    Invalid(
+        "bad-duration",
+        CB,
+        "support",
+        put("spec.idleTimeout", "forever"),
+        "spec.idleTimeout",
+        "should match",
+    ),
+]
+
+
+def test_table_is_large_and_distinct() -> None:
+    assert len(INVALID) >= 15
+    assert len({c.case for c in INVALID}) == len(INVALID)
+    assert len({c.field for c in INVALID}) >= 15
+
+
+@pytest.mark.parametrize("bad", INVALID, ids=lambda c: c.case)
+def test_bad_spec_is_rejected_naming_the_field(crds: Cluster, bad: Invalid) -> None:
+    body = example(bad.kind, bad.name)
+    bad.mutate(body)
+    with pytest.raises(ApiException) as rejected:
+        create(crds, "default", body)
+    error = rejected.value
+    message = json.loads(error.body)["message"]
+    assert error.status in (400, 422), message
+    assert bad.field in message, message
+    assert bad.says in message, message

@@ -66,12 +66,18 @@ class Invalid:
     says: str
 
 
+def _parent(obj: Spec, path: str) -> tuple[Any, str]:
+    """The container holding the last element of a dotted path (digits index lists)."""
+    *parents, leaf = path.split(".")
+    node: Any = obj
+    for part in parents:
+        node = node[int(part)] if part.isdigit() else node.setdefault(part, {})
+    return node, leaf
+
+
 def put(path: str, value: Any) -> Callable[[Spec], None]:
     def mutate(obj: Spec) -> None:
-        *parents, leaf = path.split(".")
-        node = obj
-        for part in parents:
-            node = node[int(part)] if part.isdigit() else node.setdefault(part, {})
+        node, leaf = _parent(obj, path)
         node[leaf] = value
 
     return mutate
@@ -79,10 +85,7 @@ def put(path: str, value: Any) -> Callable[[Spec], None]:
 
 def drop(path: str) -> Callable[[Spec], None]:
     def mutate(obj: Spec) -> None:
-        *parents, leaf = path.split(".")
-        node = obj
-        for part in parents:
-            node = node[part]
+        node, leaf = _parent(obj, path)
         del node[leaf]
 
     return mutate

@@ -71,9 +71,10 @@ def test_lists_and_strings_in_cel_rules_are_bounded(resource: type) -> None:
             assert "maxItems" in node, f"{path} needs maxItems"
 
 
-def test_nested_objects_default_to_empty_so_the_server_fills_their_defaults() -> None:
+def test_nested_objects_carry_their_full_defaults() -> None:
     spec = openapi_schema(KINDS["InferenceDeployment"].model_fields["spec"].annotation)  # type: ignore[arg-type]
-    assert spec["properties"]["engine"]["default"] == {}
+    assert spec["properties"]["resources"]["default"]["accelerator"] == "gpu"
+    assert spec["properties"]["governance"]["default"]["review"]["required"] is False
     assert spec["properties"]["engine"]["properties"]["gpuMemoryUtilization"]["default"] == 0.9
     assert "default" not in spec["properties"]["autoscaling"], "optional objects stay absent"
 

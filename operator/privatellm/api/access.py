@@ -252,7 +252,6 @@ class AccessPolicy(Resource):
         printer_columns=(
             ready_column(),
             PrinterColumn("Models", ".spec.models"),
-            PrinterColumn("Subjects", ".spec.subjects[*].name", priority=1),
             age_column(),
         ),
     )

@@ -3,8 +3,9 @@
 pydantic emits JSON Schema 2020-12; the API server wants a *structural* OpenAPI v3
 schema. The conversion inlines references, drops `null` alternatives (an optional
 field is simply omitted), turns numeric exclusive bounds into the OpenAPI 3.0 form,
-removes titles, and defaults nested objects to `{}` so that the API server fills
-in their scalar defaults and CEL rules can rely on them.
+removes titles, and spells out the defaults of nested objects, so that the API
+server fills them in and CEL rules can rely on them (the server checks a default
+against the rules as it is written, without defaulting inside it first).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ class _KubernetesSchema(GenerateJsonSchema):
             return inner
         value = factory()  # type: ignore[call-arg]
         if isinstance(value, BaseModel):
-            return {**inner, "default": {}}
+            default = value.model_dump(mode="json", by_alias=True, exclude_none=True)
+            return {**inner, "default": default}
         if isinstance(value, list | dict) and value:
             return {**inner, "default": value}
         return inner

@@ -141,6 +141,10 @@ class ObjectMeta(ApiModel):
 
     name: str = Field(default="", description="Object name.")
     namespace: str | None = Field(default=None, description="Object namespace.")
+    uid: str | None = Field(
+        default=None,
+        description="Unique id the API server assigned; owner references of children name it.",
+    )
     generation: int | None = Field(default=None, description="Spec generation.")
     labels: dict[str, str] = Field(default_factory=dict, description="Labels.")
     annotations: dict[str, str] = Field(default_factory=dict, description="Annotations.")

@@ -91,6 +91,13 @@ class WeightCacheSpec(ApiModel):
     storage_class_name: str | None = Field(
         default=None, description="StorageClass of the per-zone cache PVCs.", max_length=MAX_NAME
     )
+    access_mode: Literal["ReadWriteMany", "ReadWriteOnce"] = Field(
+        default="ReadWriteMany",
+        description=(
+            "Access mode of the cache PVCs. ReadWriteMany lets every replica of a zone share"
+            " its cache; ReadWriteOnce confines a zone's replicas to the node it is attached to."
+        ),
+    )
     size: str | None = Field(
         default=None,
         description="PVC size (a Kubernetes quantity); defaults to 1.2 x the weights size.",

@@ -682,7 +682,7 @@ def test_cache_size_defaults_to_one_point_two_times_the_weights() -> None:
     pvc = render_weight_cache_pvc(example("llama-70b"), "zone-b")
     assert pvc["metadata"]["name"] == "llama-70b-weights-zone-b"
     assert pvc["spec"] == {
-        "accessModes": ["ReadWriteOnce"],
+        "accessModes": ["ReadWriteMany"],
         "storageClassName": "fast-ssd",
         "resources": {"requests": {"storage": "168Gi"}},
     }

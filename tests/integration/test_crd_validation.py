@@ -23,7 +23,8 @@ Spec = dict[str, Any]
 def examples() -> list[tuple[Path, dict[str, Any]]]:
     out = []
     for path in sorted((ROOT / "examples").glob("*.yaml")):
-        out += [(path, d) for d in yaml.safe_load_all(path.read_text()) if d]
+        docs = yaml.safe_load_all(path.read_text())
+        out += [(path, d) for d in docs if d and d["apiVersion"] == f"{GROUP}/{VERSION}"]
     return out
 
 

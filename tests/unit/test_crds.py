@@ -119,7 +119,7 @@ def example_documents() -> list[dict[str, Any]]:
 
 
 def test_examples_cover_every_kind_and_parse_with_the_models() -> None:
-    docs = example_documents()
+    docs = [d for d in example_documents() if d["apiVersion"].startswith("privatellm.io/")]
     assert {d["kind"] for d in docs} == set(KINDS)
     for doc in docs:
         KINDS[doc["kind"]].model_validate(doc)

@@ -23,6 +23,9 @@ def test_default_plan_has_two_gpu_nodes_and_one_cpu_node_per_zone() -> None:
     }
     assert all(n["status"]["allocatable"][GPU_RESOURCE] == "8" for n in gpu)
     assert all(n["spec"]["taints"][0]["key"] == GPU_RESOURCE for n in gpu)
+    spot = [n for n in gpu if n["metadata"]["labels"].get("privatellm.io/capacity-type") == "spot"]
+    assert [n["metadata"]["name"] for n in spot] == ["gpu-a-2", "gpu-b-2", "gpu-c-2"]
+    assert all(len(n["spec"]["taints"]) == 2 for n in spot)
     assert all("nvidia.com/gpu.product" in n["metadata"]["labels"] for n in gpu)
 
 

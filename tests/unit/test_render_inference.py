@@ -679,7 +679,8 @@ def test_cache_size_defaults_to_one_point_two_times_the_weights() -> None:
     assert weight_cache_size(example("llama-70b").spec) == "168Gi"
     assert weight_cache_size(example("claims-classifier").spec) == "10Gi"  # 9.6
     assert weight_cache_size(example("llama-8b", weightCache={"size": "50Gi"}).spec) == "50Gi"
-    pvc = render_weight_cache_pvc(example("llama-70b"), "zone-b")
+    with_class = example("llama-70b", weightCache={"storageClassName": "fast-ssd"})
+    pvc = render_weight_cache_pvc(with_class, "zone-b")
     assert pvc["metadata"]["name"] == "llama-70b-weights-zone-b"
     assert pvc["spec"] == {
         "accessModes": ["ReadWriteMany"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import shutil
 import sys
 from collections.abc import Sequence
@@ -52,7 +53,44 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument(
         "--dir", type=Path, default=Path(".devcluster"), help="folder for state, logs, kubeconfig"
     )
+    op = commands.add_parser("operator", help="run the operator (kopf) against the cluster")
+    op.add_argument(
+        "--namespace",
+        action="append",
+        default=[],
+        help="watch only this namespace (repeatable; default: every namespace)",
+    )
+    op.add_argument(
+        "--liveness",
+        default=None,
+        help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz",
+    )
+    op.add_argument("--workers", type=int, default=4, help="objects reconciled at the same time")
+    op.add_argument(
+        "--resync-seconds",
+        type=float,
+        default=60,
+        help="period of the full re-check of every object",
+    )
     return parser
+
+
+def _run_operator(args: argparse.Namespace) -> int:
+    import kopf
+
+    import privatellm.controllers.runtime  # noqa: F401  (registers the handlers)
+
+    kopf.configure(verbose=False)
+    # kopf logs every watch event it hands over at INFO; the controllers log what they do.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    kopf.run(
+        standalone=True,
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        liveness_endpoint=args.liveness,
+        memo=kopf.Memo(options={"workers": args.workers, "resync_seconds": args.resync_seconds}),
+    )
+    return 0
 
 
 def _dev_cluster(action: str, workdir: Path) -> int:
@@ -79,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "crds":
         return _write_crds(args.out or DEFAULT_CRD_DIRS, args.check)
+    if args.command == "operator":
+        return _run_operator(args)
     if args.command == "dev-cluster":
         return _dev_cluster(args.action, args.dir)
     raise AssertionError(args.command)

@@ -28,6 +28,7 @@ import yaml
 
 from .nodes import NodePlan, default_node_plan, render_nodes
 from .pki import Pki, create_pki
+from .storage import render_storage
 
 BINARIES = (
     "etcd",
@@ -309,7 +310,8 @@ class LocalCluster:
         return result.stdout
 
     def _create_nodes(self) -> None:
-        self.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(render_nodes(self.nodes)))
+        objects = render_nodes(self.nodes) + render_storage(self.nodes)
+        self.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(objects))
         self.kubectl(
             "wait",
             "--for=condition=Ready",

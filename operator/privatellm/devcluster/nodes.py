@@ -12,6 +12,11 @@ GPU_RESOURCE = "nvidia.com/gpu"
 # workloads that ask for GPUs (and tolerate it) land there.
 GPU_TAINT = {"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}
 KWOK_ANNOTATION = {"kwok.x-k8s.io/node": "fake"}
+# The last GPU node of each zone is spot capacity, labelled and tainted the way the
+# operator expects (privatellm.render.meta.CAPACITY_TYPE_LABEL), so batch models have
+# somewhere to go and on-demand models stay off it.
+CAPACITY_TYPE_LABEL = "privatellm.io/capacity-type"
+SPOT_TAINT = {"key": CAPACITY_TYPE_LABEL, "value": "spot", "effect": "NoSchedule"}
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,7 @@ class NodePlan:
     cpu_nodes_per_zone: int = 1
     gpus_per_node: int = 8
     gpu_product: str = "NVIDIA-H100-80GB-HBM3"
+    spot_gpu_node: bool = True
 
     def names(self) -> list[str]:
         return [n["metadata"]["name"] for n in render_nodes(self)]
@@ -75,24 +81,22 @@ def render_nodes(plan: NodePlan) -> list[dict[str, Any]]:
     for zone in plan.zones:
         suffix = zone.removeprefix("zone-")
         for i in range(1, plan.gpu_nodes_per_zone + 1):
-            nodes.append(
-                _node(
-                    f"gpu-{suffix}-{i}",
-                    zone,
-                    {
-                        GPU_PRODUCT_LABEL: plan.gpu_product,
-                        "nvidia.com/gpu.present": "true",
-                        "node.kubernetes.io/instance-type": "gpu-8x",
-                    },
-                    {
-                        "cpu": "96",
-                        "memory": "1Ti",
-                        "pods": "110",
-                        GPU_RESOURCE: str(plan.gpus_per_node),
-                    },
-                    [dict(GPU_TAINT)],
-                )
-            )
+            labels = {
+                GPU_PRODUCT_LABEL: plan.gpu_product,
+                "nvidia.com/gpu.present": "true",
+                "node.kubernetes.io/instance-type": "gpu-8x",
+            }
+            taints = [dict(GPU_TAINT)]
+            if plan.spot_gpu_node and i == plan.gpu_nodes_per_zone > 1:
+                labels[CAPACITY_TYPE_LABEL] = "spot"
+                taints.append(dict(SPOT_TAINT))
+            capacity = {
+                "cpu": "96",
+                "memory": "1Ti",
+                "pods": "110",
+                GPU_RESOURCE: str(plan.gpus_per_node),
+            }
+            nodes.append(_node(f"gpu-{suffix}-{i}", zone, labels, capacity, taints))
         for i in range(1, plan.cpu_nodes_per_zone + 1):
             nodes.append(
                 _node(

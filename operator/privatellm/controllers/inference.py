@@ -1,0 +1,180 @@
+"""InferenceDeployment controller: read -> render -> apply -> status.
+
+The decisions live in `privatellm.render`; this module gathers what the cluster shows,
+applies what the renderers say, prunes what they no longer say, and writes status and
+Events only when something changed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from privatellm.api import InferenceDeployment
+from privatellm.kube.client import KINDS, Kube, Obj
+from privatellm.render.conditions import find_condition
+from privatellm.render.inference import (
+    InvalidSpecError,
+    prestage_job_name,
+    render_children,
+    zone_deployment_name,
+)
+from privatellm.render.inference_status import (
+    NodeView,
+    Observed,
+    ZoneView,
+    compute_status,
+    endpoint,
+    replica_plan,
+)
+from privatellm.render.meta import INFERENCE_DEPLOYMENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL
+
+log = logging.getLogger(__name__)
+
+INFERENCE = KINDS["InferenceDeployment"]
+# Kinds of the children, in the order they are pruned.
+CHILD_KINDS = (
+    "Deployment",
+    "Job",
+    "PersistentVolumeClaim",
+    "PodDisruptionBudget",
+    "Service",
+    "NetworkPolicy",
+    "ServiceAccount",
+)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _child_selector(name: str) -> str:
+    return f"{INFERENCE_DEPLOYMENT_LABEL}={name},{MANAGED_BY_LABEL}={MANAGED_BY}"
+
+
+def _owned_by(obj: Obj, uid: str) -> bool:
+    refs = obj["metadata"].get("ownerReferences") or []
+    return any(ref.get("uid") == uid for ref in refs)
+
+
+def reconcile(kube: Kube, namespace: str, name: str) -> None:
+    """Bring one InferenceDeployment's children and status in line with its spec."""
+    raw = kube.get(INFERENCE, namespace, name)
+    if raw is None or raw["metadata"].get("deletionTimestamp"):
+        return  # children carry owner references: the garbage collector removes them
+    obj = InferenceDeployment.model_validate(raw)
+    nodes = [NodeView.from_node(n) for n in kube.list(KINDS["Node"])]
+    zones = _observe_zones(kube, obj)
+    plan = replica_plan(obj, nodes, warm={z for z, view in zones.items() if view.cache_warm})
+    try:
+        children = render_children(obj, plan)
+        invalid: Sequence[str] = ()
+    except InvalidSpecError as error:
+        children, invalid = [], error.errors
+    if not invalid:
+        for child in children:
+            kube.apply(child)
+        _prune(kube, obj, children)
+    observed = Observed(nodes=nodes, zones=zones, fallback_endpoint=_fallback_endpoint(kube, obj))
+    previous = raw.get("status") or {}
+    status = compute_status(obj, observed, plan, invalid, previous, _now())
+    if status != {k: previous.get(k) for k in status} or set(previous) - set(status):
+        removed = {key: None for key in previous if key not in status}
+        kube.patch_status(INFERENCE, namespace, name, {**removed, **status})
+        _record_transitions(kube, raw, previous, status)
+
+
+def _prune(kube: Kube, obj: InferenceDeployment, children: list[Obj]) -> None:
+    """Delete children this object owns that the renderers no longer produce."""
+    wanted = {(c["kind"], c["metadata"]["name"]) for c in children}
+    uid = obj.metadata.uid or ""
+    selector = _child_selector(obj.metadata.name)
+    for kind_name in CHILD_KINDS:
+        kind = KINDS[kind_name]
+        for live in kube.list(kind, obj.metadata.namespace, selector):
+            name = live["metadata"]["name"]
+            if (kind_name, name) not in wanted and _owned_by(live, uid):
+                log.info("pruning %s %s/%s", kind_name, obj.metadata.namespace, name)
+                kube.delete(kind, obj.metadata.namespace, name)
+
+
+def _observe_zones(kube: Kube, obj: InferenceDeployment) -> dict[str, ZoneView]:
+    namespace, selector = obj.metadata.namespace, _child_selector(obj.metadata.name)
+    deployments = {
+        d["metadata"]["name"]: d for d in kube.list(KINDS["Deployment"], namespace, selector)
+    }
+    jobs = {j["metadata"]["name"]: j for j in kube.list(KINDS["Job"], namespace, selector)}
+    views = {}
+    for zone in obj.spec.zones:
+        deployment = deployments.get(zone_deployment_name(obj, zone)) or {}
+        spec, status = deployment.get("spec") or {}, deployment.get("status") or {}
+        job_status = (jobs.get(prestage_job_name(obj, zone)) or {}).get("status") or {}
+        views[zone] = ZoneView(
+            desired=int(spec.get("replicas", 0)),
+            ready=int(status.get("readyReplicas", 0)),
+            updated=int(status.get("updatedReplicas", 0)),
+            cache_warm=bool(job_status.get("succeeded")),
+        )
+    return views
+
+
+def _fallback_endpoint(kube: Kube, obj: InferenceDeployment) -> str | None:
+    """The fallback's endpoint; "" when it is declared but does not exist."""
+    if obj.spec.fallback is None:
+        return None
+    fallback = kube.get(INFERENCE, obj.metadata.namespace, obj.spec.fallback.model)
+    if fallback is None:
+        return ""
+    return endpoint(InferenceDeployment.model_validate(fallback))
+
+
+def _record_transitions(
+    kube: Kube, raw: Obj, previous: dict[str, Any], status: dict[str, Any]
+) -> None:
+    """An Event for each condition that changed status or reason."""
+    for condition in status["conditions"]:
+        before = find_condition(previous.get("conditions") or [], condition["type"])
+        bad = (condition["type"], condition["status"]) in (("Degraded", "True"), ("Ready", "False"))
+        if before is None and not bad:
+            continue  # a new object that is fine says nothing
+        if before and (before["status"], before["reason"]) == (
+            condition["status"],
+            condition["reason"],
+        ):
+            continue
+        if condition["type"] == "Progressing":
+            continue  # every rollout would say so; Ready and Degraded tell the story
+        kube.post_event(
+            _event(
+                raw,
+                "Warning" if bad else "Normal",
+                condition["reason"],
+                f"{condition['type']}={condition['status']}: {condition['message']}",
+            )
+        )
+
+
+def _event(raw: Obj, type_: str, reason: str, message: str) -> Obj:
+    meta = raw["metadata"]
+    now = _now()
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": raw["apiVersion"],
+            "kind": raw["kind"],
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta["uid"],
+        },
+        "type": type_,
+        "reason": reason,
+        "message": message[:1024],
+        "source": {"component": "privatellm-operator"},
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }

@@ -1,0 +1,184 @@
+"""kopf wiring: watch events feed a work queue; a few workers reconcile one object at a time.
+
+Only kopf's event-watching handlers are used. They keep no state on the objects (no
+progress annotations, no finalizers), so a restarted operator re-reads the world and,
+when nothing changed, writes nothing. The reconcile is level-triggered: watch events
+on the custom resources, their Deployments, Jobs and Pods, and on node readiness queue
+it; a periodic resync queues every object again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from privatellm.api import GROUP, VERSION
+from privatellm.kube.client import Kube, new_api_client
+from privatellm.render.inference_status import NodeView
+from privatellm.render.meta import INFERENCE_DEPLOYMENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL
+
+from . import inference
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+class WorkQueue:
+    """Deduplicating queue: a key is queued at most once and never handled twice at a time."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[Key] = asyncio.Queue()
+        self._queued: set[Key] = set()
+        self._processing: set[Key] = set()
+        self._dirty: set[Key] = set()
+
+    def add(self, key: Key) -> None:
+        if key in self._processing:
+            self._dirty.add(key)
+        elif key not in self._queued:
+            self._queued.add(key)
+            self._queue.put_nowait(key)
+
+    async def get(self) -> Key:
+        key = await self._queue.get()
+        self._queued.discard(key)
+        self._processing.add(key)
+        return key
+
+    def done(self, key: Key) -> None:
+        self._processing.discard(key)
+        if key in self._dirty:
+            self._dirty.discard(key)
+            self.add(key)
+
+    def idle(self) -> bool:
+        return not (self._queued or self._processing)
+
+
+@dataclass
+class Runtime:
+    """What the handlers share, kept in kopf's memo."""
+
+    kube: Kube
+    workers: int
+    resync_seconds: float
+    queue: WorkQueue = field(default_factory=WorkQueue)
+    known: set[Key] = field(default_factory=set)
+    failures: dict[Key, int] = field(default_factory=dict)
+    node_signatures: dict[str, Hashable] = field(default_factory=dict)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def request_all(self) -> None:
+        for key in sorted(self.known):
+            self.queue.add(key)
+
+
+def _runtime(memo: Any) -> Runtime:
+    runtime: Runtime = memo.runtime
+    return runtime
+
+
+async def _worker(runtime: Runtime, reconcile: Callable[[Kube, str, str], None]) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        key = await runtime.queue.get()
+        try:
+            await asyncio.to_thread(reconcile, runtime.kube, *key)
+            runtime.failures.pop(key, None)
+        except Exception:
+            attempt = runtime.failures.get(key, 0)
+            runtime.failures[key] = attempt + 1
+            delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+            log.exception("reconciling %s/%s failed; retrying in %ss", *key, delay)
+            loop.call_later(delay, runtime.queue.add, key)
+        finally:
+            runtime.queue.done(key)
+
+
+async def _resync(runtime: Runtime) -> None:
+    while True:
+        await asyncio.sleep(runtime.resync_seconds)
+        runtime.request_all()
+
+
+@kopf.on.startup()
+async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+    # The operator records its own Events on transitions; kopf's would be noise.
+    settings.posting.enabled = False
+    settings.watching.server_timeout = 300
+    options: Mapping[str, Any] = memo.get("options", {})
+    runtime = Runtime(
+        kube=Kube(new_api_client()),
+        workers=int(options.get("workers", 4)),
+        resync_seconds=float(options.get("resync_seconds", 60)),
+    )
+    memo.runtime = runtime
+    runtime.tasks = [
+        asyncio.create_task(_worker(runtime, inference.reconcile)) for _ in range(runtime.workers)
+    ]
+    runtime.tasks.append(asyncio.create_task(_resync(runtime)))
+
+
+@kopf.on.cleanup()
+async def stop(memo: Any, **_: Any) -> None:
+    for task in _runtime(memo).tasks:
+        task.cancel()
+
+
+@kopf.on.event(GROUP, VERSION, "inferencedeployments")
+async def inference_deployment_event(
+    type: str, namespace: str | None, name: str, memo: Any, **_: Any
+) -> None:
+    runtime = _runtime(memo)
+    key = (namespace or "", name)
+    if type == "DELETED":
+        runtime.known.discard(key)
+        return
+    runtime.known.add(key)
+    runtime.queue.add(key)
+
+
+CHILD_LABELS: dict[str, Any] = {
+    MANAGED_BY_LABEL: MANAGED_BY,
+    INFERENCE_DEPLOYMENT_LABEL: kopf.PRESENT,
+}
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS)
+@kopf.on.event("batch", "v1", "jobs", labels=CHILD_LABELS)
+@kopf.on.event("", "v1", "pods", labels={INFERENCE_DEPLOYMENT_LABEL: kopf.PRESENT})
+async def child_event(
+    namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any
+) -> None:
+    runtime = _runtime(memo)
+    key = (namespace or "", labels[INFERENCE_DEPLOYMENT_LABEL])
+    if key in runtime.known:
+        runtime.queue.add(key)
+
+
+@kopf.on.event("", "v1", "nodes")
+async def node_event(type: str, body: kopf.Body, name: str, memo: Any, **_: Any) -> None:
+    """Re-plan every model when a node's ability to host replicas changes."""
+    runtime = _runtime(memo)
+    if type == "DELETED":
+        signature: Hashable = None
+    else:
+        view = NodeView.from_node(body)
+        signature = (
+            view.zone,
+            view.ready,
+            view.schedulable,
+            view.allocatable_gpus,
+            tuple(sorted(view.labels.items())),
+        )
+    if runtime.node_signatures.get(name, ...) == signature:
+        return
+    runtime.node_signatures[name] = signature
+    runtime.request_all()

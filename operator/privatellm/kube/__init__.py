@@ -1,0 +1,1 @@
+"""API access: server-side apply that writes only when needed, status, events."""

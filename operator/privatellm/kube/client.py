@@ -1,0 +1,176 @@
+"""The operator's one way to the API server: plain JSON over the kubernetes client's transport.
+
+Objects stay dicts (no model classes) so that what the renderers produce is what is
+sent. Writes are server-side applies with one field manager, made only when
+`drift.needs_apply` says the live object differs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client, config
+
+from privatellm.api import GROUP, VERSION
+
+from .drift import needs_apply, with_applied_hash
+
+FIELD_MANAGER = "privatellm-operator"
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Kind:
+    """Where the objects of a kind live in the REST API."""
+
+    api_version: str
+    kind: str
+    plural: str
+    namespaced: bool = True
+
+    def path(self, namespace: str | None = None, name: str | None = None) -> str:
+        prefix = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
+        scope = f"/namespaces/{namespace}" if self.namespaced and namespace else ""
+        suffix = f"/{name}" if name else ""
+        return f"{prefix}{scope}/{self.plural}{suffix}"
+
+
+KINDS: dict[str, Kind] = {
+    k.kind: k
+    for k in (
+        Kind("v1", "ServiceAccount", "serviceaccounts"),
+        Kind("v1", "Service", "services"),
+        Kind("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
+        Kind("v1", "Pod", "pods"),
+        Kind("v1", "Event", "events"),
+        Kind("v1", "Node", "nodes", namespaced=False),
+        Kind("apps/v1", "Deployment", "deployments"),
+        Kind("batch/v1", "Job", "jobs"),
+        Kind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
+        Kind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
+        Kind(f"{GROUP}/{VERSION}", "InferenceDeployment", "inferencedeployments"),
+    )
+}
+
+
+def kind_of(obj: Obj) -> Kind:
+    return KINDS[obj["kind"]]
+
+
+def new_api_client() -> client.ApiClient:
+    """An API client from the in-cluster ServiceAccount, else from KUBECONFIG."""
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config()  # type: ignore[no-untyped-call]
+    return client.ApiClient()
+
+
+class ApiError(Exception):
+    """The API server answered with an error status."""
+
+    def __init__(self, status: int, body: str) -> None:
+        self.status = status
+        self.body = body
+        try:
+            message = json.loads(body).get("message", body)
+        except ValueError:
+            message = body
+        super().__init__(f"{status}: {message}")
+
+
+class Kube:
+    """Reads, applies and deletes objects; counts the writes it makes."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self.writes = 0
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+    ) -> Obj:
+        method, url, headers, payload, _ = self.api.param_serialize(
+            method,
+            path,
+            query_params=query or [],
+            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = self.api.call_api(method, url, header_params=headers, body=payload)
+        data = response.read()  # type: ignore[no-untyped-call]
+        if response.status >= 400:
+            raise ApiError(response.status, data.decode(errors="replace") if data else "")
+        return json.loads(data) if data else {}
+
+    def get(self, kind: Kind, namespace: str | None, name: str) -> Obj | None:
+        try:
+            return self._call("GET", kind.path(namespace, name))
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def list(self, kind: Kind, namespace: str | None = None, selector: str = "") -> list[Obj]:
+        query = [("labelSelector", selector)] if selector else []
+        items: list[Obj] = self._call("GET", kind.path(namespace), query=query).get("items", [])
+        return items
+
+    def apply(self, manifest: Obj) -> bool:
+        """Server-side apply `manifest` when the live object differs; True when it wrote."""
+        kind = kind_of(manifest)
+        meta = manifest["metadata"]
+        desired = with_applied_hash(manifest)
+        live = self.get(kind, meta.get("namespace"), meta["name"])
+        if not needs_apply(live, desired):
+            return False
+        self.writes += 1
+        self._call(
+            "PATCH",
+            kind.path(meta.get("namespace"), meta["name"]),
+            body=desired,
+            query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+            content_type="application/apply-patch+yaml",
+        )
+        return True
+
+    def delete(self, kind: Kind, namespace: str | None, name: str) -> None:
+        """Delete an object and, in the background, what it owns; gone already is fine."""
+        self.writes += 1
+        try:
+            self._call(
+                "DELETE",
+                kind.path(namespace, name),
+                body={"propagationPolicy": "Background"},
+            )
+        except ApiError as error:
+            if error.status != 404:
+                raise
+
+    def patch_status(self, kind: Kind, namespace: str, name: str, status: Obj) -> None:
+        """Replace the status fields the operator owns (merge patch on the subresource)."""
+        self.writes += 1
+        self._call(
+            "PATCH",
+            kind.path(namespace, name) + "/status",
+            body={"status": status},
+            content_type="application/merge-patch+json",
+        )
+
+    def post_event(self, event: Obj) -> None:
+        """Record a core/v1 Event; a failure to record is logged, never raised."""
+        self.writes += 1
+        try:
+            self._call("POST", KINDS["Event"].path(event["metadata"]["namespace"]), body=event)
+        except ApiError as error:
+            log.warning("could not record event %s: %s", event.get("reason"), error)

@@ -8,6 +8,7 @@ STAMP := $(VENV)/.installed
 TESTENV_BIN := $(shell scripts/testenv.sh path)
 DEVCLUSTER := .devcluster
 DEMO_NAMESPACE := privatellm-demo
+OPERATOR_PID := $(DEVCLUSTER)/operator.pid
 
 .PHONY: all test unit integration lint crds check-crds testenv chart demo demo-down bench clean
 
@@ -49,10 +50,13 @@ test: lint testenv
 chart: testenv
 	$(TESTENV_BIN)/helm lint charts/privatellm
 
-bench: $(STAMP)
-	@echo "no benchmarks yet"
+# Benchmarks start their own simulated cluster and write docs/benchmarks.md.
+bench: $(STAMP) testenv
+	$(BIN)/python tests/benchmarks/bench_operator.py --count 200
 
 # The demo runs on $$KUBECONFIG when it is set, else on a local simulated cluster.
+# The operator runs in the background as a local process; `make demo-down` stops
+# it (and the local cluster).
 demo: $(STAMP) testenv
 	@if [[ -z "$$KUBECONFIG" ]]; then $(BIN)/privatellm dev-cluster up --dir $(DEVCLUSTER); fi
 	@export KUBECONFIG="$${KUBECONFIG:-$(CURDIR)/$(DEVCLUSTER)/kubeconfig}"; \
@@ -62,11 +66,21 @@ demo: $(STAMP) testenv
 	  kubectl wait --for=condition=Established --timeout=60s -f crds/ >/dev/null; \
 	  kubectl create namespace $(DEMO_NAMESPACE) --dry-run=client -o yaml | kubectl apply -f - >/dev/null; \
 	  kubectl apply -n $(DEMO_NAMESPACE) -f examples/; \
+	  mkdir -p $(DEVCLUSTER); \
+	  if ! kill -0 "$$(cat $(OPERATOR_PID) 2>/dev/null)" 2>/dev/null; then \
+	    setsid $(BIN)/privatellm operator > $(DEVCLUSTER)/operator.log 2>&1 & echo $$! > $(OPERATOR_PID); \
+	  fi; \
+	  echo "operator running (pid $$(cat $(OPERATOR_PID)), log $(DEVCLUSTER)/operator.log)"; \
+	  kubectl wait --for=condition=Ready --timeout=180s -n $(DEMO_NAMESPACE) inferencedeployment/llama-70b inferencedeployment/llama-8b; \
 	  echo; kubectl get -n $(DEMO_NAMESPACE) privatellm -o wide; \
+	  echo; kubectl get pods -n $(DEMO_NAMESPACE) -l app.kubernetes.io/component=inference-server \
+	    -o custom-columns=POD:.metadata.name,ZONE:.metadata.labels.privatellm\.io/zone,NODE:.spec.nodeName,STATUS:.status.phase; \
+	  echo; kubectl get events -n $(DEMO_NAMESPACE) --field-selector involvedObject.kind=InferenceDeployment; \
 	  echo; echo "KUBECONFIG=$$KUBECONFIG"; \
-	  echo "Stop the local cluster with: make demo-down"
+	  echo "Stop the operator and the local cluster with: make demo-down"
 
 demo-down: $(STAMP)
+	@if [[ -f $(OPERATOR_PID) ]]; then kill "$$(cat $(OPERATOR_PID))" 2>/dev/null || true; rm -f $(OPERATOR_PID); fi
 	$(BIN)/privatellm dev-cluster down --dir $(DEVCLUSTER)
 
 clean:

@@ -37,6 +37,8 @@ class Cluster:
     kubeconfig: Path
     api: client.ApiClient
     kubectl_binary: str
+    # The API server's audit log of writes; None on an external cluster.
+    audit_log: Path | None = None
 
     def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
         result = subprocess.run(
@@ -89,7 +91,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     local.start()
     try:
         api = config.new_client_from_config(str(local.kubeconfig))
-        yield Cluster(local.kubeconfig, api, local.tools.binary("kubectl"))
+        yield Cluster(local.kubeconfig, api, local.tools.binary("kubectl"), local.audit_log)
     finally:
         local.stop()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     op.add_argument("--workers", type=int, default=4, help="objects reconciled at the same time")
     op.add_argument(
+        "--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port (0: off)"
+    )
+    op.add_argument(
         "--resync-seconds",
         type=float,
         default=60,
@@ -88,7 +91,13 @@ def _run_operator(args: argparse.Namespace) -> int:
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         liveness_endpoint=args.liveness,
-        memo=kopf.Memo(options={"workers": args.workers, "resync_seconds": args.resync_seconds}),
+        memo=kopf.Memo(
+            options={
+                "workers": args.workers,
+                "resync_seconds": args.resync_seconds,
+                "metrics_port": args.metrics_port,
+            }
+        ),
     )
     return 0
 

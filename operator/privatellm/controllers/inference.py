@@ -62,8 +62,11 @@ def _owned_by(obj: Obj, uid: str) -> bool:
 def reconcile(kube: Kube, namespace: str, name: str) -> None:
     """Bring one InferenceDeployment's children and status in line with its spec."""
     raw = kube.get(INFERENCE, namespace, name)
-    if raw is None or raw["metadata"].get("deletionTimestamp"):
-        return  # children carry owner references: the garbage collector removes them
+    if raw is None or raw["metadata"].get("deletionTimestamp") or _terminating(kube, namespace):
+        # Children carry owner references: the garbage collector removes them. In a
+        # namespace being deleted, re-creating what the namespace controller removes
+        # would only fight it.
+        return
     obj = InferenceDeployment.model_validate(raw)
     nodes = [NodeView.from_node(n) for n in kube.list(KINDS["Node"])]
     zones = _observe_zones(kube, obj)
@@ -84,6 +87,11 @@ def reconcile(kube: Kube, namespace: str, name: str) -> None:
         removed = {key: None for key in previous if key not in status}
         kube.patch_status(INFERENCE, namespace, name, {**removed, **status})
         _record_transitions(kube, raw, previous, status)
+
+
+def _terminating(kube: Kube, namespace: str) -> bool:
+    found = kube.get(KINDS["Namespace"], None, namespace)
+    return found is None or (found.get("status") or {}).get("phase") == "Terminating"
 
 
 def _prune(kube: Kube, obj: InferenceDeployment, children: list[Obj]) -> None:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
+import prometheus_client
 
 from privatellm.api import GROUP, VERSION
 from privatellm.kube.client import Kube, new_api_client
@@ -23,10 +25,12 @@ from privatellm.render.inference_status import NodeView
 from privatellm.render.meta import INFERENCE_DEPLOYMENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL
 
 from . import inference
+from .metrics import QUEUE_DEPTH, RECONCILE_SECONDS, RECONCILES
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
+KIND = "InferenceDeployment"
 RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
 
 
@@ -58,8 +62,8 @@ class WorkQueue:
             self._dirty.discard(key)
             self.add(key)
 
-    def idle(self) -> bool:
-        return not (self._queued or self._processing)
+    def depth(self) -> int:
+        return len(self._queued)
 
 
 @dataclass
@@ -89,16 +93,21 @@ async def _worker(runtime: Runtime, reconcile: Callable[[Kube, str, str], None])
     loop = asyncio.get_running_loop()
     while True:
         key = await runtime.queue.get()
+        QUEUE_DEPTH.set(runtime.queue.depth())
+        started = time.perf_counter()
         try:
             await asyncio.to_thread(reconcile, runtime.kube, *key)
             runtime.failures.pop(key, None)
+            RECONCILES.labels(KIND, "ok").inc()
         except Exception:
+            RECONCILES.labels(KIND, "error").inc()
             attempt = runtime.failures.get(key, 0)
             runtime.failures[key] = attempt + 1
             delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
             log.exception("reconciling %s/%s failed; retrying in %ss", *key, delay)
             loop.call_later(delay, runtime.queue.add, key)
         finally:
+            RECONCILE_SECONDS.labels(KIND).observe(time.perf_counter() - started)
             runtime.queue.done(key)
 
 
@@ -120,6 +129,8 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         resync_seconds=float(options.get("resync_seconds", 60)),
     )
     memo.runtime = runtime
+    if options.get("metrics_port"):
+        prometheus_client.start_http_server(int(options["metrics_port"]))
     runtime.tasks = [
         asyncio.create_task(_worker(runtime, inference.reconcile)) for _ in range(runtime.workers)
     ]

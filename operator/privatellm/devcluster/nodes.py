@@ -29,6 +29,8 @@ class NodePlan:
     gpus_per_node: int = 8
     gpu_product: str = "NVIDIA-H100-80GB-HBM3"
     spot_gpu_node: bool = True
+    pods_per_node: int = 110
+    volumes_per_zone: int = 40
 
     def names(self) -> list[str]:
         return [n["metadata"]["name"] for n in render_nodes(self)]
@@ -93,7 +95,7 @@ def render_nodes(plan: NodePlan) -> list[dict[str, Any]]:
             capacity = {
                 "cpu": "96",
                 "memory": "1Ti",
-                "pods": "110",
+                "pods": str(plan.pods_per_node),
                 GPU_RESOURCE: str(plan.gpus_per_node),
             }
             nodes.append(_node(f"gpu-{suffix}-{i}", zone, labels, capacity, taints))
@@ -103,7 +105,7 @@ def render_nodes(plan: NodePlan) -> list[dict[str, Any]]:
                     f"cpu-{suffix}-{i}",
                     zone,
                     {"node.kubernetes.io/instance-type": "cpu-32"},
-                    {"cpu": "32", "memory": "128Gi", "pods": "110"},
+                    {"cpu": "32", "memory": "128Gi", "pods": str(plan.pods_per_node)},
                     [],
                 )
             )

@@ -49,14 +49,12 @@ def _volume(name: str, storage_class: str, zone: str | None) -> dict[str, Any]:
     }
 
 
-def render_storage(
-    plan: NodePlan, volumes_per_zone: int = 40, regional_volumes: int = 8
-) -> list[dict[str, Any]]:
-    """Two StorageClasses, `volumes_per_zone` zonal volumes per zone and some regional ones."""
+def render_storage(plan: NodePlan, regional_volumes: int = 8) -> list[dict[str, Any]]:
+    """Two StorageClasses, the plan's zonal volumes per zone and some regional ones."""
     zonal = [
         _volume(f"pv-{zone}-{i:03d}", STORAGE_CLASS, zone)
         for zone in plan.zones
-        for i in range(1, volumes_per_zone + 1)
+        for i in range(1, plan.volumes_per_zone + 1)
     ]
     regional = [
         _volume(f"pv-regional-{i:03d}", REGIONAL_STORAGE_CLASS, None)

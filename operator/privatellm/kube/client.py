@@ -13,12 +13,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client, config
+from prometheus_client import Counter
 
 from privatellm.api import GROUP, VERSION
 
 from .drift import needs_apply, with_applied_hash
 
 FIELD_MANAGER = "privatellm-operator"
+API_WRITES = Counter(
+    "privatellm_api_writes_total", "Write requests sent to the API server.", ["verb", "kind"]
+)
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
@@ -49,6 +53,7 @@ KINDS: dict[str, Kind] = {
         Kind("v1", "Pod", "pods"),
         Kind("v1", "Event", "events"),
         Kind("v1", "Node", "nodes", namespaced=False),
+        Kind("v1", "Namespace", "namespaces", namespaced=False),
         Kind("apps/v1", "Deployment", "deployments"),
         Kind("batch/v1", "Job", "jobs"),
         Kind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
@@ -89,7 +94,10 @@ class Kube:
 
     def __init__(self, api: client.ApiClient) -> None:
         self.api = api
-        self.writes = 0
+
+    @staticmethod
+    def _count_write(verb: str, kind: str) -> None:
+        API_WRITES.labels(verb=verb, kind=kind).inc()
 
     def _call(
         self,
@@ -134,7 +142,7 @@ class Kube:
         live = self.get(kind, meta.get("namespace"), meta["name"])
         if not needs_apply(live, desired):
             return False
-        self.writes += 1
+        self._count_write("apply", kind.kind)
         self._call(
             "PATCH",
             kind.path(meta.get("namespace"), meta["name"]),
@@ -146,7 +154,7 @@ class Kube:
 
     def delete(self, kind: Kind, namespace: str | None, name: str) -> None:
         """Delete an object and, in the background, what it owns; gone already is fine."""
-        self.writes += 1
+        self._count_write("delete", kind.kind)
         try:
             self._call(
                 "DELETE",
@@ -159,7 +167,7 @@ class Kube:
 
     def patch_status(self, kind: Kind, namespace: str, name: str, status: Obj) -> None:
         """Replace the status fields the operator owns (merge patch on the subresource)."""
-        self.writes += 1
+        self._count_write("status", kind.kind)
         self._call(
             "PATCH",
             kind.path(namespace, name) + "/status",
@@ -169,7 +177,7 @@ class Kube:
 
     def post_event(self, event: Obj) -> None:
         """Record a core/v1 Event; a failure to record is logged, never raised."""
-        self.writes += 1
+        self._count_write("create", "Event")
         try:
             self._call("POST", KINDS["Event"].path(event["metadata"]["namespace"]), body=event)
         except ApiError as error:

@@ -1,0 +1,46 @@
+{{/* Chart name, overridable so two charts of the same name can coexist. */}}
+{{- define "privatellm.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Name of every object of the release. The release name alone when it already
+says "privatellm" (helm install privatellm ...), so names stay short and
+predictable; otherwise "<release>-privatellm". 63 characters is the DNS label
+limit that object names and label values share.
+*/}}
+{{- define "privatellm.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "privatellm.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Selector labels must never change after install: Deployment selectors are immutable. */}}
+{{- define "privatellm.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "privatellm.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "privatellm.labels" -}}
+helm.sh/chart: {{ include "privatellm.chart" . }}
+{{ include "privatellm.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | trunc 63 | trimSuffix "-" | quote }}
+app.kubernetes.io/part-of: privatellm
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "privatellm.serviceAccountName" -}}
+{{- default (include "privatellm.fullname" .) .Values.serviceAccount.name }}
+{{- end }}

@@ -1,0 +1,318 @@
+"""The InferenceDeployment operator on a real control plane, running as the chart's identity."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from privatellm.api import GROUP, VERSION
+from privatellm.devcluster.nodes import NodePlan, render_nodes
+
+from .conftest import Cluster, wait_until
+from .operator_process import USERNAME, OperatorProcess, running_operator, writes_by
+
+PLURAL = "inferencedeployments"
+ZONE_LABEL = "topology.kubernetes.io/zone"
+OWNER_LABEL = "privatellm.io/inference-deployment"
+
+
+@pytest.fixture(scope="module")
+def operator(crds: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    yield from running_operator(crds, tmp_path_factory.mktemp("operator"))
+
+
+def model(name: str, **spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "model": {
+            "name": name,
+            "source": {
+                "uri": f"s3://models/{name}",
+                "s3Endpoint": "https://minio.storage.svc:9000",
+                "sizeGiB": 16,
+            },
+        },
+        "resources": {"gpusPerReplica": 1, "gpuProduct": "NVIDIA-H100-80GB-HBM3"},
+        "zones": ["zone-a", "zone-b", "zone-c"],
+        "replicas": 6,
+    }
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "InferenceDeployment",
+        "metadata": {"name": name},
+        "spec": {**base, **spec},
+    }
+
+
+def create(cluster: Cluster, namespace: str, body: dict[str, Any]) -> None:
+    cluster.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+
+
+def patch_spec(cluster: Cluster, namespace: str, name: str, spec: dict[str, Any]) -> None:
+    cluster.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, name, {"spec": spec}
+    )
+
+
+def read(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    obj: dict[str, Any] = cluster.custom.get_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, name
+    )
+    return obj
+
+
+def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return next((c for c in conditions if c["type"] == type_), {})
+
+
+def settled(cluster: Cluster, namespace: str, name: str, ready: int) -> dict[str, Any] | None:
+    """The object once it is Ready with `ready` replicas and nothing in progress."""
+    obj = read(cluster, namespace, name)
+    status = obj.get("status") or {}
+    if (
+        status.get("observedGeneration") == obj["metadata"]["generation"]
+        and condition(obj, "Ready").get("status") == "True"
+        and condition(obj, "Progressing").get("status") == "False"
+        and status.get("readyReplicas") == ready
+    ):
+        return obj
+    return None
+
+
+def running_pods(cluster: Cluster, namespace: str, name: str) -> list[client.V1Pod]:
+    pods = cluster.core.list_namespaced_pod(
+        namespace,
+        label_selector=f"{OWNER_LABEL}={name},app.kubernetes.io/component=inference-server",
+    ).items
+    return [p for p in pods if p.status.phase == "Running" and not p.metadata.deletion_timestamp]
+
+
+def zones_of(cluster: Cluster, pods: list[client.V1Pod]) -> Counter[str]:
+    nodes = {n.metadata.name: n for n in cluster.core.list_node().items}
+    return Counter(nodes[p.spec.node_name].metadata.labels[ZONE_LABEL] for p in pods)
+
+
+def events_for(cluster: Cluster, namespace: str, name: str) -> list[client.CoreV1Event]:
+    events = cluster.core.list_namespaced_event(
+        namespace,
+        field_selector=f"involvedObject.name={name},involvedObject.kind=InferenceDeployment",
+    ).items
+    return list(events)
+
+
+def test_create_spreads_running_replicas_over_three_zones(
+    operator: OperatorProcess, cluster: Cluster, namespace: str
+) -> None:
+    create(cluster, namespace, model("chat"))
+    obj = wait_until(lambda: settled(cluster, namespace, "chat", 6), timeout=120, what="Ready")
+    pods = running_pods(cluster, namespace, "chat")
+    assert zones_of(cluster, pods) == {"zone-a": 2, "zone-b": 2, "zone-c": 2}
+    assert all(p.spec.containers[0].resources.limits["nvidia.com/gpu"] == "1" for p in pods)
+    status = obj["status"]
+    assert [(z["zone"], z["readyReplicas"], z["cacheWarm"]) for z in status["zones"]] == [
+        ("zone-a", 2, True),
+        ("zone-b", 2, True),
+        ("zone-c", 2, True),
+    ]
+    assert status["endpoint"] == f"https://chat.{namespace}.svc:8000"
+    assert status["estimatedRestoreSeconds"] == 33
+    assert condition(obj, "Degraded")["status"] == "False"
+
+    patch_spec(cluster, namespace, "chat", {"replicas": 9})
+    wait_until(lambda: settled(cluster, namespace, "chat", 9), timeout=90, what="scaled to 9")
+    assert zones_of(cluster, running_pods(cluster, namespace, "chat")) == {
+        "zone-a": 3,
+        "zone-b": 3,
+        "zone-c": 3,
+    }
+
+
+def test_spec_change_rolls_out(operator: OperatorProcess, cluster: Cluster, namespace: str) -> None:
+    create(cluster, namespace, model("roll", replicas=3))
+    wait_until(lambda: settled(cluster, namespace, "roll", 3), timeout=120, what="Ready")
+    patch_spec(cluster, namespace, "roll", {"engine": {"maxModelLen": 4096}})
+
+    def rolled_out() -> bool:
+        pods = running_pods(cluster, namespace, "roll")
+        new = [p for p in pods if "4096" in p.spec.containers[0].args]
+        return len(new) == 3 and settled(cluster, namespace, "roll", 3) is not None
+
+    wait_until(rolled_out, timeout=120, what="every replica runs with --max-model-len 4096")
+    assert read(cluster, namespace, "roll")["status"]["observedGeneration"] == 2
+
+
+def owned_children(cluster: Cluster, namespace: str, name: str) -> list[str]:
+    selector = f"{OWNER_LABEL}={name}"
+    found = []
+    for kind, lister in (
+        ("Deployment", cluster.apps.list_namespaced_deployment),
+        ("Service", cluster.core.list_namespaced_service),
+        ("ServiceAccount", cluster.core.list_namespaced_service_account),
+        ("PersistentVolumeClaim", cluster.core.list_namespaced_persistent_volume_claim),
+        ("Job", client.BatchV1Api(cluster.api).list_namespaced_job),
+        (
+            "PodDisruptionBudget",
+            client.PolicyV1Api(cluster.api).list_namespaced_pod_disruption_budget,
+        ),
+        ("NetworkPolicy", client.NetworkingV1Api(cluster.api).list_namespaced_network_policy),
+    ):
+        found += [
+            f"{kind}/{o.metadata.name}" for o in lister(namespace, label_selector=selector).items
+        ]
+    return found
+
+
+def test_delete_garbage_collects_every_child(
+    operator: OperatorProcess, cluster: Cluster, namespace: str
+) -> None:
+    create(cluster, namespace, model("gone", replicas=3))
+    wait_until(lambda: settled(cluster, namespace, "gone", 3), timeout=120, what="Ready")
+    children = owned_children(cluster, namespace, "gone")
+    assert {c.split("/")[0] for c in children} == {
+        "Deployment",
+        "Service",
+        "ServiceAccount",
+        "PersistentVolumeClaim",
+        "Job",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+    }
+    cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "gone")
+    wait_until(
+        lambda: not owned_children(cluster, namespace, "gone"),
+        timeout=90,
+        what="children garbage-collected",
+    )
+
+
+def test_invalid_engine_arguments_degrade_and_render_nothing(
+    operator: OperatorProcess, cluster: Cluster, namespace: str
+) -> None:
+    create(cluster, namespace, model("bad", engine={"extraArgs": ["--trust-remote-code"]}))
+
+    def degraded() -> dict[str, Any]:
+        return condition(read(cluster, namespace, "bad"), "Degraded")
+
+    found = wait_until(lambda: degraded().get("status") == "True" and degraded(), what="Degraded")
+    assert found["reason"] == "InvalidSpec"
+    assert "spec.engine.extraArgs[0]: --trust-remote-code is not allowed" in found["message"]
+    assert owned_children(cluster, namespace, "bad") == []
+    assert any(e.reason == "InvalidSpec" for e in events_for(cluster, namespace, "bad"))
+    assert operator.alive()
+
+
+def test_what_the_api_server_cannot_judge_is_degraded_with_the_field(
+    operator: OperatorProcess, cluster: Cluster, namespace: str
+) -> None:
+    create(
+        cluster, namespace, model("nogpu", resources={"gpusPerReplica": 1, "gpuProduct": "B300"})
+    )
+    create(cluster, namespace, model("nozone", zones=["zone-a", "zone-x"], replicas=2))
+
+    def degraded(name: str) -> dict[str, Any]:
+        found = condition(read(cluster, namespace, name), "Degraded")
+        return found if found.get("status") == "True" else {}
+
+    nogpu = wait_until(lambda: degraded("nogpu"), what="nogpu Degraded")
+    assert nogpu["reason"] == "UnknownGPUProduct"
+    assert nogpu["message"].startswith("spec.resources.gpuProduct:")
+    nozone = wait_until(lambda: degraded("nozone"), what="nozone Degraded")
+    assert nozone["reason"] == "ZoneUnavailable"
+    assert "spec.zones[1]: zone 'zone-x' has no nodes" in nozone["message"]
+    # the zone that exists serves both replicas
+    wait_until(
+        lambda: read(cluster, namespace, "nozone")["status"].get("readyReplicas") == 2,
+        timeout=90,
+        what="zone-a serves both replicas",
+    )
+    assert any(
+        e.type == "Warning" and e.reason == "ZoneUnavailable"
+        for e in events_for(cluster, namespace, "nozone")
+    )
+    assert operator.alive()
+
+
+def test_every_rendered_pod_is_admitted_under_restricted_pod_security(
+    operator: OperatorProcess, cluster: Cluster, namespace: str
+) -> None:
+    cluster.core.patch_namespace(
+        namespace, {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}}
+    )
+    create(cluster, namespace, model("strict", replicas=3))
+    wait_until(lambda: settled(cluster, namespace, "strict", 3), timeout=120, what="Ready")
+    rejected = [
+        e for e in cluster.core.list_namespaced_event(namespace).items if e.reason == "FailedCreate"
+    ]
+    assert rejected == []
+
+
+def test_operator_restart_makes_no_writes(
+    operator: OperatorProcess, cluster: Cluster, namespace: str
+) -> None:
+    if cluster.audit_log is None:
+        pytest.skip("needs the local control plane's audit log")
+    create(cluster, namespace, model("steady", replicas=3))
+    wait_until(lambda: settled(cluster, namespace, "steady", 3), timeout=120, what="Ready")
+    time.sleep(2 * operator.resync_seconds)  # let every object in the cluster settle
+    operator.restart()
+    before = len(writes_by(cluster.audit_log, USERNAME))
+    time.sleep(3 * operator.resync_seconds)  # a start-up pass and two resyncs
+    assert operator.alive()
+    assert writes_by(cluster.audit_log, USERNAME)[before:] == []
+
+
+def test_zone_failure_moves_replicas_and_the_zone_returns(
+    operator: OperatorProcess, cluster: Cluster, namespace: str, tmp_path: Path
+) -> None:
+    create(cluster, namespace, model("ha", replicas=6, health={"failoverSeconds": 60}))
+    wait_until(lambda: settled(cluster, namespace, "ha", 6), timeout=120, what="Ready")
+    zone_a = [
+        n for n in render_nodes(NodePlan()) if n["metadata"]["labels"][ZONE_LABEL] == "zone-a"
+    ]
+    started = time.monotonic()
+    for node in zone_a:
+        cluster.core.delete_node(node["metadata"]["name"])
+    try:
+
+        def failed_over() -> bool:
+            pods = running_pods(cluster, namespace, "ha")
+            placed = zones_of(
+                cluster, [p for p in pods if p.spec.node_name and _node_exists(cluster, p)]
+            )
+            degraded = condition(read(cluster, namespace, "ha"), "Degraded")
+            return (
+                placed == {"zone-b": 3, "zone-c": 3} and degraded.get("reason") == "ZoneUnavailable"
+            )
+
+        wait_until(failed_over, timeout=60, what="replicas of zone-a running in zone-b and zone-c")
+        elapsed = time.monotonic() - started
+        degraded = condition(read(cluster, namespace, "ha"), "Degraded")
+        assert "spec.zones[0]: zone 'zone-a' has no nodes" in degraded["message"]
+        assert elapsed < 60, f"failover took {elapsed:.0f}s"
+        assert any(e.reason == "ZoneUnavailable" for e in events_for(cluster, namespace, "ha"))
+    finally:
+        cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(zone_a))
+        cluster.kubectl("wait", "--for=condition=Ready", "node", "--all", "--timeout=60s")
+
+    def spread_restored() -> bool:
+        obj = settled(cluster, namespace, "ha", 6)
+        return (
+            bool(obj)
+            and condition(obj, "Degraded").get("status") == "False"
+            and zones_of(cluster, running_pods(cluster, namespace, "ha"))
+            == {"zone-a": 2, "zone-b": 2, "zone-c": 2}
+        )
+
+    wait_until(spread_restored, timeout=120, what="spread over three zones again")
+
+
+def _node_exists(cluster: Cluster, pod: client.V1Pod) -> bool:
+    names = {n.metadata.name for n in cluster.core.list_node().items}
+    return pod.spec.node_name in names

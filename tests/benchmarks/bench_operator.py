@@ -57,14 +57,9 @@ def model(name: str) -> dict[str, Any]:
 
 
 def ready_count(cluster: LocalCluster) -> int:
-    listing = yaml.safe_load(cluster.kubectl("get", "infd", "-n", NAMESPACE, "-o", "yaml"))
-    ready = 0
-    for item in listing["items"]:
-        status = item.get("status") or {}
-        conditions = {c["type"]: c["status"] for c in status.get("conditions") or []}
-        if conditions.get("Ready") == "True" and status.get("readyReplicas") == 3:
-            ready += 1
-    return ready
+    template = '{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\\n"}{end}'
+    output = cluster.kubectl("get", "infd", "-n", NAMESPACE, "-o", f"jsonpath={template}")
+    return output.split().count("True")
 
 
 def wait_ready(cluster: LocalCluster, count: int, timeout: float) -> float:
@@ -72,7 +67,7 @@ def wait_ready(cluster: LocalCluster, count: int, timeout: float) -> float:
     while time.monotonic() - started < timeout:
         if ready_count(cluster) >= count:
             return time.monotonic() - started
-        time.sleep(1)
+        time.sleep(2)
     raise TimeoutError(f"{count} InferenceDeployments not Ready after {timeout}s")
 
 

@@ -237,6 +237,12 @@ def test_what_the_api_server_cannot_judge_is_degraded_with_the_field(
         for e in events_for(cluster, namespace, "nozone")
     )
     assert operator.alive()
+    if cluster.audit_log is not None:
+        # Degraded is a steady state, not a retry loop: once settled, resyncs write nothing.
+        time.sleep(2 * operator.resync_seconds)
+        before = len(writes_by(cluster.audit_log, USERNAME))
+        time.sleep(2 * operator.resync_seconds)
+        assert writes_by(cluster.audit_log, USERNAME)[before:] == []
 
 
 def test_every_rendered_pod_is_admitted_under_restricted_pod_security(

@@ -315,8 +315,21 @@ def test_a_cpu_only_model_gets_no_gpu() -> None:
         pod = deployment["spec"]["template"]["spec"]
         resources = server_container(deployment)["resources"]
         assert resources == {"requests": {"cpu": "8", "memory": "32Gi"}}
-        assert "tolerations" not in pod
+        assert not [t for t in pod["tolerations"] if t["key"] == "nvidia.com/gpu"]
         assert GPU_PRODUCT_LABEL not in node_requirements(pod)
+
+
+def test_pods_leave_a_lost_node_in_time_to_be_back_within_the_failover_bound() -> None:
+    obj = example("llama-70b", health={"failoverSeconds": 300})  # restore estimate: 72 s
+    pod = of_kind(render(obj), "Deployment")[0]["spec"]["template"]["spec"]
+    lost = {t["key"]: t for t in pod["tolerations"] if t["effect"] == "NoExecute"}
+    assert set(lost) == {"node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"}
+    assert {t["tolerationSeconds"] for t in lost.values()} == {300 - 72}
+    tight = example("llama-70b", health={"failoverSeconds": 30})
+    pod = of_kind(render(tight), "Deployment")[0]["spec"]["template"]["spec"]
+    assert {
+        t.get("tolerationSeconds") for t in pod["tolerations"] if t["effect"] == "NoExecute"
+    } == {0}
 
 
 def test_spot_capacity_needs_spot_nodes_and_tolerates_their_taint() -> None:
@@ -548,21 +561,41 @@ def test_startup_probe_allows_the_startup_budget() -> None:
 def test_server_tls_probes_get_health_over_https() -> None:
     obj = example("llama-8b", encryption={"tls": "server"})
     container = server_container(of_kind(render(obj), "Deployment")[0])
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    for probe in ("startupProbe", "livenessProbe"):
         assert container[probe]["httpGet"] == {
             "path": "/health",
             "port": "https",
             "scheme": "HTTPS",
         }
+    readiness = container["readinessProbe"]["exec"]["command"]
+    assert readiness[-2:] == ["", ""], "no client certificate without mutual TLS"
 
 
 def test_mutual_tls_probes_present_the_pods_certificate() -> None:
     container = server_container(of_kind(render(example("llama-8b")), "Deployment")[0])
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    for probe in ("startupProbe", "livenessProbe"):
         command = container[probe]["exec"]["command"]
         assert "/health" in command[-1]
         assert "load_cert_chain" in command[-1]
         compile(command[-1], probe, "exec")
+    readiness = container["readinessProbe"]["exec"]["command"]
+    assert readiness[-2:] == ["/etc/privatellm/tls/tls.crt", "/etc/privatellm/tls/tls.key"]
+
+
+def test_readiness_asks_the_model_for_one_token_within_the_bound() -> None:
+    obj = example("llama-8b", health={"maxFirstTokenLatencyMs": 2500, "intervalSeconds": 15})
+    probe = server_container(of_kind(render(obj), "Deployment")[0])["readinessProbe"]
+    python, flag, script, url, model, prompt, bound = probe["exec"]["command"][:7]
+    assert (python, flag) == ("python3", "-c")
+    compile(script, "readiness", "exec")
+    assert (url, model, prompt, bound) == (
+        "https://127.0.0.1:8000",
+        "llama-3.1-8b-instruct",
+        "Reply with OK.",
+        "2500",
+    )
+    assert probe["periodSeconds"] == 15
+    assert probe["timeoutSeconds"] == 5
 
 
 # --- extra arguments -------------------------------------------------------------------

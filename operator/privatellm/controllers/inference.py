@@ -34,16 +34,11 @@ from privatellm.render.meta import INFERENCE_DEPLOYMENT_LABEL, MANAGED_BY, MANAG
 log = logging.getLogger(__name__)
 
 INFERENCE = KINDS["InferenceDeployment"]
-# Kinds of the children, in the order they are pruned.
-CHILD_KINDS = (
-    "Deployment",
-    "Job",
-    "PersistentVolumeClaim",
-    "PodDisruptionBudget",
-    "Service",
-    "NetworkPolicy",
-    "ServiceAccount",
-)
+# The per-zone children: listed once per reconcile (their state feeds the status, and
+# these are the only children whose names change with the spec, so the only ones to
+# prune). The other children have one fixed name each and are read one by one.
+ZONAL_KINDS = ("Deployment", "Job", "PersistentVolumeClaim")
+LiveChildren = dict[tuple[str, str], Obj]
 
 
 def _now() -> str:
@@ -59,8 +54,11 @@ def _owned_by(obj: Obj, uid: str) -> bool:
     return any(ref.get("uid") == uid for ref in refs)
 
 
-def reconcile(kube: Kube, namespace: str, name: str) -> None:
-    """Bring one InferenceDeployment's children and status in line with its spec."""
+def reconcile(kube: Kube, nodes: Sequence[NodeView], namespace: str, name: str) -> None:
+    """Bring one InferenceDeployment's children and status in line with its spec.
+
+    `nodes` is the operator's current view of the cluster's nodes.
+    """
     raw = kube.get(INFERENCE, namespace, name)
     if raw is None or raw["metadata"].get("deletionTimestamp") or _terminating(kube, namespace):
         # Children carry owner references: the garbage collector removes them. In a
@@ -68,8 +66,8 @@ def reconcile(kube: Kube, namespace: str, name: str) -> None:
         # would only fight it.
         return
     obj = InferenceDeployment.model_validate(raw)
-    nodes = [NodeView.from_node(n) for n in kube.list(KINDS["Node"])]
-    zones = _observe_zones(kube, obj)
+    live = _zonal_children(kube, obj)
+    zones = _observe_zones(obj, live)
     plan = replica_plan(obj, nodes, warm={z for z, view in zones.items() if view.cache_warm})
     try:
         children = render_children(obj, plan)
@@ -78,8 +76,12 @@ def reconcile(kube: Kube, namespace: str, name: str) -> None:
         children, invalid = [], error.errors
     if not invalid:
         for child in children:
-            kube.apply(child)
-        _prune(kube, obj, children)
+            key = (child["kind"], child["metadata"]["name"])
+            if child["kind"] in ZONAL_KINDS:
+                kube.apply(child, live.get(key))
+            else:
+                kube.apply(child)
+        _prune(kube, obj, children, live)
     observed = Observed(nodes=nodes, zones=zones, fallback_endpoint=_fallback_endpoint(kube, obj))
     previous = raw.get("status") or {}
     status = compute_status(obj, observed, plan, invalid, previous, _now())
@@ -94,31 +96,33 @@ def _terminating(kube: Kube, namespace: str) -> bool:
     return found is None or (found.get("status") or {}).get("phase") == "Terminating"
 
 
-def _prune(kube: Kube, obj: InferenceDeployment, children: list[Obj]) -> None:
-    """Delete children this object owns that the renderers no longer produce."""
+def _zonal_children(kube: Kube, obj: InferenceDeployment) -> LiveChildren:
+    """The per-zone children as they are now, by (kind, name): three list requests."""
+    namespace, selector = obj.metadata.namespace, _child_selector(obj.metadata.name)
+    return {
+        (kind, item["metadata"]["name"]): item
+        for kind in ZONAL_KINDS
+        for item in kube.list(KINDS[kind], namespace, selector)
+    }
+
+
+def _prune(kube: Kube, obj: InferenceDeployment, children: list[Obj], live: LiveChildren) -> None:
+    """Delete per-zone children this object owns that the renderers no longer produce."""
     wanted = {(c["kind"], c["metadata"]["name"]) for c in children}
     uid = obj.metadata.uid or ""
-    selector = _child_selector(obj.metadata.name)
-    for kind_name in CHILD_KINDS:
-        kind = KINDS[kind_name]
-        for live in kube.list(kind, obj.metadata.namespace, selector):
-            name = live["metadata"]["name"]
-            if (kind_name, name) not in wanted and _owned_by(live, uid):
-                log.info("pruning %s %s/%s", kind_name, obj.metadata.namespace, name)
-                kube.delete(kind, obj.metadata.namespace, name)
+    for (kind, name), item in live.items():
+        if (kind, name) not in wanted and _owned_by(item, uid):
+            log.info("pruning %s %s/%s", kind, obj.metadata.namespace, name)
+            kube.delete(KINDS[kind], obj.metadata.namespace, name)
 
 
-def _observe_zones(kube: Kube, obj: InferenceDeployment) -> dict[str, ZoneView]:
-    namespace, selector = obj.metadata.namespace, _child_selector(obj.metadata.name)
-    deployments = {
-        d["metadata"]["name"]: d for d in kube.list(KINDS["Deployment"], namespace, selector)
-    }
-    jobs = {j["metadata"]["name"]: j for j in kube.list(KINDS["Job"], namespace, selector)}
+def _observe_zones(obj: InferenceDeployment, live: LiveChildren) -> dict[str, ZoneView]:
     views = {}
     for zone in obj.spec.zones:
-        deployment = deployments.get(zone_deployment_name(obj, zone)) or {}
+        deployment = live.get(("Deployment", zone_deployment_name(obj, zone))) or {}
         spec, status = deployment.get("spec") or {}, deployment.get("status") or {}
-        job_status = (jobs.get(prestage_job_name(obj, zone)) or {}).get("status") or {}
+        job = live.get(("Job", prestage_job_name(obj, zone))) or {}
+        job_status = job.get("status") or {}
         views[zone] = ZoneView(
             desired=int(spec.get("replicas", 0)),
             ready=int(status.get("readyReplicas", 0)),

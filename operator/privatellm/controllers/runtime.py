@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,7 +77,15 @@ class Runtime:
     known: set[Key] = field(default_factory=set)
     failures: dict[Key, int] = field(default_factory=dict)
     node_signatures: dict[str, Hashable] = field(default_factory=dict)
+    # kopf's in-memory index of the nodes, kept current by the watch: no reconcile lists
+    # the nodes from the API server.
+    node_index: Mapping[str, Iterable[NodeView]] | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def nodes(self) -> list[NodeView]:
+        if self.node_index is None:
+            return []
+        return [view for views in self.node_index.values() for view in views]
 
     def request_all(self) -> None:
         for key in sorted(self.known):
@@ -89,14 +97,16 @@ def _runtime(memo: Any) -> Runtime:
     return runtime
 
 
-async def _worker(runtime: Runtime, reconcile: Callable[[Kube, str, str], None]) -> None:
+async def _worker(
+    runtime: Runtime, reconcile: Callable[[Kube, Sequence[NodeView], str, str], None]
+) -> None:
     loop = asyncio.get_running_loop()
     while True:
         key = await runtime.queue.get()
         QUEUE_DEPTH.set(runtime.queue.depth())
         started = time.perf_counter()
         try:
-            await asyncio.to_thread(reconcile, runtime.kube, *key)
+            await asyncio.to_thread(reconcile, runtime.kube, runtime.nodes(), *key)
             runtime.failures.pop(key, None)
             RECONCILES.labels(KIND, "ok").inc()
         except Exception:
@@ -143,11 +153,19 @@ async def stop(memo: Any, **_: Any) -> None:
         task.cancel()
 
 
+@kopf.index("", "v1", "nodes")
+async def node_views(name: str, body: kopf.Body, **_: Any) -> dict[str, NodeView]:
+    """What reconciles need of each node; kopf fills every index before any handler runs."""
+    return {name: NodeView.from_node(body)}
+
+
 @kopf.on.event(GROUP, VERSION, "inferencedeployments")
 async def inference_deployment_event(
-    type: str, namespace: str | None, name: str, memo: Any, **_: Any
+    type: str, namespace: str | None, name: str, memo: Any, **kwargs: Any
 ) -> None:
     runtime = _runtime(memo)
+    # kopf passes each index to every handler as a keyword named after its function.
+    runtime.node_index = kwargs["node_views"]
     key = (namespace or "", name)
     if type == "DELETED":
         runtime.known.discard(key)

@@ -76,6 +76,13 @@ def new_api_client() -> client.ApiClient:
     return client.ApiClient()
 
 
+class _Lookup:
+    """Marker: read the live object before deciding to apply."""
+
+
+LOOKUP = _Lookup()
+
+
 class ApiError(Exception):
     """The API server answered with an error status."""
 
@@ -132,14 +139,21 @@ class Kube:
     def list(self, kind: Kind, namespace: str | None = None, selector: str = "") -> list[Obj]:
         query = [("labelSelector", selector)] if selector else []
         items: list[Obj] = self._call("GET", kind.path(namespace), query=query).get("items", [])
-        return items
+        # The items of a list carry no kind or apiVersion; give them theirs, so that they
+        # compare with rendered objects like a single GET would.
+        return [{"apiVersion": kind.api_version, "kind": kind.kind, **item} for item in items]
 
-    def apply(self, manifest: Obj) -> bool:
-        """Server-side apply `manifest` when the live object differs; True when it wrote."""
+    def apply(self, manifest: Obj, live: Obj | _Lookup | None = LOOKUP) -> bool:
+        """Server-side apply `manifest` when the live object differs; True when it wrote.
+
+        `live` is the object as the caller already read it (None: it does not exist);
+        by default it is read here.
+        """
         kind = kind_of(manifest)
         meta = manifest["metadata"]
         desired = with_applied_hash(manifest)
-        live = self.get(kind, meta.get("namespace"), meta["name"])
+        if isinstance(live, _Lookup):
+            live = self.get(kind, meta.get("namespace"), meta["name"])
         if not needs_apply(live, desired):
             return False
         self._count_write("apply", kind.kind)

@@ -51,6 +51,7 @@ from .meta import (
     ZONE_LABEL,
     owner_reference,
 )
+from .probe import golden_prompt_command
 
 Manifest = dict[str, Any]
 
@@ -403,28 +404,51 @@ def _health_check(spec: InferenceDeploymentSpec) -> Manifest:
     return {"httpGet": {"path": "/health", "port": "https", "scheme": "HTTPS"}}
 
 
+def _golden_prompt_check(spec: InferenceDeploymentSpec) -> Manifest:
+    cert, key = "", ""
+    if spec.encryption.tls == "mutual":
+        cert, key = f"{TLS_DIR}/{TLS_CERT_FILE}", f"{TLS_DIR}/{TLS_KEY_FILE}"
+    command = golden_prompt_command(
+        f"https://127.0.0.1:{SERVING_PORT}",
+        spec.model.name,
+        spec.health.probe_prompt,
+        spec.health.max_first_token_latency_ms,
+        cert,
+        key,
+    )
+    return {"exec": {"command": command}}
+
+
 def _probes(spec: InferenceDeploymentSpec) -> Manifest:
     """Startup, readiness and liveness probes of the vLLM container.
 
-    All three ask vLLM's /health, which answers once the weights are loaded and the engine
-    runs. The startup probe allows health.startupBudgetSeconds for loading. The model-level
-    check (one token for health.probePrompt within maxFirstTokenLatencyMs) will replace the
-    readiness check once the operator image ships the small command that asks it.
+    Startup and liveness ask vLLM's /health: the engine runs. Startup allows
+    health.startupBudgetSeconds for loading the weights. Readiness asks the model itself
+    (render/probe.py): one token of health.probePrompt within maxFirstTokenLatencyMs, every
+    health.intervalSeconds; a replica that answers too slowly leaves the Service without
+    being restarted.
     """
-    startup_threshold = math.ceil(spec.health.startup_budget_seconds / PROBE_PERIOD_SECONDS)
-    thresholds = {
-        "startupProbe": startup_threshold,
-        "readinessProbe": READINESS_FAILURE_THRESHOLD,
-        "livenessProbe": LIVENESS_FAILURE_THRESHOLD,
-    }
-    return {
-        probe: {
+    health = spec.health
+    startup_threshold = math.ceil(health.startup_budget_seconds / PROBE_PERIOD_SECONDS)
+
+    def engine_alive(failure_threshold: int) -> Manifest:
+        return {
             **_health_check(spec),
             "periodSeconds": PROBE_PERIOD_SECONDS,
             "timeoutSeconds": PROBE_TIMEOUT_SECONDS,
-            "failureThreshold": threshold,
+            "failureThreshold": failure_threshold,
         }
-        for probe, threshold in thresholds.items()
+
+    return {
+        "startupProbe": engine_alive(startup_threshold),
+        "readinessProbe": {
+            **_golden_prompt_check(spec),
+            "periodSeconds": health.interval_seconds,
+            # the check itself gives up a second after the bound
+            "timeoutSeconds": math.ceil(health.max_first_token_latency_ms / 1000) + 2,
+            "failureThreshold": READINESS_FAILURE_THRESHOLD,
+        },
+        "livenessProbe": engine_alive(LIVENESS_FAILURE_THRESHOLD),
     }
 
 
@@ -513,6 +537,7 @@ def _server_scheduling(obj: InferenceDeployment, zone: str) -> Manifest:
         tolerations.append(
             {"key": CAPACITY_TYPE_LABEL, "operator": "Equal", "value": SPOT, "effect": "NoSchedule"}
         )
+    tolerations += _lost_node_tolerations(spec)
     scheduling: Manifest = {
         "affinity": _node_affinity(expressions),
         # One node failing should take as few replicas of the zone with it as possible.
@@ -530,6 +555,20 @@ def _server_scheduling(obj: InferenceDeployment, zone: str) -> Manifest:
     if spec.priority_class_name:
         scheduling["priorityClassName"] = spec.priority_class_name
     return scheduling
+
+
+def _lost_node_tolerations(spec: InferenceDeploymentSpec) -> list[Manifest]:
+    """Leave a node that stopped answering early enough to be back within failoverSeconds.
+
+    The cluster default keeps a Pod on an unreachable node for 300 s. Evicting it after
+    failoverSeconds minus the time a replacement needs to load the weights from the warm
+    cache lets the replacement serve within the bound.
+    """
+    seconds = max(0, spec.health.failover_seconds - estimated_restore_seconds(spec))
+    return [
+        {"key": taint, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": seconds}
+        for taint in ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
+    ]
 
 
 def _zone_selector(obj: InferenceDeployment, zone: str) -> dict[str, str]:

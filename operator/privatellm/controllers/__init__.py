@@ -1,0 +1,1 @@
+"""kopf handlers and reconcilers, one module per custom resource."""

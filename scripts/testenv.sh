@@ -10,6 +10,15 @@ K8S_VERSION="${K8S_VERSION:-v1.36.3}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+# The Vault-API server for Transit keys. OpenBao is not served by the module proxy
+# here (neither github.com/openbao/openbao/v2@v2.7.1 nor a pre-/v2 release
+# pseudo-version), so this is HashiCorp Vault, whose dev mode, Transit and
+# Kubernetes auth speak the same API. Vault >= 1.15 is BUSL-1.1: it is built here
+# only to test against and is never shipped. A .0 release on purpose: its api and
+# sdk submodules were tagged with it, while later patch releases carry backports
+# in their own tree that no published sdk version has (v1.21.4 does not compile
+# against sdk v0.21.0).
+VAULT_VERSION="${VAULT_VERSION:-v1.21.0}"
 
 CACHE="${PRIVATELLM_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/privatellm/testenv}"
 BIN="$CACHE/bin"
@@ -98,6 +107,43 @@ build_helm() {
   stamp helm "$HELM_VERSION"
 }
 
+build_vault() {
+  stamped vault "$VAULT_VERSION" && { log "vault $VAULT_VERSION cached"; return; }
+  log "vault $VAULT_VERSION: building (cold build takes a while)"
+  local src="$CACHE/src/vault-$VAULT_VERSION"
+  mkdir -p "$src"
+  local modfile
+  modfile="$(go mod download -json "github.com/hashicorp/vault@$VAULT_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
+  # Replace directives of a dependency are ignored, so the wrapper restates them:
+  # the api/sdk submodules that Vault takes from its own tree are pinned to the
+  # versions its go.mod requires (the module proxy serves no commit-pinned
+  # versions of them); replacements by other modules are copied as they are.
+  {
+    echo "module privatellm.local/testenv/vault"
+    echo
+    echo "go 1.26"
+    echo
+    echo "require github.com/hashicorp/vault $VAULT_VERSION"
+    echo
+    echo "replace ("
+    go mod edit -json "$modfile" | python3 -c '
+import json, sys
+mod = json.load(sys.stdin)
+required = {r["Path"]: r["Version"] for r in mod["Require"]}
+for r in mod.get("Replace") or []:
+    old, new = r["Old"], r["New"]
+    lhs = " ".join(filter(None, (old["Path"], old.get("Version"))))
+    if new["Path"].startswith("./"):
+        new = {"Path": old["Path"], "Version": required[old["Path"]]}
+    print("\t" + lhs + " => " + new["Path"] + " " + new["Version"])
+'
+    echo ")"
+  } >"$src/go.mod"
+  # Without the `ui` build tag Vault leaves its web UI out; the tests need only the API.
+  (cd "$src" && go build -trimpath -ldflags "-s -w" -o "$BIN/vault" github.com/hashicorp/vault)
+  stamp vault "$VAULT_VERSION"
+}
+
 main() {
   mkdir -p "$BIN"
   case "${1:-build}" in
@@ -108,6 +154,7 @@ main() {
       build_kwok
       build_helm
       build_kubernetes
+      build_vault
       log "ready in $((SECONDS - start))s: $BIN"
       ;;
     *) echo "usage: $0 [build|path]" >&2; exit 2 ;;

@@ -48,6 +48,7 @@ EXPECTED_CLUSTER_RULES = (
     | triples(["networking.k8s.io"], ["networkpolicies"], MANAGE)
     | triples(["policy"], ["poddisruptionbudgets"], MANAGE)
     | triples(["batch"], ["jobs"], MANAGE)
+    | triples([""], ["secrets"], ("get", "create", "patch", "update"))
     | triples([""], ["pods", "nodes"], READ)
     | triples(["", "events.k8s.io"], ["events"], ("create", "patch", "update"))
     | triples(["apiextensions.k8s.io"], ["customresourcedefinitions"], READ)
@@ -208,7 +209,8 @@ def test_operator_runs_in_a_namespace_enforcing_restricted(release: Cluster) -> 
         ("delete", GROUP, "inferencedeployments", "", False),
         ("create", "apps", "deployments", "", True),
         ("create", "", "pods", "", False),
-        ("get", "", "secrets", "", False),
+        ("get", "", "secrets", "", True),
+        ("list", "", "secrets", "", False),
     ],
 )
 def test_operator_service_account_is_bound_to_the_role(

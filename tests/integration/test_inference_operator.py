@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -10,10 +11,12 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography import x509
 from kubernetes import client
 
 from privatellm.api import GROUP, VERSION
 from privatellm.devcluster.nodes import NodePlan, render_nodes
+from privatellm.keys.tls import serial_hex, signed_by
 
 from .conftest import Cluster, wait_until
 from .operator_process import USERNAME, OperatorProcess, running_operator, writes_by
@@ -122,6 +125,18 @@ def test_create_spreads_running_replicas_over_three_zones(
         ("zone-c", 2, True),
     ]
     assert status["endpoint"] == f"https://chat.{namespace}.svc:8000"
+    secret = cluster.core.read_namespaced_secret("chat-tls", namespace)
+    ca = cluster.core.read_namespaced_secret("privatellm-ca", namespace)
+    assert secret.type == "kubernetes.io/tls"
+    cert_pem = base64.b64decode(secret.data["tls.crt"])
+    assert signed_by(cert_pem, base64.b64decode(ca.data["ca.crt"]))
+    assert f"chat.{namespace}.svc" in x509.load_pem_x509_certificate(
+        cert_pem
+    ).extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName
+    )
+    template = cluster.apps.read_namespaced_deployment("chat-zone-a", namespace).spec.template
+    assert template.metadata.annotations["privatellm.io/tls-revision"] == serial_hex(cert_pem)
     assert status["estimatedRestoreSeconds"] == 33
     assert condition(obj, "Degraded")["status"] == "False"
 

@@ -16,9 +16,9 @@ from privatellm.api import InferenceDeployment
 from privatellm.kube.client import KINDS, Kube, Obj
 from privatellm.render.conditions import find_condition
 from privatellm.render.inference import (
-    InvalidSpecError,
     prestage_job_name,
     render_children,
+    spec_errors,
     zone_deployment_name,
 )
 from privatellm.render.inference_status import (
@@ -30,6 +30,8 @@ from privatellm.render.inference_status import (
     replica_plan,
 )
 from privatellm.render.meta import INFERENCE_DEPLOYMENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL
+
+from .tls import ensure_server_certificate
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +71,10 @@ def reconcile(kube: Kube, nodes: Sequence[NodeView], namespace: str, name: str) 
     live = _zonal_children(kube, obj)
     zones = _observe_zones(obj, live)
     plan = replica_plan(obj, nodes, warm={z for z, view in zones.items() if view.cache_warm})
-    try:
-        children = render_children(obj, plan)
-        invalid: Sequence[str] = ()
-    except InvalidSpecError as error:
-        children, invalid = [], error.errors
+    invalid: Sequence[str] = spec_errors(obj)
     if not invalid:
+        tls_revision = ensure_server_certificate(kube, obj, datetime.datetime.now(datetime.UTC))
+        children = render_children(obj, plan, tls_revision)
         for child in children:
             key = (child["kind"], child["metadata"]["name"])
             if child["kind"] in ZONAL_KINDS:

@@ -284,6 +284,10 @@ class LocalCluster:
                 f"--node-monitor-grace-period={NODE_MONITOR_GRACE}",
                 "--node-monitor-period=2s",
                 "--controllers=*",
+                # The defaults (20 requests/s) make the ReplicaSet and Job controllers the
+                # bottleneck once hundreds of Pods are wanted at once.
+                "--kube-api-qps=200",
+                "--kube-api-burst=400",
             ],
         )
         self._spawn(
@@ -296,6 +300,8 @@ class LocalCluster:
                 "--leader-elect=false",
                 "--bind-address=127.0.0.1",
                 f"--secure-port={scheduler_port}",
+                "--kube-api-qps=200",
+                "--kube-api-burst=400",
             ],
         )
         insecure = ssl.create_default_context()

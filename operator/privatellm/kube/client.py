@@ -49,6 +49,7 @@ KINDS: dict[str, Kind] = {
     for k in (
         Kind("v1", "ServiceAccount", "serviceaccounts"),
         Kind("v1", "Service", "services"),
+        Kind("v1", "Secret", "secrets"),
         Kind("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
         Kind("v1", "Pod", "pods"),
         Kind("v1", "Event", "events"),

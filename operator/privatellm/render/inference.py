@@ -47,6 +47,7 @@ from .meta import (
     PART_OF_LABEL,
     POD_ZONE_LABEL,
     SPOT,
+    TLS_REVISION_ANNOTATION,
     WEIGHTS_REVISION_ANNOTATION,
     ZONE_LABEL,
     owner_reference,
@@ -711,8 +712,14 @@ def render_prestage_job(obj: InferenceDeployment, zone: str) -> Manifest:
     }
 
 
-def render_zone_deployment(obj: InferenceDeployment, zone: str, replicas: int) -> Manifest:
-    """The vLLM Deployment of `zone`: `replicas` Pods pinned to the zone and its weights."""
+def render_zone_deployment(
+    obj: InferenceDeployment, zone: str, replicas: int, tls_revision: str = ""
+) -> Manifest:
+    """The vLLM Deployment of `zone`: `replicas` Pods pinned to the zone and its weights.
+
+    `tls_revision` names the server certificate; vLLM reads it only at start, so a new
+    certificate rolls the Pods.
+    """
     spec = obj.spec
     weights, sub_path, copy_first = _server_weights(obj, zone)
     pod_spec: Manifest = {
@@ -752,20 +759,28 @@ def render_zone_deployment(obj: InferenceDeployment, zone: str, replicas: int) -
             },
             "progressDeadlineSeconds": spec.health.startup_budget_seconds + PROGRESS_SLACK_SECONDS,
             "template": {
-                "metadata": {"labels": {**labels(obj), **_zone_selector(obj, zone)}},
+                "metadata": _pod_template_metadata(obj, zone, tls_revision),
                 "spec": pod_spec,
             },
         },
     }
 
 
+def _pod_template_metadata(obj: InferenceDeployment, zone: str, tls_revision: str) -> Manifest:
+    meta: Manifest = {"labels": {**labels(obj), **_zone_selector(obj, zone)}}
+    if tls_revision:
+        meta["annotations"] = {TLS_REVISION_ANNOTATION: tls_revision}
+    return meta
+
+
 def render_children(
-    obj: InferenceDeployment, replicas_per_zone: Mapping[str, int]
+    obj: InferenceDeployment, replicas_per_zone: Mapping[str, int], tls_revision: str = ""
 ) -> list[Manifest]:
     """Every child of `obj`, in a stable order that creates what Pods need before the Pods.
 
     Zones missing from `replicas_per_zone` get no replicas. Raises `InvalidSpecError` with every
-    problem `spec_errors` finds, before rendering anything.
+    problem `spec_errors` finds, before rendering anything. The TLS Secret is not among them:
+    its key material comes from the controller (render/tls.py renders it).
     """
     errors = spec_errors(obj)
     if errors:
@@ -781,6 +796,7 @@ def render_children(
         children += [render_weight_cache_pvc(obj, zone) for zone in zones]
         children += [render_prestage_job(obj, zone) for zone in zones]
     children += [
-        render_zone_deployment(obj, zone, replicas_per_zone.get(zone, 0)) for zone in zones
+        render_zone_deployment(obj, zone, replicas_per_zone.get(zone, 0), tls_revision)
+        for zone in zones
     ]
     return children

@@ -22,6 +22,7 @@ GATEWAY_COMPONENT = "gateway"
 INFERENCE_DEPLOYMENT_LABEL = "privatellm.io/inference-deployment"
 POD_ZONE_LABEL = "privatellm.io/zone"
 WEIGHTS_REVISION_ANNOTATION = "privatellm.io/weights-revision"
+TLS_REVISION_ANNOTATION = "privatellm.io/tls-revision"
 
 # Well-known node labels.
 ZONE_LABEL = "topology.kubernetes.io/zone"

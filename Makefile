@@ -52,7 +52,8 @@ chart: testenv
 
 # Benchmarks start their own simulated cluster and write docs/benchmarks.md.
 bench: $(STAMP) testenv
-	$(BIN)/python tests/benchmarks/bench_operator.py --count 200
+	$(BIN)/python -m tests.benchmarks.bench_envelope --records 10000
+	$(BIN)/python -m tests.benchmarks.bench_operator --count 200
 
 # The demo runs on $$KUBECONFIG when it is set, else on a local simulated cluster.
 # The operator runs in the background as a local process; `make demo-down` stops

@@ -27,8 +27,9 @@ import yaml
 from privatellm.devcluster import LocalCluster, NodePlan, Toolchain
 from privatellm.devcluster.cluster import free_port
 
+from .report import write_section
+
 ROOT = Path(__file__).resolve().parents[2]
-REPORT = ROOT / "docs/benchmarks.md"
 SECTION = "operator-scale"
 NAMESPACE = "bench"
 RESYNC_SECONDS = 30
@@ -113,17 +114,6 @@ def resident_mib(pid: int) -> float:
     return 0.0
 
 
-def write_report(body: str) -> None:
-    start, end = f"<!-- {SECTION} -->", f"<!-- /{SECTION} -->"
-    text = REPORT.read_text() if REPORT.exists() else "# Benchmarks\n"
-    block = f"{start}\n{body}\n{end}"
-    if start in text:
-        text = re.sub(rf"{re.escape(start)}.*{re.escape(end)}", lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    REPORT.write_text(text)
-
-
 def run(count: int) -> str:
     gpu_nodes = -(-(count + 1) // GPUS_PER_NODE) + 1
     plan = NodePlan(
@@ -184,7 +174,7 @@ def run(count: int) -> str:
     today = datetime.date.today().isoformat()
     return f"""## Operator at scale
 
-`make bench` (`python tests/benchmarks/bench_operator.py --count {count}`), {today}, on
+`make bench` (`python -m tests.benchmarks.bench_operator --count {count}`), {today}, on
 the simulated cluster ({total_nodes} KWOK nodes, 3 zones), 2 cores shared by the control
 plane, KWOK and the operator. Each InferenceDeployment: 3 replicas (one per zone), 1 GPU
 each, weight cache on (3 cache PVCs, 3 pre-staging Jobs, 3 Deployments, Service, PDB,
@@ -209,7 +199,7 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=200)
     args = parser.parse_args()
     body = run(args.count)
-    write_report(body)
+    write_section(SECTION, body)
     print(body)
     return 0
 

@@ -80,14 +80,21 @@ def service_account_kubeconfig(cluster: Cluster, path: Path) -> Path:
 class OperatorProcess:
     """The operator as a child process; restartable, with its log kept."""
 
-    def __init__(self, kubeconfig: Path, log: Path, resync_seconds: float = 5) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        log: Path,
+        resync_seconds: float = 5,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.kubeconfig = kubeconfig
         self.log = log
         self.resync_seconds = resync_seconds
+        self.env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        env = {**os.environ, **self.env, "KUBECONFIG": str(self.kubeconfig)}
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
                 [
@@ -132,10 +139,12 @@ def writes_by(audit_log: Path, username: str) -> list[str]:
     return writes
 
 
-def running_operator(cluster: Cluster, workdir: Path) -> Iterator[OperatorProcess]:
+def running_operator(
+    cluster: Cluster, workdir: Path, env: dict[str, str] | None = None
+) -> Iterator[OperatorProcess]:
     """Start the operator as the chart's ServiceAccount; stop it afterwards."""
     kubeconfig = service_account_kubeconfig(cluster, workdir / "operator.kubeconfig")
-    operator = OperatorProcess(kubeconfig, workdir / "operator.log")
+    operator = OperatorProcess(kubeconfig, workdir / "operator.log", env=env)
     operator.start()
     try:
         time.sleep(1)

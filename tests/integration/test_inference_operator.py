@@ -15,8 +15,11 @@ from cryptography import x509
 from kubernetes import client
 
 from privatellm.api import GROUP, VERSION
+from privatellm.devcluster import DevVault, Toolchain
 from privatellm.devcluster.nodes import NodePlan, render_nodes
+from privatellm.keys.envelope import Envelope, RecordContext
 from privatellm.keys.tls import serial_hex, signed_by
+from privatellm.keys.transit import TransitClient, VaultClient, VaultError
 
 from .conftest import Cluster, wait_until
 from .operator_process import USERNAME, OperatorProcess, running_operator, writes_by
@@ -27,8 +30,23 @@ OWNER_LABEL = "privatellm.io/inference-deployment"
 
 
 @pytest.fixture(scope="module")
-def operator(crds: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    yield from running_operator(crds, tmp_path_factory.mktemp("operator"))
+def vault(crds: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevVault]:
+    """A dev-mode Vault whose Kubernetes auth trusts the test cluster's ServiceAccounts."""
+    dev = DevVault(tmp_path_factory.mktemp("vault"), Toolchain.locate())
+    dev.start()
+    config = yaml.safe_load(crds.kubeconfig.read_text())["clusters"][0]["cluster"]
+    ca = Path(config["certificate-authority"]).read_text()
+    dev.enable_kubernetes_auth(config["server"], ca)
+    yield dev
+    dev.stop()
+
+
+@pytest.fixture(scope="module")
+def operator(
+    crds: Cluster, vault: DevVault, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    env = {"BAO_ADDR": vault.addr, "BAO_TOKEN": vault.root_token}
+    yield from running_operator(crds, tmp_path_factory.mktemp("operator"), env)
 
 
 def model(name: str, **spec: Any) -> dict[str, Any]:
@@ -337,3 +355,54 @@ def test_zone_failure_moves_replicas_and_the_zone_returns(
 def _node_exists(cluster: Cluster, pod: client.V1Pod) -> bool:
     names = {n.metadata.name for n in cluster.core.list_node().items}
     return pod.spec.node_name in names
+
+
+def test_the_namespace_gets_a_rotating_key_only_its_gateway_can_use(
+    operator: OperatorProcess, cluster: Cluster, namespace: str, vault: DevVault
+) -> None:
+    create(cluster, namespace, model("secret", replicas=3))
+    key = f"privatellm-{namespace}"
+
+    def key_reported() -> dict[str, Any]:
+        found: dict[str, Any] = (read(cluster, namespace, "secret").get("status") or {}).get(
+            "encryptionKey"
+        ) or {}
+        return found
+
+    assert wait_until(key_reported, what="status.encryptionKey") == {"name": key, "version": 1}
+    root = TransitClient(vault.client())
+    assert root.read_key(key).auto_rotate_period_seconds == 720 * 3600
+
+    gateway_sa = "privatellm-gateway"
+    binding = f"vault-review-{namespace}"
+    cluster.kubectl("create", "serviceaccount", gateway_sa, "-n", namespace)
+    # Vault reviews each login with the token being checked (no reviewer JWT configured).
+    cluster.kubectl(
+        "create",
+        "clusterrolebinding",
+        binding,
+        "--clusterrole=system:auth-delegator",
+        f"--serviceaccount={namespace}:{gateway_sa}",
+    )
+    try:
+        jwt = cluster.kubectl("create", "token", gateway_sa, "-n", namespace).split()[0]
+        login = VaultClient(vault.addr, "").request(
+            "POST",
+            "auth/kubernetes/login",
+            {"role": f"privatellm-gateway-{namespace}", "jwt": jwt},
+        )
+        gateway = TransitClient(VaultClient(vault.addr, login["auth"]["client_token"]))
+        envelope = Envelope(gateway, key)
+        context = RecordContext(namespace, "secret", "req-1")
+        assert envelope.decrypt(envelope.encrypt(b"a prompt", context), context) == b"a prompt"
+        root.create_key("someone-else")
+        for forbidden in (
+            lambda: gateway.datakey("someone-else"),
+            lambda: gateway.rotate(key),
+            lambda: gateway.read_key(key),
+        ):
+            with pytest.raises(VaultError) as denied:
+                forbidden()
+            assert denied.value.status == 403
+    finally:
+        cluster.kubectl("delete", "clusterrolebinding", binding, check=False)

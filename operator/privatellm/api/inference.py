@@ -427,6 +427,13 @@ class ZoneStatus(ApiModel):
     )
 
 
+class EncryptionKeyStatus(ApiModel):
+    """The Vault Transit key protecting the model's stored data."""
+
+    name: str = Field(description="Transit key name.", max_length=128)
+    version: int = Field(description="Latest key version; new data keys are wrapped with it.", ge=1)
+
+
 class InferenceDeploymentStatus(CommonStatus):
     """Observed state of an InferenceDeployment."""
 
@@ -444,6 +451,9 @@ class InferenceDeploymentStatus(CommonStatus):
     )
     estimated_restore_seconds: int | None = Field(
         default=None, description="Weights size divided by cache bandwidth.", ge=0
+    )
+    encryption_key: EncryptionKeyStatus | None = Field(
+        default=None, description="Transit key of the model's data, when Vault is configured."
     )
 
 

@@ -11,6 +11,15 @@ from pathlib import Path
 
 from privatellm.api.crd import crd_files
 from privatellm.devcluster import LocalCluster, Toolchain
+from privatellm.keys import TransitClient, VaultClient, VaultError
+from privatellm.keys.drill import (
+    OUTPUT_FORMATS,
+    DrillError,
+    format_compromise,
+    format_rotation,
+    rotate_key,
+    run_compromise_drill,
+)
 
 DEFAULT_CRD_DIRS = (Path("crds"), Path("charts/privatellm/crds"))
 
@@ -75,7 +84,39 @@ def build_parser() -> argparse.ArgumentParser:
         default=60,
         help="period of the full re-check of every object",
     )
+    _add_keys_parser(commands)
     return parser
+
+
+def _add_keys_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keys = commands.add_parser(
+        "keys",
+        help="rotate a Transit key or run the compromise drill "
+        "(Vault from BAO_ADDR/BAO_TOKEN or VAULT_ADDR/VAULT_TOKEN)",
+    )
+    actions = keys.add_subparsers(dest="keys_command", required=True)
+    rotate = actions.add_parser("rotate", help="add a key version; print the new latest version")
+    compromise = actions.add_parser(
+        "compromise",
+        help="rotate, rewrap every stored record, then revoke the old versions; "
+        "exit 1 when a record could not be re-protected, 2 on errors",
+    )
+    compromise.add_argument(
+        "--records",
+        type=Path,
+        action="append",
+        required=True,
+        metavar="DIR",
+        help="folder holding envelope records (*.rec, searched recursively); repeat it for "
+        "every place that holds records of the key, since all are rewrapped before the "
+        "old versions are revoked",
+    )
+    for action in (rotate, compromise):
+        action.add_argument("key", help="name of the Transit key")
+        action.add_argument(
+            "--mount", default="transit", help="path of the Transit engine (default: transit)"
+        )
+        action.add_argument("--format", choices=OUTPUT_FORMATS, default="table")
 
 
 def _run_operator(args: argparse.Namespace) -> int:
@@ -122,6 +163,27 @@ def _dev_cluster(action: str, workdir: Path) -> int:
     return 0
 
 
+def _run_keys(args: argparse.Namespace) -> int:
+    """Exit 0 when done, 1 when the drill left records unprotected, 2 when it could not run."""
+    failed = f"privatellm keys {args.keys_command}:"
+    try:
+        vault = VaultClient.from_env()
+    except ValueError as error:
+        print(failed, error, file=sys.stderr)
+        return 2
+    transit = TransitClient(vault, args.mount)
+    try:
+        if args.keys_command == "rotate":
+            print(format_rotation(rotate_key(transit, args.key), args.format))
+            return 0
+        report = run_compromise_drill(transit, args.key, args.records)
+    except (DrillError, VaultError) as error:
+        print(failed, error, file=sys.stderr)
+        return 2
+    print(format_compromise(report, args.format))
+    return 0 if report.complete else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "crds":
@@ -130,6 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_operator(args)
     if args.command == "dev-cluster":
         return _dev_cluster(args.action, args.dir)
+    if args.command == "keys":
+        return _run_keys(args)
     raise AssertionError(args.command)
 
 

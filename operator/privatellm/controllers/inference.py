@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from privatellm.api import InferenceDeployment
+from privatellm.keys.transit import VaultClient, VaultError
 from privatellm.kube.client import KINDS, Kube, Obj
 from privatellm.render.conditions import find_condition
 from privatellm.render.inference import (
@@ -24,6 +25,7 @@ from privatellm.render.inference import (
 from privatellm.render.inference_status import (
     NodeView,
     Observed,
+    Problem,
     ZoneView,
     compute_status,
     endpoint,
@@ -31,6 +33,7 @@ from privatellm.render.inference_status import (
 )
 from privatellm.render.meta import INFERENCE_DEPLOYMENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL
 
+from .keys import ensure_tenant_keys
 from .tls import ensure_server_certificate
 
 log = logging.getLogger(__name__)
@@ -56,10 +59,13 @@ def _owned_by(obj: Obj, uid: str) -> bool:
     return any(ref.get("uid") == uid for ref in refs)
 
 
-def reconcile(kube: Kube, nodes: Sequence[NodeView], namespace: str, name: str) -> None:
+def reconcile(
+    kube: Kube, vault: VaultClient | None, nodes: Sequence[NodeView], namespace: str, name: str
+) -> None:
     """Bring one InferenceDeployment's children and status in line with its spec.
 
-    `nodes` is the operator's current view of the cluster's nodes.
+    `nodes` is the operator's current view of the cluster's nodes; `vault`, when the
+    operator has one, holds the namespace's keys.
     """
     raw = kube.get(INFERENCE, namespace, name)
     if raw is None or raw["metadata"].get("deletionTimestamp") or _terminating(kube, namespace):
@@ -72,6 +78,17 @@ def reconcile(kube: Kube, nodes: Sequence[NodeView], namespace: str, name: str) 
     zones = _observe_zones(obj, live)
     plan = replica_plan(obj, nodes, warm={z for z, view in zones.items() if view.cache_warm})
     invalid: Sequence[str] = spec_errors(obj)
+    problems: list[Problem] = []
+    encryption_key = None
+    if vault is not None and not invalid:
+        try:
+            models = [
+                InferenceDeployment.model_validate(m) for m in kube.list(INFERENCE, namespace)
+            ]
+            encryption_key = ensure_tenant_keys(vault, obj, models)
+        except VaultError as error:
+            message = f"spec.encryption: cannot provision the Transit key: {error}"
+            problems.append(Problem("VaultUnavailable", message))
     if not invalid:
         tls_revision = ensure_server_certificate(kube, obj, datetime.datetime.now(datetime.UTC))
         children = render_children(obj, plan, tls_revision)
@@ -84,7 +101,9 @@ def reconcile(kube: Kube, nodes: Sequence[NodeView], namespace: str, name: str) 
         _prune(kube, obj, children, live)
     observed = Observed(nodes=nodes, zones=zones, fallback_endpoint=_fallback_endpoint(kube, obj))
     previous = raw.get("status") or {}
-    status = compute_status(obj, observed, plan, invalid, previous, _now())
+    status = compute_status(
+        obj, observed, plan, invalid, previous, _now(), problems, encryption_key
+    )
     if status != {k: previous.get(k) for k in status} or set(previous) - set(status):
         removed = {key: None for key in previous if key not in status}
         kube.patch_status(INFERENCE, namespace, name, {**removed, **status})

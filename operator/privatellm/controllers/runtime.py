@@ -20,6 +20,7 @@ import kopf
 import prometheus_client
 
 from privatellm.api import GROUP, VERSION
+from privatellm.keys.transit import VaultClient
 from privatellm.kube.client import Kube, new_api_client
 from privatellm.render.inference_status import NodeView
 from privatellm.render.meta import INFERENCE_DEPLOYMENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL
@@ -71,6 +72,8 @@ class Runtime:
     """What the handlers share, kept in kopf's memo."""
 
     kube: Kube
+    # None when the operator runs without Vault: keys are then not provisioned.
+    vault: VaultClient | None
     workers: int
     resync_seconds: float
     queue: WorkQueue = field(default_factory=WorkQueue)
@@ -97,16 +100,17 @@ def _runtime(memo: Any) -> Runtime:
     return runtime
 
 
-async def _worker(
-    runtime: Runtime, reconcile: Callable[[Kube, Sequence[NodeView], str, str], None]
-) -> None:
+Reconcile = Callable[[Kube, VaultClient | None, Sequence[NodeView], str, str], None]
+
+
+async def _worker(runtime: Runtime, reconcile: Reconcile) -> None:
     loop = asyncio.get_running_loop()
     while True:
         key = await runtime.queue.get()
         QUEUE_DEPTH.set(runtime.queue.depth())
         started = time.perf_counter()
         try:
-            await asyncio.to_thread(reconcile, runtime.kube, runtime.nodes(), *key)
+            await asyncio.to_thread(reconcile, runtime.kube, runtime.vault, runtime.nodes(), *key)
             runtime.failures.pop(key, None)
             RECONCILES.labels(KIND, "ok").inc()
         except Exception:
@@ -135,6 +139,7 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     options: Mapping[str, Any] = memo.get("options", {})
     runtime = Runtime(
         kube=Kube(new_api_client()),
+        vault=_vault_from_env(),
         workers=int(options.get("workers", 4)),
         resync_seconds=float(options.get("resync_seconds", 60)),
     )
@@ -145,6 +150,14 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         asyncio.create_task(_worker(runtime, inference.reconcile)) for _ in range(runtime.workers)
     ]
     runtime.tasks.append(asyncio.create_task(_resync(runtime)))
+
+
+def _vault_from_env() -> VaultClient | None:
+    try:
+        return VaultClient.from_env()
+    except ValueError:
+        log.warning("no BAO_ADDR/VAULT_ADDR and token: Transit keys are not provisioned")
+        return None
 
 
 @kopf.on.cleanup()

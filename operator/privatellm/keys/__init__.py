@@ -4,6 +4,7 @@
 create, rotate, issue and unwrap data keys, rewrap, revoke old versions.
 `envelope` encrypts each record locally with AES-256-GCM under a data key that
 Transit issued and wrapped, binding the record to its namespace, model and id.
+`drill` rotates a key and runs the compromise drill over stored records.
 See docs/encryption.md.
 """
 

@@ -188,6 +188,11 @@ class TransitClient:
         data = self.vault.request("POST", self._path("rewrap", name), body)["data"]
         return str(data["ciphertext"])
 
+    def set_auto_rotate_period(self, name: str, seconds: int) -> None:
+        """Let Vault rotate the key every `seconds` (0: never)."""
+        body = {"auto_rotate_period": f"{seconds}s"}
+        self.vault.request("POST", self._path("keys", name, "config"), body)
+
     def set_min_decryption_version(self, name: str, version: int) -> None:
         """Refuse to unwrap anything wrapped with a version below `version`."""
         body = {"min_decryption_version": version}

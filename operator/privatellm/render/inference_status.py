@@ -171,6 +171,7 @@ def _conditions(
     observed: Observed,
     plan: Mapping[str, int],
     invalid: Sequence[str],
+    reported: Sequence[Problem],
 ) -> list[ConditionState]:
     if invalid:
         message = "; ".join(invalid)
@@ -188,7 +189,7 @@ def _conditions(
         or view.ready < plan.get(zone, 0)
         or view.desired != plan.get(zone, 0)
     ]
-    problems = _placement_problems(obj.spec, observed.nodes)
+    problems = [*_placement_problems(obj.spec, observed.nodes), *reported]
     if observed.fallback_endpoint == "" and obj.spec.fallback:
         missing = f"InferenceDeployment {obj.spec.fallback.model!r} not found"
         problems.append(Problem("FallbackNotFound", f"spec.fallback.model: {missing}"))
@@ -246,8 +247,14 @@ def compute_status(
     invalid: Sequence[str],
     previous: Mapping[str, Any],
     now: str,
+    problems: Sequence[Problem] = (),
+    encryption_key: tuple[str, int] | None = None,
 ) -> dict[str, Any]:
-    """The status to store; equal to `previous` when nothing changed, whatever `now` is."""
+    """The status to store; equal to `previous` when nothing changed, whatever `now` is.
+
+    `problems` are what the controller found beyond the observations (Vault unreachable,
+    say); `encryption_key` is the Transit key protecting the model's data and its version.
+    """
     zones = [
         {
             "zone": zone,
@@ -261,7 +268,7 @@ def compute_status(
         "observedGeneration": obj.metadata.generation,
         "conditions": merge_conditions(
             previous.get("conditions") or [],
-            _conditions(obj, observed, plan, invalid),
+            _conditions(obj, observed, plan, invalid, problems),
             obj.metadata.generation,
             now,
         ),
@@ -273,4 +280,6 @@ def compute_status(
     }
     if observed.fallback_endpoint:
         status["fallbackEndpoint"] = observed.fallback_endpoint
+    if encryption_key:
+        status["encryptionKey"] = {"name": encryption_key[0], "version": encryption_key[1]}
     return status

@@ -1,0 +1,72 @@
+"""Provision the Vault side of a namespace: its Transit key, its gateway's policy and role.
+
+Reads what Vault has and writes only what differs, so a resync of an unchanged
+namespace writes nothing to Vault either. Keys are created, never deleted here:
+audit records must stay decryptable for their retention period.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from privatellm.api import InferenceDeployment
+from privatellm.keys.tenancy import (
+    duration_seconds,
+    gateway_policy,
+    gateway_policy_name,
+    gateway_role,
+    key_name,
+)
+from privatellm.keys.transit import TransitClient, VaultClient, VaultError
+
+KUBERNETES_AUTH = "kubernetes"
+
+
+def ensure_tenant_keys(
+    vault: VaultClient, obj: InferenceDeployment, namespace_models: Sequence[InferenceDeployment]
+) -> tuple[str, int]:
+    """Key, policy and role for `obj`'s namespace; returns the key and its latest version.
+
+    Raises VaultUnavailableError when Vault cannot be reached (the caller reports it).
+    """
+    transit = TransitClient(vault)
+    name = key_name(obj)
+    period = duration_seconds(obj.spec.encryption.rotation_period)
+    try:
+        key = transit.read_key(name)
+    except VaultError as error:
+        if error.status != 404:
+            raise
+        transit.create_key(name, auto_rotate_period=period)
+        key = transit.read_key(name)
+    if key.auto_rotate_period_seconds != period:
+        transit.set_auto_rotate_period(name, period)
+
+    namespace = obj.metadata.namespace or ""
+    policy_name = gateway_policy_name(namespace)
+    policy = gateway_policy([key_name(m) for m in namespace_models] or [name])
+    if _read(vault, f"sys/policies/acl/{policy_name}").get("policy") != policy:
+        vault.request("PUT", f"sys/policies/acl/{policy_name}", {"policy": policy})
+
+    if f"{KUBERNETES_AUTH}/" in vault.request("GET", "sys/auth").get("data", {}):
+        path = f"auth/{KUBERNETES_AUTH}/role/{policy_name}"
+        role = gateway_role(namespace)
+        if not _role_matches(_read(vault, path), role):
+            vault.request("POST", path, role)
+    return name, key.latest_version
+
+
+def _read(vault: VaultClient, path: str) -> dict[str, object]:
+    try:
+        data = vault.request("GET", path).get("data") or {}
+    except VaultError as error:
+        if error.status == 404:
+            return {}
+        raise
+    return dict(data)
+
+
+def _role_matches(current: dict[str, object], desired: dict[str, object]) -> bool:
+    """Vault reports TTLs in seconds; compare the bindings and policies that grant access."""
+    keys = ("bound_service_account_names", "bound_service_account_namespaces", "token_policies")
+    return all(current.get(k) == desired[k] for k in keys)

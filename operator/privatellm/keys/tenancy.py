@@ -1,0 +1,70 @@
+"""Who may use which Transit key: one key per namespace, usable only by its gateway.
+
+The desired Vault state for a namespace, as plain data: the key name, the ACL policy
+the namespace's gateway gets, and the Kubernetes-auth role that hands that policy to
+the gateway's ServiceAccount. Pure, so the operator can compare it with what Vault
+has and write only the difference.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from privatellm.api import InferenceDeployment
+
+# The ServiceAccount the gateway of every namespace runs as.
+GATEWAY_SERVICE_ACCOUNT = "privatellm-gateway"
+# Data keys, never the key itself: no read of key material, export, backup,
+# deletion or configuration. Rewrap re-protects stored data keys without revealing them.
+GATEWAY_OPERATIONS = ("datakey/plaintext", "datakey/wrapped", "encrypt", "decrypt", "rewrap")
+TOKEN_TTL = "1h"
+TOKEN_MAX_TTL = "4h"
+
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+
+
+def namespace_key_name(namespace: str) -> str:
+    """The Transit key of a namespace's data."""
+    return f"privatellm-{namespace}"
+
+
+def key_name(obj: InferenceDeployment) -> str:
+    """The Transit key protecting a model's data: its own when named, else its namespace's."""
+    return obj.spec.encryption.transit_key or namespace_key_name(obj.metadata.namespace or "")
+
+
+def gateway_policy_name(namespace: str) -> str:
+    """The Vault ACL policy of a namespace's gateway."""
+    return f"privatellm-gateway-{namespace}"
+
+
+def gateway_policy(key_names: Sequence[str], mount: str = "transit") -> str:
+    """HCL granting the data-key operations on exactly `key_names`, in a stable order."""
+    rules = [
+        f'path "{mount}/{operation}/{name}" {{\n  capabilities = ["update"]\n}}\n'
+        for name in sorted(set(key_names))
+        for operation in GATEWAY_OPERATIONS
+    ]
+    return "".join(rules)
+
+
+def gateway_role(namespace: str) -> dict[str, Any]:
+    """Kubernetes-auth role: the namespace's gateway ServiceAccount gets its policy."""
+    return {
+        "bound_service_account_names": [GATEWAY_SERVICE_ACCOUNT],
+        "bound_service_account_namespaces": [namespace],
+        "token_policies": [gateway_policy_name(namespace)],
+        "token_ttl": TOKEN_TTL,
+        "token_max_ttl": TOKEN_MAX_TTL,
+    }
+
+
+def duration_seconds(duration: str) -> int:
+    """Seconds in a duration such as "720h" or "1h30m" (the API's DURATION pattern)."""
+    parts = _DURATION_PART.findall(duration)
+    if not parts or "".join(n + u for n, u in parts) != duration:
+        raise ValueError(f"not a duration: {duration!r}")
+    return round(sum(float(n) * _UNIT_SECONDS[u] for n, u in parts))

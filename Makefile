@@ -75,7 +75,7 @@ demo: $(STAMP) testenv
 	  kubectl wait --for=condition=Ready --timeout=180s -n $(DEMO_NAMESPACE) inferencedeployment/llama-70b inferencedeployment/llama-8b; \
 	  echo; kubectl get -n $(DEMO_NAMESPACE) privatellm -o wide; \
 	  echo; kubectl get pods -n $(DEMO_NAMESPACE) -l app.kubernetes.io/component=inference-server \
-	    -o custom-columns=POD:.metadata.name,ZONE:.metadata.labels.privatellm\.io/zone,NODE:.spec.nodeName,STATUS:.status.phase; \
+	    -L privatellm.io/zone -o wide; \
 	  echo; kubectl get events -n $(DEMO_NAMESPACE) --field-selector involvedObject.kind=InferenceDeployment; \
 	  echo; echo "KUBECONFIG=$$KUBECONFIG"; \
 	  echo "Stop the operator and the local cluster with: make demo-down"

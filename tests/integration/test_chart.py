@@ -43,6 +43,7 @@ EXPECTED_CLUSTER_RULES = (
     triples([GROUP], PLURALS, READ)
     | triples([GROUP], [f"{p}/status" for p in PLURALS], ("get", "patch", "update"))
     | triples([GROUP], ["inferencedeployments/finalizers"], ("update",))
+    | triples([GROUP], ["inferencedeployments"], ("patch",))
     | triples(["apps"], ["deployments"], MANAGE)
     | triples([""], ["services", "serviceaccounts", "persistentvolumeclaims"], MANAGE)
     | triples(["networking.k8s.io"], ["networkpolicies"], MANAGE)
@@ -205,7 +206,8 @@ def test_operator_runs_in_a_namespace_enforcing_restricted(release: Cluster) -> 
     [
         ("watch", GROUP, "inferencedeployments", "", True),
         ("patch", GROUP, "inferencedeployments", "status", True),
-        ("patch", GROUP, "inferencedeployments", "", False),
+        ("patch", GROUP, "inferencedeployments", "", True),
+        ("patch", GROUP, "accesspolicies", "", False),
         ("delete", GROUP, "inferencedeployments", "", False),
         ("create", "apps", "deployments", "", True),
         ("create", "", "pods", "", False),

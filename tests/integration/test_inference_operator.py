@@ -299,6 +299,15 @@ def test_operator_restart_makes_no_writes(
         pytest.skip("needs the local control plane's audit log")
     create(cluster, namespace, model("steady", replicas=3))
     wait_until(lambda: settled(cluster, namespace, "steady", 3), timeout=120, what="Ready")
+    # Earlier tests' namespaces are being deleted; their models' finalizers are released
+    # with writes that have nothing to do with the restart.
+    wait_until(
+        lambda: (
+            not [n for n in cluster.core.list_namespace().items if n.status.phase == "Terminating"]
+        ),
+        timeout=180,
+        what="earlier test namespaces gone",
+    )
     time.sleep(2 * operator.resync_seconds)  # let every object in the cluster settle
     operator.restart()
     before = len(writes_by(cluster.audit_log, USERNAME))
@@ -406,3 +415,43 @@ def test_the_namespace_gets_a_rotating_key_only_its_gateway_can_use(
             assert denied.value.status == 403
     finally:
         cluster.kubectl("delete", "clusterrolebinding", binding, check=False)
+
+
+def test_deleting_the_last_model_revokes_gateway_access_but_keeps_the_key(
+    operator: OperatorProcess, cluster: Cluster, namespace: str, vault: DevVault
+) -> None:
+    create(cluster, namespace, model("kept", replicas=3))
+    create(cluster, namespace, model("revoked", replicas=3, encryption={"onDelete": "Revoke"}))
+    key, policy = f"privatellm-{namespace}", f"privatellm-gateway-{namespace}"
+    root = vault.client()
+
+    def finalized(name: str) -> bool:
+        finalizers = read(cluster, namespace, name)["metadata"].get("finalizers") or []
+        return "privatellm.io/transit-key" in finalizers
+
+    wait_until(lambda: finalized("kept") and finalized("revoked"), what="Vault finalizers")
+
+    def gone(name: str) -> bool:
+        return not [
+            o
+            for o in cluster.custom.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL
+            )["items"]
+            if o["metadata"]["name"] == name
+        ]
+
+    # Another model still uses the key: deleting one leaves the gateway's access alone.
+    cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "revoked")
+    wait_until(lambda: gone("revoked"), what="revoked deleted")
+    assert root.request("GET", f"sys/policies/acl/{policy}")["data"]["policy"]
+
+    patch_spec(cluster, namespace, "kept", {"encryption": {"onDelete": "Revoke"}})
+    time.sleep(operator.resync_seconds)
+    cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "kept")
+    wait_until(lambda: gone("kept"), what="kept deleted")
+    for path in (f"sys/policies/acl/{policy}", f"auth/kubernetes/role/{policy}"):
+        with pytest.raises(VaultError) as missing:
+            root.request("GET", path)
+        assert missing.value.status == 404, path
+    assert TransitClient(root).read_key(key).latest_version == 1, "the key itself is kept"
+    assert any(e.reason == "TransitKeyReleased" for e in events_for(cluster, namespace, "kept"))

@@ -355,6 +355,15 @@ class EncryptionSpec(ApiModel):
         pattern=DURATION,
         max_length=32,
     )
+    on_delete: Literal["Retain", "Revoke"] = Field(
+        default="Retain",
+        description=(
+            "When the namespace's last model using the key is deleted: Retain keeps the"
+            " gateway's access; Revoke removes the gateway's Vault policy and role. The key"
+            " itself is never deleted by the operator, so stored records stay readable for"
+            " audits."
+        ),
+    )
     tls: Literal["mutual", "server"] = Field(
         default="mutual",
         description="TLS between gateway and vLLM: mutual requires client certificates.",

@@ -33,7 +33,7 @@ from privatellm.render.inference_status import (
 )
 from privatellm.render.meta import INFERENCE_DEPLOYMENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL
 
-from .keys import ensure_tenant_keys
+from .keys import ensure_tenant_keys, release_tenant_keys
 from .tls import ensure_server_certificate
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,8 @@ INFERENCE = KINDS["InferenceDeployment"]
 # these are the only children whose names change with the spec, so the only ones to
 # prune). The other children have one fixed name each and are read one by one.
 ZONAL_KINDS = ("Deployment", "Job", "PersistentVolumeClaim")
+# Held while the object's Vault access may still need narrowing or revoking.
+KEY_FINALIZER = "privatellm.io/transit-key"
 LiveChildren = dict[tuple[str, str], Obj]
 
 
@@ -68,11 +70,17 @@ def reconcile(
     operator has one, holds the namespace's keys.
     """
     raw = kube.get(INFERENCE, namespace, name)
-    if raw is None or raw["metadata"].get("deletionTimestamp") or _terminating(kube, namespace):
-        # Children carry owner references: the garbage collector removes them. In a
-        # namespace being deleted, re-creating what the namespace controller removes
-        # would only fight it.
+    if raw is None:
         return
+    finalizers: list[str] = raw["metadata"].get("finalizers") or []
+    if raw["metadata"].get("deletionTimestamp"):
+        # Children carry owner references: the garbage collector removes them. Only the
+        # Vault side, outside the cluster, needs the operator before the object goes.
+        if KEY_FINALIZER in finalizers:
+            _release_keys(kube, vault, raw, finalizers)
+        return
+    if _terminating(kube, namespace):
+        return  # re-creating what the namespace controller removes would only fight it
     obj = InferenceDeployment.model_validate(raw)
     live = _zonal_children(kube, obj)
     zones = _observe_zones(obj, live)
@@ -86,6 +94,14 @@ def reconcile(
                 InferenceDeployment.model_validate(m) for m in kube.list(INFERENCE, namespace)
             ]
             encryption_key = ensure_tenant_keys(vault, obj, models)
+            if KEY_FINALIZER not in finalizers:
+                kube.set_finalizers(
+                    INFERENCE,
+                    namespace,
+                    name,
+                    [*finalizers, KEY_FINALIZER],
+                    raw["metadata"]["resourceVersion"],
+                )
         except VaultError as error:
             message = f"spec.encryption: cannot provision the Transit key: {error}"
             problems.append(Problem("VaultUnavailable", message))
@@ -108,6 +124,25 @@ def reconcile(
         removed = {key: None for key in previous if key not in status}
         kube.patch_status(INFERENCE, namespace, name, {**removed, **status})
         _record_transitions(kube, raw, previous, status)
+
+
+def _release_keys(kube: Kube, vault: VaultClient | None, raw: Obj, finalizers: list[str]) -> None:
+    """Narrow or revoke the gateway's Vault access as the spec says, then let the object go."""
+    obj = InferenceDeployment.model_validate(raw)
+    namespace, name = obj.metadata.namespace or "", obj.metadata.name
+    if vault is None:
+        # Retain needs nothing; a Revoke cannot be carried out without Vault, so say so.
+        outcome = "no Vault configured: the gateway's access to the key was left as it is"
+    else:
+        others = [
+            InferenceDeployment.model_validate(m)
+            for m in kube.list(INFERENCE, namespace)
+            if m["metadata"]["name"] != name and not m["metadata"].get("deletionTimestamp")
+        ]
+        outcome = release_tenant_keys(vault, obj, others)
+    kube.post_event(_event(raw, "Normal", "TransitKeyReleased", outcome))
+    remaining = [f for f in finalizers if f != KEY_FINALIZER]
+    kube.set_finalizers(INFERENCE, namespace, name, remaining, raw["metadata"]["resourceVersion"])
 
 
 def _terminating(kube: Kube, namespace: str) -> bool:

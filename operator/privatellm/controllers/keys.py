@@ -56,6 +56,40 @@ def ensure_tenant_keys(
     return name, key.latest_version
 
 
+def release_tenant_keys(
+    vault: VaultClient, obj: InferenceDeployment, remaining: Sequence[InferenceDeployment]
+) -> str:
+    """Before `obj` goes: narrow or revoke its namespace gateway's access; say what was done.
+
+    `remaining` are the namespace's other models. The key is never deleted.
+    """
+    namespace = obj.metadata.namespace or ""
+    policy_name = gateway_policy_name(namespace)
+    name = key_name(obj)
+    still_used = {key_name(m) for m in remaining}
+    if name in still_used:
+        return f"Transit key {name} is still used by other models"
+    if obj.spec.encryption.on_delete == "Retain":
+        return f"Transit key {name} and the gateway's access to it are retained"
+    if still_used:
+        vault.request(
+            "PUT", f"sys/policies/acl/{policy_name}", {"policy": gateway_policy(sorted(still_used))}
+        )
+        return f"gateway access to Transit key {name} revoked; the key is kept"
+    if f"{KUBERNETES_AUTH}/" in vault.request("GET", "sys/auth").get("data", {}):
+        _delete(vault, f"auth/{KUBERNETES_AUTH}/role/{policy_name}")
+    _delete(vault, f"sys/policies/acl/{policy_name}")
+    return f"gateway policy and role of {namespace} revoked; Transit key {name} is kept"
+
+
+def _delete(vault: VaultClient, path: str) -> None:
+    try:
+        vault.request("DELETE", path)
+    except VaultError as error:
+        if error.status != 404:
+            raise
+
+
 def _read(vault: VaultClient, path: str) -> dict[str, object]:
     try:
         data = vault.request("GET", path).get("data") or {}

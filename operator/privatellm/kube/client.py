@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -179,6 +180,24 @@ class Kube:
         except ApiError as error:
             if error.status != 404:
                 raise
+
+    def set_finalizers(
+        self,
+        kind: Kind,
+        namespace: str,
+        name: str,
+        finalizers: Sequence[str],
+        resource_version: str,
+    ) -> None:
+        """Replace an object's finalizers, failing (409) if it changed since it was read."""
+        self._count_write("finalizers", kind.kind)
+        meta = {"finalizers": [*finalizers], "resourceVersion": resource_version}
+        self._call(
+            "PATCH",
+            kind.path(namespace, name),
+            body={"metadata": meta},
+            content_type="application/merge-patch+json",
+        )
 
     def patch_status(self, kind: Kind, namespace: str, name: str, status: Obj) -> None:
         """Replace the status fields the operator owns (merge patch on the subresource)."""

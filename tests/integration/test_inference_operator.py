@@ -18,11 +18,19 @@ from privatellm.api import GROUP, VERSION
 from privatellm.devcluster import DevVault, Toolchain
 from privatellm.devcluster.nodes import NodePlan, render_nodes
 from privatellm.keys.envelope import Envelope, RecordContext
+from privatellm.keys.tenancy import operator_policy
 from privatellm.keys.tls import serial_hex, signed_by
 from privatellm.keys.transit import TransitClient, VaultClient, VaultError
 
 from .conftest import Cluster, wait_until
-from .operator_process import USERNAME, OperatorProcess, running_operator, writes_by
+from .operator_process import NAMESPACE as OPERATOR_NAMESPACE
+from .operator_process import (
+    SERVICE_ACCOUNT,
+    USERNAME,
+    OperatorProcess,
+    running_operator,
+    writes_by,
+)
 
 PLURAL = "inferencedeployments"
 ZONE_LABEL = "topology.kubernetes.io/zone"
@@ -45,8 +53,39 @@ def vault(crds: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[D
 def operator(
     crds: Cluster, vault: DevVault, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    env = {"BAO_ADDR": vault.addr, "BAO_TOKEN": vault.root_token}
-    yield from running_operator(crds, tmp_path_factory.mktemp("operator"), env)
+    """The operator, logging in to Vault as its own ServiceAccount with the operator policy."""
+    root = vault.client()
+    root.request("PUT", "sys/policies/acl/privatellm-operator", {"policy": operator_policy()})
+    root.request(
+        "POST",
+        "auth/kubernetes/role/privatellm-operator",
+        {
+            "bound_service_account_names": [SERVICE_ACCOUNT],
+            "bound_service_account_namespaces": [OPERATOR_NAMESPACE],
+            "token_policies": ["privatellm-operator"],
+            "token_ttl": "10m",
+        },
+    )
+    workdir = tmp_path_factory.mktemp("operator")
+    jwt_file = workdir / "vault.jwt"
+    env = {
+        "BAO_ADDR": vault.addr,
+        "PRIVATELLM_VAULT_ROLE": "privatellm-operator",
+        "PRIVATELLM_VAULT_JWT_FILE": str(jwt_file),
+    }
+    # Vault reviews each login with the token being checked (no reviewer JWT configured).
+    binding = "privatellm-under-test-vault-review"
+    crds.kubectl(
+        "create",
+        "clusterrolebinding",
+        binding,
+        "--clusterrole=system:auth-delegator",
+        f"--serviceaccount={OPERATOR_NAMESPACE}:{SERVICE_ACCOUNT}",
+    )
+    try:
+        yield from running_operator(crds, workdir, env, jwt_file)
+    finally:
+        crds.kubectl("delete", "clusterrolebinding", binding, check=False)
 
 
 def model(name: str, **spec: Any) -> dict[str, Any]:

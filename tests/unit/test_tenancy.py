@@ -11,7 +11,9 @@ from privatellm.keys.tenancy import (
     gateway_role,
     key_name,
     namespace_key_name,
+    operator_policy,
 )
+from privatellm.keys.transit import KubernetesAuthVaultClient, vault_client_from_env
 
 
 def model(**encryption: str) -> InferenceDeployment:
@@ -63,3 +65,31 @@ def test_durations_convert_to_seconds(text: str, seconds: int) -> None:
 def test_bad_durations_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="not a duration"):
         duration_seconds(text)
+
+
+def test_the_operator_policy_manages_keys_but_cannot_delete_or_trim_them() -> None:
+    policy = operator_policy()
+    rules = dict(
+        (line.split('"')[1], next_line.split("= ")[1])
+        for line, next_line in zip(policy.splitlines(), policy.splitlines()[1:], strict=False)
+        if line.startswith("path")
+    )
+    assert rules["transit/keys/+"] == '["create", "read", "update"]'
+    assert rules["transit/keys/+/config"] == '["update"]'
+    assert not [path for path in rules if path.endswith(("/trim", "/rotate", "/export/+"))]
+    assert all("delete" not in caps for path, caps in rules.items() if path.startswith("transit"))
+    assert "sys/policies/acl/privatellm-gateway-*" in rules
+
+
+def test_vault_configuration_comes_from_the_environment() -> None:
+    assert vault_client_from_env({}) is None
+    static = vault_client_from_env({"VAULT_ADDR": "http://v:8200", "VAULT_TOKEN": "t"})
+    assert static is not None and not isinstance(static, KubernetesAuthVaultClient)
+    login = vault_client_from_env(
+        {"BAO_ADDR": "http://v:8200", "PRIVATELLM_VAULT_ROLE": "privatellm-operator"}
+    )
+    assert isinstance(login, KubernetesAuthVaultClient)
+    assert (login.role, str(login.jwt_file)) == (
+        "privatellm-operator",
+        "/var/run/secrets/kubernetes.io/serviceaccount/token",
+    )

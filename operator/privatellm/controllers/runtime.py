@@ -20,7 +20,7 @@ import kopf
 import prometheus_client
 
 from privatellm.api import GROUP, VERSION
-from privatellm.keys.transit import VaultClient
+from privatellm.keys.transit import VaultClient, vault_client_from_env
 from privatellm.kube.client import Kube, new_api_client
 from privatellm.render.inference_status import NodeView
 from privatellm.render.meta import INFERENCE_DEPLOYMENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL
@@ -153,11 +153,10 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
 
 
 def _vault_from_env() -> VaultClient | None:
-    try:
-        return VaultClient.from_env()
-    except ValueError:
-        log.warning("no BAO_ADDR/VAULT_ADDR and token: Transit keys are not provisioned")
-        return None
+    vault = vault_client_from_env()
+    if vault is None:
+        log.warning("no Vault configured (BAO_ADDR/VAULT_ADDR): Transit keys are not provisioned")
+    return vault
 
 
 @kopf.on.cleanup()

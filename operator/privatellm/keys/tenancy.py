@@ -44,7 +44,7 @@ def gateway_policy_name(namespace: str) -> str:
 def gateway_policy(key_names: Sequence[str], mount: str = "transit") -> str:
     """HCL granting the data-key operations on exactly `key_names`, in a stable order."""
     rules = [
-        f'path "{mount}/{operation}/{name}" {{\n  capabilities = ["update"]\n}}\n'
+        f'path "{mount}/{operation}/{name}" {{\n  capabilities = {_hcl_list(["update"])}\n}}\n'
         for name in sorted(set(key_names))
         for operation in GATEWAY_OPERATIONS
     ]
@@ -68,3 +68,25 @@ def duration_seconds(duration: str) -> int:
     if not parts or "".join(n + u for n, u in parts) != duration:
         raise ValueError(f"not a duration: {duration!r}")
     return round(sum(float(n) * _UNIT_SECONDS[u] for n, u in parts))
+
+
+def operator_policy(mount: str = "transit", auth_mount: str = "kubernetes") -> str:
+    """HCL for the operator: manage keys, gateway policies and roles; never delete a key.
+
+    `+` matches one path segment, so rotate and trim (which drops key versions) are not
+    covered by the key rules; deleting a key needs the delete capability, not granted.
+    """
+    rules = [
+        (f"{mount}/keys/+", ["create", "read", "update"]),
+        (f"{mount}/keys/+/config", ["update"]),
+        ("sys/policies/acl/privatellm-gateway-*", ["create", "read", "update", "delete"]),
+        (f"auth/{auth_mount}/role/privatellm-gateway-*", ["create", "read", "update", "delete"]),
+        ("sys/auth", ["read"]),
+    ]
+    return "".join(
+        f'path "{path}" {{\n  capabilities = {_hcl_list(caps)}\n}}\n' for path, caps in rules
+    )
+
+
+def _hcl_list(items: Sequence[str]) -> str:
+    return "[" + ", ".join(f'"{item}"' for item in items) + "]"

@@ -15,11 +15,13 @@ import http.client
 import json
 import os
 import ssl
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 # 502/503/504 come from a sealed server, a standby without an active node, or a
@@ -101,6 +103,70 @@ class VaultClient:
             return {}
         decoded: dict[str, Any] = json.loads(raw)
         return decoded
+
+
+# Where Kubernetes mounts a Pod's ServiceAccount token.
+SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+class KubernetesAuthVaultClient(VaultClient):
+    """A Vault client that logs in as a Kubernetes ServiceAccount, and again before expiry.
+
+    The token file is read at every login, so a projected token that the kubelet
+    rotates is picked up. The Vault token is replaced at half its lease.
+    """
+
+    def __init__(
+        self,
+        addr: str,
+        role: str,
+        jwt_file: Path,
+        *,
+        mount: str = "kubernetes",
+        clock: Callable[[], float] = time.monotonic,
+        timeout: float = 5.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        super().__init__(addr, "", timeout=timeout, ssl_context=ssl_context)
+        self.role = role
+        self.jwt_file = jwt_file
+        self.mount = mount
+        self._clock = clock
+        self._renew_at = 0.0
+
+    def login(self) -> None:
+        """Exchange the ServiceAccount token for a Vault token."""
+        anonymous = VaultClient(self.addr, "", timeout=self.timeout, ssl_context=self._ssl_context)
+        body = {"role": self.role, "jwt": self.jwt_file.read_text().strip()}
+        auth = anonymous.request("POST", f"auth/{self.mount}/login", body)["auth"]
+        self._token = str(auth["client_token"])
+        self._renew_at = self._clock() + float(auth.get("lease_duration") or 0) / 2
+
+    def request(
+        self, method: str, path: str, body: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        if self._clock() >= self._renew_at:
+            self.login()
+        return super().request(method, path, body)
+
+
+def vault_client_from_env(environ: Mapping[str, str] | None = None) -> VaultClient | None:
+    """The operator's Vault client, or None when no Vault is configured.
+
+    With PRIVATELLM_VAULT_ROLE it logs in through Kubernetes auth with the ServiceAccount
+    token (PRIVATELLM_VAULT_JWT_FILE, default the Pod's own); else it uses BAO_TOKEN or
+    VAULT_TOKEN.
+    """
+    env = os.environ if environ is None else environ
+    addr = env.get("BAO_ADDR") or env.get("VAULT_ADDR")
+    role = env.get("PRIVATELLM_VAULT_ROLE")
+    if addr and role:
+        jwt_file = Path(env.get("PRIVATELLM_VAULT_JWT_FILE") or SERVICE_ACCOUNT_TOKEN)
+        return KubernetesAuthVaultClient(addr, role, jwt_file)
+    try:
+        return VaultClient.from_env(env)
+    except ValueError:
+        return None
 
 
 def _error_message(raw: bytes, fallback: str) -> str:

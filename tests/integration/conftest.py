@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
-from privatellm.devcluster import LocalCluster, Toolchain
+from privatellm.devcluster import DevVault, LocalCluster, Toolchain, enable_transit
+from privatellm.keys import TransitClient, VaultClient
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -118,3 +119,57 @@ def namespace(cluster: Cluster) -> Iterator[str]:
     )
     yield name
     cluster.core.delete_namespace(name)
+
+
+@dataclass
+class VaultServer:
+    """The Vault under test; `dev` is None when BAO_ADDR or VAULT_ADDR names an external one."""
+
+    addr: str
+    token: str
+    dev: DevVault | None = None
+
+    @property
+    def client(self) -> VaultClient:
+        return VaultClient(self.addr, self.token)
+
+    @property
+    def transit(self) -> TransitClient:
+        return TransitClient(self.client)
+
+
+def _external_vault() -> VaultServer | None:
+    addr = os.environ.get("BAO_ADDR") or os.environ.get("VAULT_ADDR")
+    token = os.environ.get("BAO_TOKEN") or os.environ.get("VAULT_TOKEN")
+    return VaultServer(addr, token) if addr and token else None
+
+
+@pytest.fixture(scope="module")
+def vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VaultServer]:
+    """A Vault with Transit mounted: the external one when named, else a dev-mode server."""
+    external = _external_vault()
+    if external is not None:
+        enable_transit(external.client)
+        yield external
+        return
+    workdir = tmp_path_factory.mktemp("vault")
+    dev = DevVault(workdir, Toolchain.locate())
+    dev.start()
+    try:
+        yield VaultServer(dev.addr, dev.root_token, dev)
+    finally:
+        dev.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def own_vault(tmp_path: Path) -> Iterator[DevVault]:
+    """A dev-mode server of the test's own, which it may stop and restart."""
+    if _external_vault() is not None:
+        pytest.skip("stops the server: needs a dev-mode server of its own")
+    dev = DevVault(tmp_path / "vault", Toolchain.locate())
+    dev.start()
+    try:
+        yield dev
+    finally:
+        dev.stop()

@@ -13,79 +13,26 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from privatellm.cli.main import main
-from privatellm.devcluster import DevVault, Toolchain, enable_transit
-from privatellm.devcluster.cluster import default_cache
+from privatellm.devcluster import DevVault
 from privatellm.keys import (
     DecryptionError,
     Envelope,
     EnvelopeRecord,
     RecordContext,
     TransitClient,
-    VaultClient,
     drill,
 )
 from privatellm.keys.drill import DrillAbortedError, FailureKind
 
+from .conftest import VaultServer
+
 NAMESPACE, MODEL = "tenant-a", "llama-8b"
-
-
-@dataclass
-class Vault:
-    """The server under test, and the environment that points the CLI at it."""
-
-    addr: str
-    token: str
-
-    @property
-    def transit(self) -> TransitClient:
-        return TransitClient(VaultClient(self.addr, self.token))
-
-
-def _external_vault() -> Vault | None:
-    addr = os.environ.get("BAO_ADDR") or os.environ.get("VAULT_ADDR")
-    token = os.environ.get("BAO_TOKEN") or os.environ.get("VAULT_TOKEN")
-    return Vault(addr, token) if addr and token else None
-
-
-def _start_dev_vault(workdir: Path) -> DevVault:
-    dev = DevVault(workdir, Toolchain(default_cache()))
-    dev.start()
-    return dev
-
-
-@pytest.fixture(scope="module")
-def vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vault]:
-    external = _external_vault()
-    if external is not None:
-        enable_transit(VaultClient(external.addr, external.token))
-        yield external
-        return
-    workdir = tmp_path_factory.mktemp("vault")
-    dev = _start_dev_vault(workdir)
-    try:
-        yield Vault(dev.addr, dev.root_token)
-    finally:
-        dev.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-@pytest.fixture
-def own_vault(tmp_path: Path) -> Iterator[DevVault]:
-    """A server of this test's own, which it may stop."""
-    if _external_vault() is not None:
-        pytest.skip("stops the server: needs a dev-mode server of its own")
-    dev = _start_dev_vault(tmp_path / "vault")
-    try:
-        yield dev
-    finally:
-        dev.stop()
 
 
 def _point_cli_at(monkeypatch: pytest.MonkeyPatch, addr: str, token: str) -> None:
@@ -95,12 +42,12 @@ def _point_cli_at(monkeypatch: pytest.MonkeyPatch, addr: str, token: str) -> Non
 
 
 @pytest.fixture
-def cli_env(vault: Vault, monkeypatch: pytest.MonkeyPatch) -> None:
+def cli_env(vault: VaultServer, monkeypatch: pytest.MonkeyPatch) -> None:
     _point_cli_at(monkeypatch, vault.addr, vault.token)
 
 
 @pytest.fixture
-def key(vault: Vault) -> str:
+def key(vault: VaultServer) -> str:
     """A new Transit key, named uniquely so that tests never share one."""
     name = f"drill-{uuid.uuid4().hex[:10]}"
     vault.transit.create_key(name)
@@ -153,7 +100,7 @@ def _assert_rewrapped(envelope: Envelope, stored: Stored, version: int) -> None:
 
 @pytest.mark.usefixtures("cli_env")
 def test_compromise_cli_rewraps_every_record_then_revokes_the_old_version(
-    vault: Vault, key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    vault: VaultServer, key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     records = tmp_path / "records"
     envelope = Envelope(vault.transit, key)
@@ -193,7 +140,7 @@ def test_compromise_cli_rewraps_every_record_then_revokes_the_old_version(
 
 @pytest.mark.usefixtures("cli_env")
 def test_complete_drill_over_two_folders_exits_zero_and_prints_a_table(
-    vault: Vault, key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    vault: VaultServer, key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     envelope = Envelope(vault.transit, key)
     live, archive = tmp_path / "live", tmp_path / "archive"
@@ -211,7 +158,7 @@ def test_complete_drill_over_two_folders_exits_zero_and_prints_a_table(
 
 
 def test_drill_reports_records_already_below_the_minimum_and_other_keys(
-    vault: Vault, key: str, tmp_path: Path
+    vault: VaultServer, key: str, tmp_path: Path
 ) -> None:
     transit = vault.transit
     envelope = Envelope(transit, key)
@@ -251,7 +198,7 @@ def test_drill_reports_records_already_below_the_minimum_and_other_keys(
 
 
 def test_failed_write_stops_the_drill_before_the_minimum_is_raised(
-    vault: Vault, key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    vault: VaultServer, key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     transit = vault.transit
     envelope = Envelope(transit, key)
@@ -286,7 +233,7 @@ def test_failed_write_stops_the_drill_before_the_minimum_is_raised(
 
 @pytest.mark.usefixtures("cli_env")
 def test_rotate_cli_prints_the_new_latest_version(
-    vault: Vault, key: str, capsys: pytest.CaptureFixture[str]
+    vault: VaultServer, key: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["keys", "rotate", key]) == 0
     assert f"{key} (mount transit/): rotated v1 -> v2" in capsys.readouterr().out

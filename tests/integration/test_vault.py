@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
-from privatellm.devcluster import DevVault, Toolchain, enable_transit
-from privatellm.devcluster.cluster import default_cache
+from privatellm.devcluster import DevVault
 from privatellm.keys import (
     DecryptionError,
     Envelope,
@@ -33,74 +29,34 @@ from privatellm.keys import (
     VaultUnavailableError,
 )
 
-from .conftest import Cluster
+from .conftest import Cluster, VaultServer
 
 CONTEXT = RecordContext(namespace="tenant-a", model="llama-8b", record_id="audit-42")
 
 
-@dataclass
-class Vault:
-    """The server under test; `dev` is None when it is an external one."""
-
-    client: VaultClient
-    dev: DevVault | None
-
-    @property
-    def transit(self) -> TransitClient:
-        return TransitClient(self.client)
-
-
-def _external_client() -> VaultClient | None:
-    if not (os.environ.get("BAO_ADDR") or os.environ.get("VAULT_ADDR")):
-        return None
-    return VaultClient.from_env()
-
-
-def _start_dev_vault(workdir: Path) -> DevVault:
-    dev = DevVault(workdir, Toolchain(default_cache()))
-    dev.start()
-    return dev
-
-
-@pytest.fixture(scope="module")
-def vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vault]:
-    external = _external_client()
-    if external is not None:
-        enable_transit(external)
-        yield Vault(external, None)
-        return
-    workdir = tmp_path_factory.mktemp("vault")
-    dev = _start_dev_vault(workdir)
-    try:
-        yield Vault(dev.client(), dev)
-    finally:
-        dev.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
 @pytest.fixture
-def key(vault: Vault) -> str:
+def key(vault: VaultServer) -> str:
     """A new Transit key, named uniquely so that tests never share one."""
     name = f"test-{uuid.uuid4().hex[:10]}"
     vault.transit.create_key(name, auto_rotate_period=86400)
     return name
 
 
-def test_create_and_read_key(vault: Vault, key: str) -> None:
+def test_create_and_read_key(vault: VaultServer, key: str) -> None:
     info = vault.transit.read_key(key)
     assert (info.name, info.type, info.derived) == (key, "aes256-gcm96", False)
     assert (info.latest_version, info.min_decryption_version, info.versions) == (1, 1, (1,))
     assert info.auto_rotate_period_seconds == 86400
 
 
-def test_missing_key_is_a_vault_error(vault: Vault) -> None:
+def test_missing_key_is_a_vault_error(vault: VaultServer) -> None:
     with pytest.raises(VaultError) as caught:
         vault.transit.read_key(f"missing-{uuid.uuid4().hex[:8]}")
     assert caught.value.status == 404
     assert not isinstance(caught.value, VaultUnavailableError)
 
 
-def test_datakey_and_envelope_round_trip(vault: Vault, key: str) -> None:
+def test_datakey_and_envelope_round_trip(vault: VaultServer, key: str) -> None:
     plaintext, wrapped = vault.transit.datakey(key)
     assert len(plaintext) == 32 and wrapped.startswith("vault:v1:")
     assert vault.transit.decrypt_datakey(key, wrapped) == plaintext
@@ -114,7 +70,7 @@ def test_datakey_and_envelope_round_trip(vault: Vault, key: str) -> None:
         envelope.decrypt(record, elsewhere)
 
 
-def test_rotate_then_rewrap_names_the_new_version(vault: Vault, key: str) -> None:
+def test_rotate_then_rewrap_names_the_new_version(vault: VaultServer, key: str) -> None:
     envelope = Envelope(vault.transit, key)
     record = envelope.encrypt(b"response", CONTEXT)
     vault.transit.rotate(key)
@@ -131,7 +87,7 @@ def test_rotate_then_rewrap_names_the_new_version(vault: Vault, key: str) -> Non
     assert EnvelopeRecord.from_bytes(fresh).key_version == 2
 
 
-def test_min_decryption_version_revokes_old_records(vault: Vault, key: str) -> None:
+def test_min_decryption_version_revokes_old_records(vault: VaultServer, key: str) -> None:
     envelope = Envelope(vault.transit, key)
     kept = envelope.encrypt(b"rewrapped in time", CONTEXT)
     stale_context = RecordContext("tenant-a", "llama-8b", "audit-43")
@@ -147,7 +103,7 @@ def test_min_decryption_version_revokes_old_records(vault: Vault, key: str) -> N
     assert caught.value.record_id == "audit-43"
 
 
-def test_forged_wrapped_key_fails(vault: Vault, key: str) -> None:
+def test_forged_wrapped_key_fails(vault: VaultServer, key: str) -> None:
     envelope = Envelope(vault.transit, key)
     parsed = EnvelopeRecord.from_bytes(envelope.encrypt(b"payload", CONTEXT))
     forged = base64.b64encode(os.urandom(60)).decode()
@@ -156,7 +112,7 @@ def test_forged_wrapped_key_fails(vault: Vault, key: str) -> None:
         envelope.decrypt(record.to_bytes(), CONTEXT)
 
 
-def test_wrapped_key_of_another_transit_key_fails(vault: Vault, key: str) -> None:
+def test_wrapped_key_of_another_transit_key_fails(vault: VaultServer, key: str) -> None:
     other = f"{key}-other"
     vault.transit.create_key(other)
     _, foreign_wrapped = vault.transit.datakey(other)
@@ -167,7 +123,7 @@ def test_wrapped_key_of_another_transit_key_fails(vault: Vault, key: str) -> Non
         envelope.decrypt(record.to_bytes(), CONTEXT)
 
 
-def test_derived_key_needs_the_same_context(vault: Vault) -> None:
+def test_derived_key_needs_the_same_context(vault: VaultServer) -> None:
     name = f"test-derived-{uuid.uuid4().hex[:8]}"
     vault.transit.create_key(name, derived=True)
     plaintext, wrapped = vault.transit.datakey(name, context=b"tenant-a")
@@ -175,18 +131,6 @@ def test_derived_key_needs_the_same_context(vault: Vault) -> None:
     with pytest.raises(VaultError) as caught:
         vault.transit.decrypt_datakey(name, wrapped, context=b"tenant-b")
     assert caught.value.status == 400
-
-
-@pytest.fixture
-def own_vault(tmp_path: Path) -> Iterator[DevVault]:
-    """A server of this test's own, which it may stop and restart."""
-    if _external_client() is not None:
-        pytest.skip("stops the server: needs a dev-mode server of its own")
-    dev = _start_dev_vault(tmp_path)
-    try:
-        yield dev
-    finally:
-        dev.stop()
 
 
 def test_stopped_vault_fails_closed_and_restarted_vault_works_again(own_vault: DevVault) -> None:
@@ -223,7 +167,7 @@ def _api_server(kubeconfig: Path) -> tuple[str, str]:
 
 
 def test_service_account_logs_in_and_uses_only_its_key(
-    vault: Vault, key: str, request: pytest.FixtureRequest
+    vault: VaultServer, key: str, request: pytest.FixtureRequest
 ) -> None:
     if vault.dev is None:
         pytest.skip("configures auth methods: needs the dev-mode server")

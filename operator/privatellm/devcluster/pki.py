@@ -8,23 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from privatellm.keys.tls import issue_certificate, key_pem, new_key, self_signed_ca
+
 VALIDITY = datetime.timedelta(days=30)
-
-
-def _key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
 
 
 def _name(common_name: str, organization: str | None = None) -> x509.Name:
@@ -77,59 +66,12 @@ def create_pki(directory: Path) -> Pki:
     """Write a CA, the API server's serving cert, an admin client cert and the SA key pair."""
     directory.mkdir(parents=True, exist_ok=True)
     pki = Pki(directory)
-    now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
-
-    ca_key = _key()
-    ca_name = _name("privatellm-local-ca")
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    def issue(
-        subject: x509.Name, usage: x509.ObjectIdentifier, sans: list[x509.GeneralName]
-    ) -> tuple[bytes, bytes]:
-        key = _key()
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now)
-            .not_valid_after(now + VALIDITY)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        )
-        if sans:
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        cert = builder.sign(ca_key, hashes.SHA256())
-        return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
-
-    serving = issue(
+    now = datetime.datetime.now(datetime.UTC)
+    ca = self_signed_ca(_name("privatellm-local-ca"), now, VALIDITY)
+    serving = issue_certificate(
+        ca,
         _name("kube-apiserver"),
-        ExtendedKeyUsageOID.SERVER_AUTH,
+        [ExtendedKeyUsageOID.SERVER_AUTH],
         [
             x509.DNSName("localhost"),
             x509.DNSName("kubernetes"),
@@ -139,18 +81,22 @@ def create_pki(directory: Path) -> Pki:
             x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
             x509.IPAddress(ipaddress.ip_address("10.96.0.1")),
         ],
+        now,
+        VALIDITY,
     )
-    admin = issue(_name("admin", "system:masters"), ExtendedKeyUsageOID.CLIENT_AUTH, [])
-    sa_key = _key()
+    admin = issue_certificate(
+        ca, _name("admin", "system:masters"), [ExtendedKeyUsageOID.CLIENT_AUTH], [], now, VALIDITY
+    )
+    sa_key = new_key()
 
     files = {
-        pki.ca_cert: ca_cert.public_bytes(serialization.Encoding.PEM),
-        pki.ca_key: _key_pem(ca_key),
-        pki.serving_cert: serving[0],
-        pki.serving_key: serving[1],
-        pki.admin_cert: admin[0],
-        pki.admin_key: admin[1],
-        pki.service_account_key: _key_pem(sa_key),
+        pki.ca_cert: ca.cert_pem,
+        pki.ca_key: ca.key_pem,
+        pki.serving_cert: serving.cert_pem,
+        pki.serving_key: serving.key_pem,
+        pki.admin_cert: admin.cert_pem,
+        pki.admin_key: admin.key_pem,
+        pki.service_account_key: key_pem(sa_key),
         pki.service_account_pub: sa_key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         ),

@@ -40,25 +40,23 @@ class KeyPair:
         return x509.load_pem_x509_certificate(self.cert_pem)
 
 
-def _new_key() -> ec.EllipticCurvePrivateKey:
+def new_key() -> ec.EllipticCurvePrivateKey:
+    """A fresh ECDSA P-256 private key."""
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    """A private key as unencrypted PKCS#8 PEM."""
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
 
 
-def issue_ca(namespace: str, now: datetime.datetime) -> KeyPair:
-    """A self-signed CA for one namespace."""
-    key = _new_key()
-    name = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "privatellm"),
-            x509.NameAttribute(NameOID.COMMON_NAME, f"privatellm CA {namespace}"),
-        ]
-    )
+def self_signed_ca(
+    subject: x509.Name, now: datetime.datetime, validity: datetime.timedelta = CA_VALIDITY
+) -> KeyPair:
+    """A CA that signs end-entity certificates only (path length 0)."""
+    key = new_key()
     usage = x509.KeyUsage(
         digital_signature=True,
         key_cert_sign=True,
@@ -72,18 +70,62 @@ def issue_ca(namespace: str, now: datetime.datetime) -> KeyPair:
     )
     cert = (
         x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
+        .subject_name(subject)
+        .issuer_name(subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - BACKDATE)
-        .not_valid_after(now + CA_VALIDITY)
+        .not_valid_after(now + validity)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(usage, critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    return KeyPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
+    return KeyPair(cert.public_bytes(serialization.Encoding.PEM), key_pem(key))
+
+
+def issue_certificate(
+    ca: KeyPair,
+    subject: x509.Name,
+    usages: list[x509.ObjectIdentifier],
+    sans: list[x509.GeneralName],
+    now: datetime.datetime,
+    validity: datetime.timedelta = LEAF_VALIDITY,
+) -> KeyPair:
+    """An end-entity certificate for `usages` and `sans` (may be empty), signed by `ca`."""
+    ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise ValueError("the CA key is not an ECDSA key")
+    key = new_key()
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(now + validity)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
+    return KeyPair(cert.public_bytes(serialization.Encoding.PEM), key_pem(key))
+
+
+def issue_ca(namespace: str, now: datetime.datetime) -> KeyPair:
+    """A self-signed CA for one namespace."""
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "privatellm"),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"privatellm CA {namespace}"),
+        ]
+    )
+    return self_signed_ca(subject, now)
 
 
 def service_names(service: str, namespace: str) -> list[str]:
@@ -100,34 +142,15 @@ def issue_leaf(
     ca: KeyPair, common_name: str, dns_names: list[str], now: datetime.datetime
 ) -> KeyPair:
     """A certificate for server and client auth, for `dns_names` and loopback, signed by `ca`."""
-    ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
-    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
-        raise ValueError("the CA key is not an ECDSA key")
-    key = _new_key()
     sans: list[x509.GeneralName] = [x509.DNSName(n) for n in [*dns_names, "localhost"]]
     sans.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .issuer_name(ca.certificate.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(now + LEAF_VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
+    return issue_certificate(
+        ca,
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]),
+        [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+        sans,
+        now,
     )
-    return KeyPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
 
 
 def needs_renewal(

@@ -23,17 +23,21 @@ from privatellm.render.engine import ALLOWED_EXTRA_FLAGS, check_extra_args, vllm
 from privatellm.render.inference import (
     InvalidSpecError,
     baseline_replicas,
-    estimated_restore_seconds,
     render_children,
-    render_prestage_job,
-    render_weight_cache_pvc,
     render_zone_deployment,
-    selector_labels,
     spec_errors,
-    weight_cache_size,
     zone_replica_plan,
 )
 from privatellm.render.meta import GPU_PRODUCT_LABEL, GPU_RESOURCE, ZONE_LABEL, owner_reference
+from privatellm.render.weights import (
+    estimated_restore_seconds,
+    render_prestage_job,
+    render_weight_cache_pvc,
+    weight_cache_size,
+)
+from privatellm.render.workload import (
+    selector_labels,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN_DIR = Path(__file__).parent / "golden"

@@ -17,10 +17,8 @@ from privatellm.keys.transit import VaultClient, VaultError
 from privatellm.kube.client import KINDS, Kube, Obj
 from privatellm.render.conditions import find_condition
 from privatellm.render.inference import (
-    prestage_job_name,
     render_children,
     spec_errors,
-    zone_deployment_name,
 )
 from privatellm.render.inference_status import (
     NodeView,
@@ -32,6 +30,10 @@ from privatellm.render.inference_status import (
     replica_plan,
 )
 from privatellm.render.meta import INFERENCE_DEPLOYMENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL
+from privatellm.render.workload import (
+    prestage_job_name,
+    zone_deployment_name,
+)
 
 from .keys import ensure_tenant_keys, release_tenant_keys
 from .tls import ensure_server_certificate

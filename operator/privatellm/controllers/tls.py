@@ -20,7 +20,6 @@ from privatellm.keys.tls import (
     signed_by,
 )
 from privatellm.kube.client import KINDS, Kube
-from privatellm.render.inference import service_name, tls_secret_name
 from privatellm.render.tls import (
     CA_CERT_KEY,
     CA_KEY_KEY,
@@ -28,6 +27,10 @@ from privatellm.render.tls import (
     render_namespace_ca_secret,
     render_tls_secret,
     secret_bytes,
+)
+from privatellm.render.workload import (
+    service_name,
+    tls_secret_name,
 )
 
 SECRET = KINDS["Secret"]

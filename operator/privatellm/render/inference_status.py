@@ -16,8 +16,17 @@ from privatellm.api import InferenceDeployment, InferenceDeploymentSpec
 
 from .conditions import ConditionState, merge_conditions
 from .engine import SERVING_PORT
-from .inference import baseline_replicas, estimated_restore_seconds, service_name, zone_replica_plan
+from .inference import (
+    baseline_replicas,
+    zone_replica_plan,
+)
 from .meta import CAPACITY_TYPE_LABEL, GPU_PRODUCT_LABEL, GPU_RESOURCE, SPOT, ZONE_LABEL
+from .weights import (
+    estimated_restore_seconds,
+)
+from .workload import (
+    service_name,
+)
 
 
 @dataclass(frozen=True)

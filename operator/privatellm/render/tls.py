@@ -11,8 +11,11 @@ from typing import Any
 
 from privatellm.api import InferenceDeployment
 
-from .inference import labels, tls_secret_name
 from .meta import MANAGED_BY, MANAGED_BY_LABEL, PART_OF, PART_OF_LABEL, owner_reference
+from .workload import (
+    labels,
+    tls_secret_name,
+)
 
 NAMESPACE_CA_SECRET = "privatellm-ca"
 CA_CERT_KEY = "ca.crt"

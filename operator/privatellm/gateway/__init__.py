@@ -1,0 +1,1 @@
+"""The data plane: authentication, AccessPolicy, filters, metering, routing and the proxy to vLLM."""

@@ -1,0 +1,110 @@
+"""The gateway's configuration: one file per namespace, rendered by the operator.
+
+The operator renders it from the namespace's InferenceDeployments, AccessPolicies
+and DataConnectors into a Secret (it names API-key digests and protected
+customer entities, so it is not a ConfigMap). The gateway reads it at start and
+again whenever the mounted file changes; a file that does not validate is
+refused and the previous configuration stays in force.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import Field
+
+from privatellm.api.access import AccessPolicySpec
+from privatellm.api.base import ApiModel
+
+
+class ModelRoute(ApiModel):
+    """A model clients can ask for and the replicas that serve it."""
+
+    name: str = Field(description="Model id clients send: the InferenceDeployment's name.")
+    served_name: str = Field(description="Model name the vLLM server answers to.")
+    endpoints: list[str] = Field(
+        default_factory=list,
+        description="Base URLs of the replicas, preferred first (e.g. one per zone).",
+    )
+    fallback: str | None = Field(default=None, description="Model used while none is ready.")
+
+
+class NamedPolicy(ApiModel):
+    """An AccessPolicy as the gateway enforces it."""
+
+    name: str
+    spec: AccessPolicySpec
+
+
+class OIDCSettings(ApiModel):
+    """An OpenID Connect issuer whose tokens the gateway accepts."""
+
+    issuer: str
+    audience: str
+    jwks_uri: str | None = None
+    username_claim: str = "email"
+    groups_claim: str = "groups"
+    leeway_seconds: int = Field(default=60, ge=0, le=600)
+    ca_file: str | None = None
+
+
+class TokenReviewSettings(ApiModel):
+    """Kubernetes ServiceAccount tokens, checked by TokenReview."""
+
+    api_server: str = "https://kubernetes.default.svc"
+    token_file: str = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    ca_file: str | None = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+    audiences: list[str] = Field(default_factory=list)
+
+
+class AuthSettings(ApiModel):
+    """Which credentials the gateway accepts."""
+
+    api_keys: dict[str, str] = Field(
+        default_factory=dict, description="SHA-256 hex digest of a key -> the key's name."
+    )
+    oidc: OIDCSettings | None = None
+    token_review: TokenReviewSettings | None = None
+
+
+class UpstreamTLS(ApiModel):
+    """The client certificate the gateway presents to vLLM, and the CA it trusts."""
+
+    ca_file: str
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+class Limits(ApiModel):
+    """Bounds that protect the gateway itself."""
+
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    upstream_connect_seconds: float = Field(default=2.0, gt=0)
+    upstream_total_seconds: float = Field(default=600.0, gt=0)
+    client_read_seconds: float = Field(
+        default=30.0, gt=0, description="A client that takes longer to send its body gets 408."
+    )
+
+
+class GatewayConfig(ApiModel):
+    """Everything one namespace's gateway needs to know."""
+
+    namespace: str
+    models: list[ModelRoute] = Field(default_factory=list)
+    policies: list[NamedPolicy] = Field(default_factory=list)
+    protected_entities: list[str] = Field(
+        default_factory=list, description="Names and identifiers of customers that never leave."
+    )
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    upstream_tls: UpstreamTLS | None = None
+    limits: Limits = Field(default_factory=Limits)
+
+    def route(self, model: str) -> ModelRoute | None:
+        """The route for a model id, or None when the namespace has no such model."""
+        return next((m for m in self.models if m.name == model), None)
+
+
+def load_config(path: Path) -> GatewayConfig:
+    """Read and validate a configuration file (YAML or JSON)."""
+    return GatewayConfig.model_validate(yaml.safe_load(path.read_text()))

@@ -1,1 +1,1 @@
-"""The data plane: authentication, AccessPolicy, filters, metering, routing and the proxy to vLLM."""
+"""The data plane: authentication, AccessPolicy, filters, metering, routing, proxy to vLLM."""

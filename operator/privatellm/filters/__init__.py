@@ -1,1 +1,1 @@
-"""Pure detectors and transforms shared by the gateway, the connector sidecars and `privatellm filter`."""
+"""Pure detectors and transforms shared by the gateway, connector sidecars and the filter CLI."""

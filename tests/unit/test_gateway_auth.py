@@ -41,7 +41,7 @@ from privatellm.gateway.auth import (
     generate_api_key,
     hash_api_key,
 )
-from privatellm.gateway.jwks import cache_lifetime
+from privatellm.gateway.jwks import cache_lifetime, signing_keys
 from privatellm.gateway.tokenreview import TokenReviewer
 
 ISSUER = "https://idp.example.test/realms/corp"
@@ -530,6 +530,31 @@ def test_keys_are_fetched_again_after_their_max_age(env: Env, provider: Provider
 )
 def test_cache_lifetime_follows_max_age_within_bounds(header: str | None, seconds: float) -> None:
     assert cache_lifetime(header) == seconds
+
+
+def test_only_public_signature_keys_are_taken_from_a_key_set() -> None:
+    public = RSA_1.jwk()
+    private = {**public, "kid": "private", "d": "AQAB"}
+    document = {
+        "keys": [
+            public,
+            {**EC_1.jwk(), "kid": "encryption", "use": "enc"},
+            {"kty": "oct", "kid": "shared", "k": "c2VjcmV0"},
+            private,
+            {"kid": "no-type"},
+            "not-a-key",
+        ]
+    }
+    assert signing_keys(document) == {"rsa-1": public}
+
+
+def test_a_key_named_for_one_algorithm_does_not_verify_another(
+    env: Env, provider: Provider
+) -> None:
+    auth = env.authenticator(env.oidc(algorithms=("RS256", "PS256")))
+    # A valid PS256 signature by the key the JWKS publishes for RS256 only.
+    token = env.mint(SigningKey("rsa-1", "PS256", RSA_1.private))
+    assert env.failure(auth, bearer(token)).reason == "invalid_signature"
 
 
 def test_cached_keys_serve_for_an_hour_while_the_provider_is_down(

@@ -57,15 +57,16 @@ def cache_lifetime(cache_control: str | None) -> float:
 
 
 def signing_keys(document: Any) -> dict[str, dict[str, Any]]:
-    """Signature keys of a JWKS document by kid ("" for an unnamed one); no symmetric keys."""
+    """Public signature keys of a JWKS document by kid ("" for an unnamed one)."""
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise _FetchError("the JWKS document has no 'keys' list")
     keys: dict[str, dict[str, Any]] = {}
     for jwk in document["keys"]:
         if not isinstance(jwk, dict) or jwk.get("use", "sig") != "sig":
             continue
-        # A shared secret published in a key set would let anyone mint tokens.
-        if jwk.get("kty") in (None, "oct"):
+        # A shared secret published in a key set would let anyone mint tokens, and
+        # private key material has no business there either: neither is trusted.
+        if jwk.get("kty") in (None, "oct") or "d" in jwk:
             continue
         kid = jwk.get("kid", "")
         if isinstance(kid, str):
@@ -122,8 +123,8 @@ class JWKSCache:
     async def signing_key(self, kid: str | None, algorithm: str) -> jwt.PyJWK | None:
         """The key to verify a token with this kid and alg; None when the issuer has no such key.
 
-        Raises JWKSUnavailableError when no usable key set can be had, and PyJWT's
-        PyJWKError when the key does not fit the algorithm.
+        Raises JWKSUnavailableError when no usable key set can be had, and a PyJWTError
+        when the key does not fit the algorithm.
         """
         now = self._clock()
         key_set = self._key_set

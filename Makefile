@@ -54,6 +54,9 @@ chart: testenv
 bench: $(STAMP) testenv
 	$(BIN)/python -m tests.benchmarks.bench_envelope --records 10000
 	$(BIN)/python -m tests.benchmarks.bench_operator --count 200
+	scripts/bench-tools.sh
+	scripts/bench-venv.sh litellm
+	$(BIN)/python -m tests.benchmarks.bench_gateway
 
 # The demo runs on $$KUBECONFIG when it is set, else on a local simulated cluster.
 # The operator runs in the background as a local process; `make demo-down` stops

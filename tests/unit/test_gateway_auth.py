@@ -317,6 +317,9 @@ def test_a_token_naming_no_user_is_malformed(env: Env, provider: Provider) -> No
         ({"iat": START + 3600}, "token_not_yet_valid"),
         ({"exp": None}, "malformed_credentials"),
         ({"exp": "tomorrow"}, "malformed_credentials"),
+        ({"exp": True}, "malformed_credentials"),
+        ({"exp": 10**400}, "malformed_credentials"),
+        ({"nbf": 10**400}, "malformed_credentials"),
     ],
 )
 def test_lifetime_claims_are_enforced(
@@ -497,6 +500,25 @@ def test_concurrent_requests_share_one_fetch(env: Env, provider: Provider) -> No
     assert [identity.name for identity in identities] == [
         f"user-{n}@example.com" for n in range(20)
     ]
+    assert provider.hits["jwks"] == 1
+
+
+def test_a_caller_giving_up_does_not_cancel_the_fetch_of_the_others(
+    env: Env, provider: Provider
+) -> None:
+    auth = env.authenticator(env.oidc())
+    provider.hold = asyncio.Event()
+
+    async def scenario() -> Identity:
+        impatient = asyncio.create_task(auth.authenticate(bearer(env.mint(RSA_1))))
+        patient = asyncio.create_task(auth.authenticate(bearer(env.mint(RSA_1))))
+        await provider.received.wait()
+        impatient.cancel()
+        assert provider.hold is not None
+        provider.hold.set()
+        return await patient
+
+    assert env.run(scenario()).name == "alice@example.com"
     assert provider.hits["jwks"] == 1
 
 
@@ -745,6 +767,17 @@ def test_an_oidc_token_is_never_sent_for_review(env: Env, provider: Provider) ->
     env.identity(auth, bearer(env.mint(RSA_1)))
     env.failure(auth, bearer(env.mint(RSA_1, aud="another-service")))
     assert provider.hits["tokenreview"] == 0
+
+
+def test_concurrent_requests_with_a_new_token_share_one_review(env: Env) -> None:
+    auth = env.authenticator(token_review=env.token_review())
+    token = service_account_token(env)
+
+    async def scenario() -> list[Identity]:
+        return await asyncio.gather(*(auth.authenticate(bearer(token)) for _ in range(20)))
+
+    assert {identity.name for identity in env.run(scenario())} == {"client"}
+    assert env.provider.hits["tokenreview"] == 1
 
 
 def test_a_token_the_api_server_rejects_is_denied(env: Env) -> None:

@@ -140,7 +140,9 @@ def presented_credential(headers: Mapping[str, str]) -> tuple[Literal["bearer", 
         if len(value) > MAX_CREDENTIAL_LENGTH:
             raise AuthError("malformed_credentials", f"{name} is longer than 8 KiB")
         if not _VISIBLE_ASCII.fullmatch(value):
-            raise AuthError("malformed_credentials", f"{name} has characters other than ASCII")
+            raise AuthError(
+                "malformed_credentials", f"{name} has characters other than printable ASCII"
+            )
         found.append(("bearer" if lowered == "authorization" else "apiKey", value))
     if not found:
         raise AuthError("missing_credentials", "send Authorization: Bearer or X-API-Key")
@@ -174,9 +176,15 @@ def _time_claim(claims: Mapping[str, Any], name: str) -> float | None:
     value = claims.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise AuthError("malformed_credentials", f"the token's {name} is not a number")
-    return float(value)
+    try:
+        moment = float(value)
+    except OverflowError:
+        moment = math.inf
+    if not math.isfinite(moment):
+        raise AuthError("malformed_credentials", f"the token's {name} is out of range")
+    return moment
 
 
 def check_lifetime(claims: Mapping[str, Any], now: float, leeway: float) -> None:

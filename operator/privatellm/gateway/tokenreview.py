@@ -9,6 +9,7 @@ own expiry, in a least-recently-used map of bounded size.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import ssl
@@ -103,23 +104,42 @@ class TokenReviewer:
             ssl.create_default_context(cafile=config.ca_file) if config.ca_file else True
         )
         self._accepted: OrderedDict[str, tuple[ReviewedUser, float]] = OrderedDict()
+        self._pending: dict[str, asyncio.Task[ReviewedUser]] = {}
 
     async def review(self, token: str, expires_at: float | None) -> ReviewedUser:
         """The user the token belongs to; `expires_at` (the token's exp) bounds the caching."""
         digest = token_digest(token)
-        now = self._clock()
         cached = self._accepted.get(digest)
         if cached is not None:
             user, valid_until = cached
-            if now < valid_until:
+            if self._clock() < valid_until:
                 self._accepted.move_to_end(digest)
                 return user
             del self._accepted[digest]
+        # A client that opens many requests at once with a new token costs one review.
+        pending = self._pending.get(digest)
+        if pending is None:
+            pending = asyncio.create_task(self._review_and_remember(token, digest, expires_at))
+            self._pending[digest] = pending
+            pending.add_done_callback(lambda task: self._forget(digest, task))
+        # Shielded: one caller giving up must not cancel the review the others wait for.
+        return await asyncio.shield(pending)
+
+    def _forget(self, digest: str, task: asyncio.Task[ReviewedUser]) -> None:
+        self._pending.pop(digest, None)
+        # Marked as seen: when every waiter has given up, nobody else would look at it.
+        if not task.cancelled():
+            task.exception()
+
+    async def _review_and_remember(
+        self, token: str, digest: str, expires_at: float | None
+    ) -> ReviewedUser:
+        asked_at = self._clock()
         user = reviewed_user(await self._ask(token), self._config.audiences)
-        valid_until = now + self._config.cache_seconds
+        valid_until = asked_at + self._config.cache_seconds
         if expires_at is not None:
             valid_until = min(valid_until, expires_at)
-        if valid_until > now:
+        if valid_until > self._clock():
             self._accepted[digest] = (user, valid_until)
             while len(self._accepted) > self._max_entries:
                 self._accepted.popitem(last=False)

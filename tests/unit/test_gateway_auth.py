@@ -427,6 +427,33 @@ def test_a_token_whose_alg_does_not_fit_the_key_is_refused(env: Env, provider: P
     assert env.failure(auth, bearer(token)).reason == "invalid_signature"
 
 
+@pytest.mark.filterwarnings("ignore:The RSA key is 1024 bits long")  # minting it warns
+def test_a_short_rsa_key_is_refused(env: Env, provider: Provider) -> None:
+    weak = SigningKey(
+        "weak", "RS256", rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    )
+    provider.published = [weak]
+    auth = env.authenticator(env.oidc())
+    assert env.failure(auth, bearer(env.mint(weak))).reason == "invalid_signature"
+
+
+def test_a_token_without_kid_is_verified_only_by_a_single_published_key(
+    env: Env, provider: Provider
+) -> None:
+    provider.published = [RSA_1]
+    token = jwt.encode(
+        {"iss": ISSUER, "aud": AUDIENCE, "sub": "u-1", "exp": int(START) + 600},
+        RSA_1.private,
+        algorithm="RS256",
+    )
+    assert env.identity(env.authenticator(env.oidc()), bearer(token)).name == "u-1"
+    provider.published = [RSA_1, signing_key("rsa-2")]
+    env.clock.now += REFRESH_GAP
+    assert env.failure(env.authenticator(env.oidc()), bearer(token)).reason == (
+        "unknown_signing_key"
+    )
+
+
 def test_an_algorithm_outside_the_allow_list_is_refused(env: Env, provider: Provider) -> None:
     auth = env.authenticator(env.oidc(algorithms=("RS256",)))
     assert env.failure(auth, bearer(env.mint(EC_1))).reason == "invalid_signature"

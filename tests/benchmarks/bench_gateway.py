@@ -770,7 +770,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
     given = sys.argv[1:] if argv is None else list(argv)
     command = shlex.join(["python", "-m", "tests.benchmarks.bench_gateway", *given])
-    paths, results = run(args.concurrency, args.seconds, args.warmup)
+    try:
+        paths, results = run(args.concurrency, args.seconds, args.warmup)
+    except KeyboardInterrupt:
+        print("interrupted: every server it started is stopped", file=sys.stderr)
+        return 130
     body = report(paths, results, args.concurrency, args.seconds, args.warmup, command)
     if not args.no_write:
         write_section(SECTION, body)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -494,3 +495,123 @@ def test_deleting_the_last_model_revokes_gateway_access_but_keeps_the_key(
         assert missing.value.status == 404, path
     assert TransitClient(root).read_key(key).latest_version == 1, "the key itself is kept"
     assert any(e.reason == "TransitKeyReleased" for e in events_for(cluster, namespace, "kept"))
+
+
+def _gateway_config(cluster: Cluster, namespace: str) -> dict[str, Any] | None:
+    try:
+        secret = cluster.core.read_namespaced_secret("privatellm-gateway-config", namespace)
+    except client.ApiException:
+        return None
+    loaded: dict[str, Any] = yaml.safe_load(base64.b64decode(secret.data["gateway.yaml"]))
+    return loaded
+
+
+def _policy(name: str, models: list[str], subjects: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "AccessPolicy",
+        "metadata": {"name": name},
+        "spec": {"subjects": subjects, "models": models},
+    }
+
+
+def test_the_namespace_gets_a_gateway_configured_from_its_policies(
+    operator: OperatorProcess, cluster: Cluster, namespace: str
+) -> None:
+    digest = hashlib.sha256(b"pllm-team-key").hexdigest()
+    cluster.core.create_namespaced_secret(
+        namespace,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name="team-key"), string_data={"sha256": digest}
+        ),
+    )
+    create(cluster, namespace, model("chat", replicas=3))
+    key_subject = {"kind": "APIKey", "name": "team", "secretName": "team-key"}
+    policies = cluster.custom
+    policies.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "accesspolicies", _policy("team", ["chat"], [key_subject])
+    )
+    policies.create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        "accesspolicies",
+        _policy("typo", ["chta"], [{"kind": "User", "name": "alice@example.com"}]),
+    )
+
+    config = wait_until(
+        lambda: (c := _gateway_config(cluster, namespace)) and len(c["policies"]) == 2 and c,
+        timeout=60,
+        what="the gateway configuration with both policies",
+    )
+    [route] = config["models"]
+    assert route["name"] == "chat"
+    assert route["endpoints"] == [f"https://chat.{namespace}.svc:8000"]
+    assert config["auth"]["apiKeys"] == {digest: "team"}
+
+    def pods_running() -> list[client.V1Pod] | None:
+        pods = cluster.core.list_namespaced_pod(
+            namespace, label_selector="app.kubernetes.io/component=gateway"
+        ).items
+        running = [p for p in pods if p.status.phase == "Running"]
+        return running if len(running) == 2 else None
+
+    pods = wait_until(pods_running, timeout=90, what="two running gateway Pods")
+    assert len(zones_of(cluster, pods)) == 2, "the gateway's replicas share a zone"
+    deployment = cluster.apps.read_namespaced_deployment("privatellm-gateway", namespace)
+    container = deployment.spec.template.spec.containers[0]
+    assert container.security_context.allow_privilege_escalation is False
+
+    def policy_status(name: str) -> dict[str, Any]:
+        obj = policies.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, "accesspolicies", name
+        )
+        return dict(obj.get("status") or {})
+
+    good = wait_until(
+        lambda: (s := policy_status("team")).get("conditions") and s, timeout=30, what="status"
+    )
+    assert good["resolvedModels"] == ["chat"]
+    assert condition({"status": good}, "Ready")["status"] == "True"
+    bad = wait_until(
+        lambda: (s := policy_status("typo")).get("conditions") and s, timeout=30, what="status"
+    )
+    ready = condition({"status": bad}, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "InvalidReference")
+    assert "spec.models[0]" in ready["message"] and "'chta'" in ready["message"]
+    warnings = wait_until(
+        lambda: [
+            e
+            for e in cluster.core.list_namespaced_event(
+                namespace, field_selector="involvedObject.name=typo"
+            ).items
+            if e.reason == "InvalidReference"
+        ],
+        timeout=30,
+        what="a Warning Event on the policy",
+    )
+    assert warnings[0].type == "Warning"
+
+    # A policy change reaches the configuration without a new gateway rollout.
+    generation = deployment.metadata.generation
+    policies.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, "accesspolicies", "typo", {"spec": {"models": ["chat"]}}
+    )
+    wait_until(
+        lambda: all(
+            p["spec"]["models"] == ["chat"]
+            for p in (_gateway_config(cluster, namespace) or {}).get(
+                "policies", [{"spec": {"models": []}}]
+            )
+        ),
+        timeout=60,
+        what="the corrected policy in the gateway configuration",
+    )
+    fixed = wait_until(
+        lambda: condition({"status": policy_status("typo")}, "Ready").get("status") == "True",
+        timeout=30,
+        what="the corrected policy Ready",
+    )
+    assert fixed
+    deployment = cluster.apps.read_namespaced_deployment("privatellm-gateway", namespace)
+    assert deployment.metadata.generation == generation

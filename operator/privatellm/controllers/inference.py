@@ -35,6 +35,7 @@ from privatellm.render.workload import (
     zone_deployment_name,
 )
 
+from .events import event_for, now
 from .keys import ensure_tenant_keys, release_tenant_keys
 from .tls import ensure_server_certificate
 
@@ -48,10 +49,6 @@ ZONAL_KINDS = ("Deployment", "Job", "PersistentVolumeClaim")
 # Held while the object's Vault access may still need narrowing or revoking.
 KEY_FINALIZER = "privatellm.io/transit-key"
 LiveChildren = dict[tuple[str, str], Obj]
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _child_selector(name: str) -> str:
@@ -119,9 +116,7 @@ def reconcile(
         _prune(kube, obj, children, live)
     observed = Observed(nodes=nodes, zones=zones, fallback_endpoint=_fallback_endpoint(kube, obj))
     previous = raw.get("status") or {}
-    status = compute_status(
-        obj, observed, plan, invalid, previous, _now(), problems, encryption_key
-    )
+    status = compute_status(obj, observed, plan, invalid, previous, now(), problems, encryption_key)
     if status != {k: previous.get(k) for k in status} or set(previous) - set(status):
         removed = {key: None for key in previous if key not in status}
         kube.patch_status(INFERENCE, namespace, name, {**removed, **status})
@@ -142,7 +137,7 @@ def _release_keys(kube: Kube, vault: VaultClient | None, raw: Obj, finalizers: l
             if m["metadata"]["name"] != name and not m["metadata"].get("deletionTimestamp")
         ]
         outcome = release_tenant_keys(vault, obj, others)
-    kube.post_event(_event(raw, "Normal", "TransitKeyReleased", outcome))
+    kube.post_event(event_for(raw, "Normal", "TransitKeyReleased", outcome))
     remaining = [f for f in finalizers if f != KEY_FINALIZER]
     kube.set_finalizers(INFERENCE, namespace, name, remaining, raw["metadata"]["resourceVersion"])
 
@@ -215,34 +210,10 @@ def _record_transitions(
         if condition["type"] == "Progressing":
             continue  # every rollout would say so; Ready and Degraded tell the story
         kube.post_event(
-            _event(
+            event_for(
                 raw,
                 "Warning" if bad else "Normal",
                 condition["reason"],
                 f"{condition['type']}={condition['status']}: {condition['message']}",
             )
         )
-
-
-def _event(raw: Obj, type_: str, reason: str, message: str) -> Obj:
-    meta = raw["metadata"]
-    now = _now()
-    return {
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-        "involvedObject": {
-            "apiVersion": raw["apiVersion"],
-            "kind": raw["kind"],
-            "name": meta["name"],
-            "namespace": meta["namespace"],
-            "uid": meta["uid"],
-        },
-        "type": type_,
-        "reason": reason,
-        "message": message[:1024],
-        "source": {"component": "privatellm-operator"},
-        "firstTimestamp": now,
-        "lastTimestamp": now,
-        "count": 1,
-    }

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +25,7 @@ from privatellm.kube.client import Kube, new_api_client
 from privatellm.render.inference_status import NodeView
 from privatellm.render.meta import INFERENCE_DEPLOYMENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL
 
-from . import inference
+from . import gateway, inference
 from .metrics import QUEUE_DEPTH, RECONCILE_SECONDS, RECONCILES
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,8 @@ class Runtime:
     workers: int
     resync_seconds: float
     queue: WorkQueue = field(default_factory=WorkQueue)
+    # Namespaces whose gateway needs a look, keyed (namespace, "").
+    gateway_queue: WorkQueue = field(default_factory=WorkQueue)
     known: set[Key] = field(default_factory=set)
     failures: dict[Key, int] = field(default_factory=dict)
     node_signatures: dict[str, Hashable] = field(default_factory=dict)
@@ -93,6 +95,8 @@ class Runtime:
     def request_all(self) -> None:
         for key in sorted(self.known):
             self.queue.add(key)
+        for namespace in sorted({namespace for namespace, _ in self.known}):
+            self.gateway_queue.add((namespace, ""))
 
 
 def _runtime(memo: Any) -> Runtime:
@@ -100,29 +104,36 @@ def _runtime(memo: Any) -> Runtime:
     return runtime
 
 
-Reconcile = Callable[[Kube, VaultClient | None, Sequence[NodeView], str, str], None]
+def _reconcile_model(runtime: Runtime, key: Key) -> None:
+    inference.reconcile(runtime.kube, runtime.vault, runtime.nodes(), *key)
 
 
-async def _worker(runtime: Runtime, reconcile: Reconcile) -> None:
+def _reconcile_gateway(runtime: Runtime, key: Key) -> None:
+    gateway.reconcile_gateway(runtime.kube, key[0])
+
+
+async def _worker(
+    runtime: Runtime, queue: WorkQueue, kind: str, reconcile: Callable[[Runtime, Key], None]
+) -> None:
     loop = asyncio.get_running_loop()
     while True:
-        key = await runtime.queue.get()
-        QUEUE_DEPTH.set(runtime.queue.depth())
+        key = await queue.get()
+        QUEUE_DEPTH.set(runtime.queue.depth() + runtime.gateway_queue.depth())
         started = time.perf_counter()
         try:
-            await asyncio.to_thread(reconcile, runtime.kube, runtime.vault, runtime.nodes(), *key)
+            await asyncio.to_thread(reconcile, runtime, key)
             runtime.failures.pop(key, None)
-            RECONCILES.labels(KIND, "ok").inc()
+            RECONCILES.labels(kind, "ok").inc()
         except Exception:
-            RECONCILES.labels(KIND, "error").inc()
+            RECONCILES.labels(kind, "error").inc()
             attempt = runtime.failures.get(key, 0)
             runtime.failures[key] = attempt + 1
             delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
-            log.exception("reconciling %s/%s failed; retrying in %ss", *key, delay)
-            loop.call_later(delay, runtime.queue.add, key)
+            log.exception("reconciling %s %s/%s failed; retrying in %ss", kind, *key, delay)
+            loop.call_later(delay, queue.add, key)
         finally:
-            RECONCILE_SECONDS.labels(KIND).observe(time.perf_counter() - started)
-            runtime.queue.done(key)
+            RECONCILE_SECONDS.labels(kind).observe(time.perf_counter() - started)
+            queue.done(key)
 
 
 async def _resync(runtime: Runtime) -> None:
@@ -147,8 +158,13 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     if options.get("metrics_port"):
         prometheus_client.start_http_server(int(options["metrics_port"]))
     runtime.tasks = [
-        asyncio.create_task(_worker(runtime, inference.reconcile)) for _ in range(runtime.workers)
+        asyncio.create_task(_worker(runtime, runtime.queue, KIND, _reconcile_model))
+        for _ in range(runtime.workers)
     ]
+    # One gateway worker: a namespace's gateway is small, and changes to it are rare.
+    runtime.tasks.append(
+        asyncio.create_task(_worker(runtime, runtime.gateway_queue, "Gateway", _reconcile_gateway))
+    )
     runtime.tasks.append(asyncio.create_task(_resync(runtime)))
 
 
@@ -179,11 +195,18 @@ async def inference_deployment_event(
     # kopf passes each index to every handler as a keyword named after its function.
     runtime.node_index = kwargs["node_views"]
     key = (namespace or "", name)
+    runtime.gateway_queue.add((key[0], ""))
     if type == "DELETED":
         runtime.known.discard(key)
         return
     runtime.known.add(key)
     runtime.queue.add(key)
+
+
+@kopf.on.event(GROUP, VERSION, "accesspolicies")
+async def access_policy_event(namespace: str | None, memo: Any, **_: Any) -> None:
+    """A policy change re-renders the namespace's gateway configuration."""
+    _runtime(memo).gateway_queue.add((namespace or "", ""))
 
 
 CHILD_LABELS: dict[str, Any] = {

@@ -61,6 +61,7 @@ KINDS: dict[str, Kind] = {
         Kind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
         Kind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
         Kind(f"{GROUP}/{VERSION}", "InferenceDeployment", "inferencedeployments"),
+        Kind(f"{GROUP}/{VERSION}", "AccessPolicy", "accesspolicies"),
     )
 }
 

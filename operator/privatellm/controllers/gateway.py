@@ -1,0 +1,176 @@
+"""Keep each namespace's gateway in line with its models and AccessPolicies.
+
+Reads the namespace's InferenceDeployments and AccessPolicies and the Secrets they
+name (API-key digests, protected-entity lists), renders the gateway, applies it,
+and reports on each AccessPolicy whether everything it names exists.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import logging
+import os
+import secrets
+from typing import Any
+
+from privatellm.api import InferenceDeployment
+from privatellm.api.access import AccessPolicy
+from privatellm.keys.tls import issue_leaf, needs_renewal, serial_hex, service_names, signed_by
+from privatellm.kube.client import KINDS, Kube
+from privatellm.render.conditions import ConditionState, merge_conditions
+from privatellm.render.gateway import (
+    CONFIG_SECRET,
+    GATEWAY_NAME,
+    GATEWAY_TLS_SECRET,
+    HASH_KEY_KEY,
+    GatewayInputs,
+    policy_problems,
+    render_gateway,
+    render_gateway_tls_secret,
+    resolved_models,
+)
+from privatellm.render.tls import CA_CERT_KEY, secret_bytes
+
+from .events import event_for, now
+from .tls import namespace_ca
+
+log = logging.getLogger(__name__)
+
+INFERENCE = KINDS["InferenceDeployment"]
+ACCESS_POLICY = KINDS["AccessPolicy"]
+SECRET = KINDS["Secret"]
+API_KEY_DIGEST = "sha256"
+PROTECTED_ENTITIES_KEY = "entities"
+DEFAULT_IMAGE = "ghcr.io/privatellm/privatellm:0.1.0"
+
+
+def gateway_image() -> str:
+    """The gateway runs the operator's own image unless PRIVATELLM_GATEWAY_IMAGE says otherwise."""
+    return os.environ.get("PRIVATELLM_GATEWAY_IMAGE", DEFAULT_IMAGE)
+
+
+def reconcile_gateway(kube: Kube, namespace: str) -> None:
+    """Render and apply the namespace's gateway; write each AccessPolicy's status."""
+    models = [InferenceDeployment.model_validate(m) for m in kube.list(INFERENCE, namespace)]
+    live_models = [m for m in models if not (m.metadata.model_extra or {}).get("deletionTimestamp")]
+    raw_policies = kube.list(ACCESS_POLICY, namespace)
+    policies = [AccessPolicy.model_validate(p) for p in raw_policies]
+    problems: dict[str, list[str]] = {p.metadata.name: [] for p in policies}
+    api_keys = _api_key_digests(kube, namespace, policies, problems)
+    protected = _protected_entities(kube, namespace, policies, problems)
+    names = [m.metadata.name for m in live_models]
+    for policy in policies:
+        problems[policy.metadata.name] += policy_problems(policy, names)
+    if live_models:
+        inputs = GatewayInputs(
+            namespace=namespace,
+            image=gateway_image(),
+            models=live_models,
+            policies=policies,
+            api_keys=api_keys,
+            protected_entities=protected,
+        )
+        now = datetime.datetime.now(datetime.UTC)
+        tls_revision = _ensure_gateway_certificate(kube, inputs, now)
+        for manifest in render_gateway(inputs, _hash_key(kube, namespace), tls_revision):
+            kube.apply(manifest)
+    for raw, policy in zip(raw_policies, policies, strict=True):
+        _write_policy_status(kube, raw, policy, names, problems[policy.metadata.name])
+
+
+def _api_key_digests(
+    kube: Kube, namespace: str, policies: list[AccessPolicy], problems: dict[str, list[str]]
+) -> dict[str, str]:
+    digests: dict[str, str] = {}
+    for policy in policies:
+        for i, subject in enumerate(policy.spec.subjects):
+            if subject.kind != "APIKey" or not subject.secret_name:
+                continue
+            secret = kube.get(SECRET, namespace, subject.secret_name)
+            digest = secret_bytes(secret, API_KEY_DIGEST).decode(errors="replace").strip()
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                problems[policy.metadata.name].append(
+                    f"spec.subjects[{i}].secretName: Secret {subject.secret_name!r} has no "
+                    f"'{API_KEY_DIGEST}' key holding a hex SHA-256 digest"
+                )
+                continue
+            digests[digest] = subject.name
+    return digests
+
+
+def _protected_entities(
+    kube: Kube, namespace: str, policies: list[AccessPolicy], problems: dict[str, list[str]]
+) -> list[str]:
+    entities: set[str] = set()
+    for policy in policies:
+        name = policy.spec.outbound.protected_entities_secret
+        if not name:
+            continue
+        secret = kube.get(SECRET, namespace, name)
+        if secret is None:
+            problems[policy.metadata.name].append(
+                f"spec.outbound.protectedEntitiesSecret: Secret {name!r} does not exist"
+            )
+            continue
+        text = secret_bytes(secret, PROTECTED_ENTITIES_KEY).decode(errors="replace")
+        entities.update(line.strip() for line in text.splitlines() if line.strip())
+    return sorted(entities)
+
+
+def _hash_key(kube: Kube, namespace: str) -> str:
+    """The filters' hash key: kept once made, so tokens stay stable across reloads."""
+    live = secret_bytes(kube.get(SECRET, namespace, CONFIG_SECRET), HASH_KEY_KEY)
+    return base64.b64encode(live or secrets.token_bytes(32)).decode()
+
+
+def _ensure_gateway_certificate(kube: Kube, inputs: GatewayInputs, now: datetime.datetime) -> str:
+    ca = namespace_ca(kube, inputs.namespace, now)
+    secret = kube.get(SECRET, inputs.namespace, GATEWAY_TLS_SECRET)
+    cert = secret_bytes(secret, "tls.crt")
+    if (
+        cert
+        and secret_bytes(secret, CA_CERT_KEY) == ca.cert_pem
+        and signed_by(cert, ca.cert_pem)
+        and not needs_renewal(cert, now)
+    ):
+        # Re-applied so that its owners follow the namespace's models.
+        kube.apply(
+            render_gateway_tls_secret(inputs, cert, secret_bytes(secret, "tls.key"), ca.cert_pem),
+            live=secret,
+        )
+        return serial_hex(cert)
+    leaf = issue_leaf(ca, GATEWAY_NAME, service_names(GATEWAY_NAME, inputs.namespace), now)
+    kube.apply(
+        render_gateway_tls_secret(inputs, leaf.cert_pem, leaf.key_pem, ca.cert_pem), live=secret
+    )
+    return serial_hex(leaf.cert_pem)
+
+
+def _write_policy_status(
+    kube: Kube, raw: dict[str, Any], policy: AccessPolicy, models: list[str], problems: list[str]
+) -> None:
+    previous = raw.get("status") or {}
+    if problems:
+        states = [
+            ConditionState("Ready", "False", "InvalidReference", "; ".join(problems)),
+            ConditionState("Degraded", "True", "InvalidReference", "; ".join(problems)),
+        ]
+    else:
+        message = "enforced by the namespace's gateway"
+        states = [
+            ConditionState("Ready", "True", "Enforced", message),
+            ConditionState("Degraded", "False", "Enforced", ""),
+        ]
+    generation = raw["metadata"].get("generation")
+    status = {
+        "observedGeneration": generation,
+        "resolvedModels": resolved_models(policy, models),
+        "conditions": merge_conditions(previous.get("conditions") or [], states, generation, now()),
+    }
+    if all(previous.get(k) == v for k, v in status.items()):
+        return
+    kube.patch_status(ACCESS_POLICY, policy.metadata.namespace or "", policy.metadata.name, status)
+    before = {c.get("type"): c for c in previous.get("conditions") or []}.get("Ready")
+    if problems and (before is None or before.get("reason") != "InvalidReference"):
+        kube.post_event(event_for(raw, "Warning", "InvalidReference", "; ".join(problems)))

@@ -1,0 +1,355 @@
+"""One gateway per namespace: its configuration, rendered from the namespace's resources.
+
+Pure. The controller reads the namespace's InferenceDeployments, AccessPolicies and
+the Secrets they name, and passes them in as `GatewayInputs`.
+
+The gateway's objects are owned by every InferenceDeployment of the namespace
+(owner references without `controller`), so the garbage collector removes the
+gateway together with the last model, and no other object has to be invented to
+own it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from privatellm.api import InferenceDeployment
+from privatellm.api.access import AccessPolicy
+from privatellm.gateway.config import (
+    AuthSettings,
+    GatewayConfig,
+    ModelRoute,
+    NamedPolicy,
+    OIDCSettings,
+    TokenReviewSettings,
+    UpstreamTLS,
+)
+
+from .engine import SERVING_PORT
+from .meta import (
+    COMPONENT_LABEL,
+    GATEWAY_COMPONENT,
+    INSTANCE_LABEL,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    NAME_LABEL,
+    PART_OF,
+    PART_OF_LABEL,
+    ZONE_LABEL,
+)
+from .workload import (
+    Manifest,
+    container_security_context,
+    empty_dir,
+    pod_security_context,
+    service_name,
+)
+
+GATEWAY_NAME = "privatellm-gateway"
+CONFIG_SECRET = "privatellm-gateway-config"
+CONFIG_KEY = "gateway.yaml"
+HASH_KEY_KEY = "hash.key"
+GATEWAY_TLS_SECRET = "privatellm-gateway-tls"
+GATEWAY_PORT = 8443
+METRICS_PORT = 9090
+CONFIG_DIR = "/etc/privatellm/gateway"
+TLS_DIR = "/etc/privatellm/tls"
+AUDIT_DIR = "/var/lib/privatellm/audit"
+# Two replicas over zones keep the door open through a zone outage and a rollout.
+GATEWAY_REPLICAS = 2
+
+
+@dataclass(frozen=True)
+class GatewayInputs:
+    """What the namespace's gateway is rendered from."""
+
+    namespace: str
+    image: str
+    models: Sequence[InferenceDeployment]
+    policies: Sequence[AccessPolicy]
+    api_keys: Mapping[str, str] = field(default_factory=dict)
+    protected_entities: Sequence[str] = ()
+    oidc: OIDCSettings | None = None
+
+
+def gateway_labels() -> dict[str, str]:
+    """Labels of the gateway's objects; the models' NetworkPolicies admit Pods with these."""
+    return {
+        NAME_LABEL: "privatellm-gateway",
+        INSTANCE_LABEL: GATEWAY_NAME,
+        COMPONENT_LABEL: GATEWAY_COMPONENT,
+        PART_OF_LABEL: PART_OF,
+        MANAGED_BY_LABEL: MANAGED_BY,
+    }
+
+
+def _selector() -> dict[str, str]:
+    return {COMPONENT_LABEL: GATEWAY_COMPONENT, INSTANCE_LABEL: GATEWAY_NAME}
+
+
+def render_gateway_config(inputs: GatewayInputs) -> GatewayConfig:
+    """The gateway's configuration file, as a model."""
+    ns = inputs.namespace
+    models = sorted(inputs.models, key=lambda m: m.metadata.name)
+    routes = [
+        ModelRoute(
+            name=m.metadata.name,
+            served_name=m.spec.model.name,
+            endpoints=[f"https://{service_name(m)}.{ns}.svc:{SERVING_PORT}"],
+            fallback=m.spec.fallback.model if m.spec.fallback else None,
+        )
+        for m in models
+    ]
+    policies = [
+        NamedPolicy(name=p.metadata.name, spec=p.spec)
+        for p in sorted(inputs.policies, key=lambda p: p.metadata.name)
+    ]
+    return GatewayConfig(
+        namespace=ns,
+        models=routes,
+        policies=policies,
+        protected_entities=sorted(set(inputs.protected_entities)),
+        auth=AuthSettings(
+            api_keys=dict(sorted(inputs.api_keys.items())),
+            oidc=inputs.oidc,
+            token_review=TokenReviewSettings(),
+        ),
+        upstream_tls=UpstreamTLS(
+            ca_file=f"{TLS_DIR}/ca.crt",
+            cert_file=f"{TLS_DIR}/tls.crt",
+            key_file=f"{TLS_DIR}/tls.key",
+        ),
+    )
+
+
+def config_text(config: GatewayConfig) -> str:
+    """The configuration file's text: JSON (a subset of YAML), keys in a stable order."""
+    return json.dumps(config.model_dump(by_alias=True, exclude_none=True), indent=1) + "\n"
+
+
+def _owner_references(models: Sequence[InferenceDeployment]) -> list[Manifest]:
+    return [
+        {
+            "apiVersion": m.api_version,
+            "kind": m.kind,
+            "name": m.metadata.name,
+            "uid": m.metadata.uid,
+        }
+        for m in sorted(models, key=lambda m: m.metadata.name)
+        if m.metadata.uid
+    ]
+
+
+def _metadata(inputs: GatewayInputs, name: str) -> Manifest:
+    return {
+        "name": name,
+        "namespace": inputs.namespace,
+        "labels": gateway_labels(),
+        "ownerReferences": _owner_references(inputs.models),
+    }
+
+
+def render_config_secret(inputs: GatewayInputs, hash_key_b64: str) -> Manifest:
+    """The configuration Secret: it names API-key digests and protected customers.
+
+    `hash_key_b64` is the filters' hash key; it is kept from the live Secret so that
+    the same value hashes to the same token across replicas and reloads.
+    """
+    text = config_text(render_gateway_config(inputs))
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(inputs, CONFIG_SECRET),
+        "type": "Opaque",
+        "data": {CONFIG_KEY: base64.b64encode(text.encode()).decode(), HASH_KEY_KEY: hash_key_b64},
+    }
+
+
+def config_digest(inputs: GatewayInputs) -> str:
+    """A short digest of the configuration, reported in status and Events."""
+    text = config_text(render_gateway_config(inputs))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def render_gateway_service_account(inputs: GatewayInputs) -> Manifest:
+    """The gateway's identity: TokenReview and Vault's Kubernetes auth both need its token."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _metadata(inputs, GATEWAY_NAME),
+    }
+
+
+def render_gateway_deployment(inputs: GatewayInputs, tls_revision: str = "") -> Manifest:
+    """The gateway's Pods: spread over zones, restricted, reading their config from a Secret.
+
+    The configuration is not part of the Pod template: the gateway reloads it when
+    the mounted Secret changes, so a policy change never restarts the door.
+    """
+    args = [
+        "gateway",
+        f"--config={CONFIG_DIR}/{CONFIG_KEY}",
+        f"--port={GATEWAY_PORT}",
+        f"--metrics-port={METRICS_PORT}",
+        f"--hash-key-file={CONFIG_DIR}/{HASH_KEY_KEY}",
+        f"--tls-cert={TLS_DIR}/tls.crt",
+        f"--tls-key={TLS_DIR}/tls.key",
+        f"--audit-log={AUDIT_DIR}/events.jsonl",
+    ]
+    probe = {"httpGet": {"path": "/healthz", "port": "https", "scheme": "HTTPS"}}
+    container = {
+        "name": "gateway",
+        "image": inputs.image,
+        "args": args,
+        "ports": [
+            {"name": "https", "containerPort": GATEWAY_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
+        "readinessProbe": {**probe, "periodSeconds": 5},
+        "livenessProbe": {**probe, "periodSeconds": 10, "failureThreshold": 6},
+        "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}},
+        "securityContext": container_security_context(),
+        "volumeMounts": [
+            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": "tls", "mountPath": TLS_DIR, "readOnly": True},
+            {"name": "audit", "mountPath": AUDIT_DIR},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+    template_meta: Manifest = {"labels": gateway_labels()}
+    if tls_revision:
+        # The listener reads its certificate at start; a new one needs new Pods.
+        template_meta["annotations"] = {"privatellm.io/tls-revision": tls_revision}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(inputs, GATEWAY_NAME),
+        "spec": {
+            "replicas": GATEWAY_REPLICAS,
+            "selector": {"matchLabels": _selector()},
+            "strategy": {"rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": template_meta,
+                "spec": {
+                    "serviceAccountName": GATEWAY_NAME,
+                    "securityContext": pod_security_context(),
+                    "topologySpreadConstraints": [
+                        {
+                            "maxSkew": 1,
+                            "topologyKey": ZONE_LABEL,
+                            "whenUnsatisfiable": "DoNotSchedule",
+                            "labelSelector": {"matchLabels": _selector()},
+                        }
+                    ],
+                    "containers": [container],
+                    "volumes": [
+                        {"name": "config", "secret": {"secretName": CONFIG_SECRET}},
+                        {"name": "tls", "secret": {"secretName": GATEWAY_TLS_SECRET}},
+                        empty_dir("audit"),
+                        empty_dir("tmp"),
+                    ],
+                },
+            },
+        },
+    }
+
+
+def render_gateway_service(inputs: GatewayInputs) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(inputs, GATEWAY_NAME),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": _selector(),
+            "ports": [
+                {
+                    "name": "https",
+                    "protocol": "TCP",
+                    "appProtocol": "https",
+                    "port": 443,
+                    "targetPort": "https",
+                }
+            ],
+        },
+    }
+
+
+def render_gateway_pdb(inputs: GatewayInputs) -> Manifest:
+    """A drain takes at most one gateway Pod at a time."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(inputs, GATEWAY_NAME),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": _selector()}},
+    }
+
+
+def render_gateway_network_policy(inputs: GatewayInputs) -> Manifest:
+    """The gateway is the namespace's door: its API port is open, nothing else is."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(inputs, GATEWAY_NAME),
+        "spec": {
+            "podSelector": {"matchLabels": _selector()},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"ports": [{"protocol": "TCP", "port": GATEWAY_PORT}]},
+                {"ports": [{"protocol": "TCP", "port": METRICS_PORT}]},
+            ],
+        },
+    }
+
+
+def render_gateway(inputs: GatewayInputs, hash_key_b64: str, tls_revision: str = "") -> list[Any]:
+    """Every object of the namespace's gateway except its TLS Secret (issued separately)."""
+    return [
+        render_config_secret(inputs, hash_key_b64),
+        render_gateway_service_account(inputs),
+        render_gateway_deployment(inputs, tls_revision),
+        render_gateway_service(inputs),
+        render_gateway_pdb(inputs),
+        render_gateway_network_policy(inputs),
+    ]
+
+
+def policy_problems(policy: AccessPolicy, models: Sequence[str]) -> list[str]:
+    """What in an AccessPolicy points at nothing: models that do not exist in the namespace."""
+    if policy.spec.models == ["*"]:
+        return []
+    known = set(models)
+    return [
+        f"spec.models[{i}]: no InferenceDeployment {name!r} in this namespace"
+        for i, name in enumerate(policy.spec.models)
+        if name not in known
+    ]
+
+
+def resolved_models(policy: AccessPolicy, models: Sequence[str]) -> list[str]:
+    """The models a policy grants access to, of those that exist."""
+    if policy.spec.models == ["*"]:
+        return sorted(models)
+    return sorted(set(policy.spec.models) & set(models))
+
+
+def render_gateway_tls_secret(
+    inputs: GatewayInputs, cert_pem: bytes, key_pem: bytes, ca_cert_pem: bytes
+) -> Manifest:
+    """The gateway's certificate: it serves clients and is its client certificate towards vLLM."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(inputs, GATEWAY_TLS_SECRET),
+        "type": "kubernetes.io/tls",
+        "data": {
+            "tls.crt": base64.b64encode(cert_pem).decode(),
+            "tls.key": base64.b64encode(key_pem).decode(),
+            "ca.crt": base64.b64encode(ca_cert_pem).decode(),
+        },
+    }

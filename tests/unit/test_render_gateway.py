@@ -1,0 +1,119 @@
+"""The namespace gateway's objects and configuration, rendered from its resources."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from typing import Any
+
+import yaml
+
+from privatellm.api import InferenceDeployment
+from privatellm.api.access import AccessPolicy
+from privatellm.gateway.config import GatewayConfig
+from privatellm.render.gateway import (
+    GatewayInputs,
+    config_text,
+    policy_problems,
+    render_gateway,
+    render_gateway_config,
+    resolved_models,
+)
+
+
+def model(name: str, uid: str, fallback: str | None = None) -> InferenceDeployment:
+    spec: dict[str, Any] = {
+        "model": {"name": f"org/{name}", "source": {"uri": f"pvc://weights/{name}", "sizeGiB": 16}},
+        "zones": ["zone-a", "zone-b"],
+    }
+    if fallback:
+        spec["fallback"] = {"model": fallback}
+    return InferenceDeployment.model_validate(
+        {"metadata": {"name": name, "namespace": "team", "uid": uid}, "spec": spec}
+    )
+
+
+def access_policy(name: str, models: list[str]) -> AccessPolicy:
+    return AccessPolicy.model_validate(
+        {
+            "metadata": {"name": name, "namespace": "team"},
+            "spec": {"subjects": [{"kind": "Group", "name": "analysts"}], "models": models},
+        }
+    )
+
+
+INPUTS = GatewayInputs(
+    namespace="team",
+    image="registry.example/privatellm:1",
+    models=[model("small", "u2"), model("big", "u1", fallback="small")],
+    policies=[access_policy("b", ["big"]), access_policy("a", ["*"])],
+    api_keys={"f" * 64: "ci"},
+    protected_entities=["Globex", "Acme Corp", "Globex"],
+)
+
+
+def test_config_routes_every_model_to_its_service_with_its_fallback() -> None:
+    config = render_gateway_config(INPUTS)
+    assert [(m.name, m.served_name, m.fallback) for m in config.models] == [
+        ("big", "org/big", "small"),
+        ("small", "org/small", None),
+    ]
+    assert config.models[0].endpoints == ["https://big.team.svc:8000"]
+    assert [p.name for p in config.policies] == ["a", "b"]
+    assert config.protected_entities == ["Acme Corp", "Globex"]
+    assert config.auth.api_keys == {"f" * 64: "ci"}
+    assert config.upstream_tls is not None and config.upstream_tls.cert_file
+
+
+def test_config_text_round_trips_and_is_stable() -> None:
+    text = config_text(render_gateway_config(INPUTS))
+    assert GatewayConfig.model_validate(yaml.safe_load(text)) == render_gateway_config(INPUTS)
+    reordered = dataclasses.replace(INPUTS, models=list(reversed(INPUTS.models)))
+    assert config_text(render_gateway_config(reordered)) == text
+
+
+def test_gateway_objects_are_owned_by_every_model_and_spread_over_zones() -> None:
+    objects = {o["kind"]: o for o in render_gateway(INPUTS, "a2V5", "abc")}
+    assert set(objects) == {
+        "Secret",
+        "ServiceAccount",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+    }
+    for obj in objects.values():
+        owners = obj["metadata"]["ownerReferences"]
+        assert [o["uid"] for o in owners] == ["u1", "u2"]
+        assert not any(o.get("controller") for o in owners)
+    deployment = objects["Deployment"]["spec"]
+    assert deployment["replicas"] >= 2
+    pod = deployment["template"]["spec"]
+    [spread] = pod["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "topology.kubernetes.io/zone"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    container = pod["containers"][0]
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert container["args"][0] == "gateway"
+    secret = objects["Secret"]
+    text = base64.b64decode(secret["data"]["gateway.yaml"]).decode()
+    assert text == config_text(render_gateway_config(INPUTS))
+    assert secret["data"]["hash.key"] == "a2V5"
+
+
+def test_a_policy_change_does_not_touch_the_pod_template() -> None:
+    changed = dataclasses.replace(INPUTS, policies=[access_policy("a", ["big"])])
+    before = {o["kind"]: o for o in render_gateway(INPUTS, "a2V5", "abc")}
+    after = {o["kind"]: o for o in render_gateway(changed, "a2V5", "abc")}
+    assert before["Deployment"] == after["Deployment"]
+    assert before["Secret"] != after["Secret"]
+
+
+def test_policy_references_are_checked() -> None:
+    names = ["big", "small"]
+    assert policy_problems(access_policy("p", ["big", "gone"]), names) == [
+        "spec.models[1]: no InferenceDeployment 'gone' in this namespace"
+    ]
+    assert policy_problems(access_policy("p", ["*"]), names) == []
+    assert resolved_models(access_policy("p", ["*"]), names) == names
+    assert resolved_models(access_policy("p", ["big", "gone"]), names) == ["big"]

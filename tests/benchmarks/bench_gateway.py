@@ -318,6 +318,9 @@ class BenchPath:
     problem: str = ""
     reply: str = ""
     server: Server | None = None
+    completed: int = 0  # requests answered, warm-ups and the start check included
+    audit_log: Path | None = None
+    audit_events: int | None = None
 
     @property
     def runnable(self) -> bool:
@@ -420,13 +423,15 @@ def start_gateway(
         port = free_port()
         command = [str(executable), "gateway", "--config", str(config_path)]
         command += ["--host", "127.0.0.1", "--port", str(port)]
-        command += ["--audit-log", str(workdir / "audit.jsonl")]
+        path.audit_log = workdir / "audit.jsonl"
+        command += ["--audit-log", str(path.audit_log)]
         server = Server("gateway", command, workdir / "gateway.log", dict(os.environ))
         stack.callback(server.stop)
         path.server = server
         server.start()
         path.url = f"http://127.0.0.1:{port}"
         path.reply = wait_until_serving(server, path.url, body, path.api_key)
+        path.completed = 1
     except (StartError, OSError, ValueError) as error:
         path.problem = f"did not start: {error}"
     return path
@@ -663,6 +668,13 @@ def report(
     today = datetime.date.today().isoformat()
     problems = [problem_note(p.label, p.problem) for p in paths if p.problem]
     checks = [line for p in paths if (line := filter_check(p))]
+    checks += [
+        f"{p.label}: {p.audit_events:,} audit events written for {p.completed:,} requests "
+        "completed (warm-ups and the start check included; requests cut off when a run ends "
+        "are audited too)"
+        for p in paths
+        if p.audit_events is not None
+    ]
     notes = "\n".join(problems + [f"- {c}" for c in checks])
     return f"""## Gateway overhead
 
@@ -713,42 +725,56 @@ def workspace() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def measure(
+    path: BenchPath, workdir: Path, concurrency: int, seconds: float, warmup: float
+) -> WrkResult:
+    """Warm up, then measure one path at one concurrency."""
+    script = workdir / f"{path.key}.lua"
+    script.write_text(wrk_script(workdir / "body.json", path.api_key))
+    if warmup > 0:
+        path.completed += run_wrk(script, path.url, concurrency, warmup).requests
+    result = run_wrk(script, path.url, concurrency, seconds)
+    path.completed += result.requests
+    if path.server is not None and not path.server.running:
+        path.problem = f"exited during the runs:\n{path.server.log_tail()}"
+    state = "FAILED" if result.failed else "ok"
+    print(
+        f"{path.label} c={concurrency}: {result.rate:,.0f} req/s, "
+        f"p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms, "
+        f"{result.non2xx} non-2xx, {result.socket_errors} socket errors [{state}]",
+        file=sys.stderr,
+    )
+    return result
+
+
 def run(
     concurrencies: Sequence[int], seconds: float, warmup: float
 ) -> tuple[list[BenchPath], Results]:
     """Start the three paths, measure each at every concurrency, stop everything."""
     body = chat_request(make_prompt())
     results: Results = {}
-    with workspace() as workdir, contextlib.ExitStack() as stack:
-        (workdir / "body.json").write_bytes(body)
-        upstream_url = start_upstream(stack, workdir)
-        direct = BenchPath("a", "(a) direct", url=upstream_url, api_key="unused")
-        direct.reply = REPLY
-        paths = [direct]
-        paths.append(start_gateway(stack, workdir, upstream_url, body))
-        paths.append(start_litellm(stack, workdir, upstream_url, body))
-        for path in paths:
-            if path.problem:
-                print(f"{path.label}: {path.problem}", file=sys.stderr)
-        for concurrency in concurrencies:
+    with workspace() as workdir:
+        with contextlib.ExitStack() as stack:
+            (workdir / "body.json").write_bytes(body)
+            upstream_url = start_upstream(stack, workdir)
+            direct = BenchPath("a", "(a) direct", url=upstream_url, api_key="unused")
+            direct.reply = REPLY
+            paths = [direct]
+            paths.append(start_gateway(stack, workdir, upstream_url, body))
+            paths.append(start_litellm(stack, workdir, upstream_url, body))
             for path in paths:
-                if not path.runnable:
-                    continue
-                script = workdir / f"{path.key}.lua"
-                script.write_text(wrk_script(workdir / "body.json", path.api_key))
-                if warmup > 0:
-                    run_wrk(script, path.url, concurrency, warmup)
-                result = run_wrk(script, path.url, concurrency, seconds)
-                results[(path.key, concurrency)] = result
-                if path.server is not None and not path.server.running:
-                    path.problem = f"exited during the runs:\n{path.server.log_tail()}"
-                state = "FAILED" if result.failed else "ok"
-                print(
-                    f"{path.label} c={concurrency}: {result.rate:,.0f} req/s, "
-                    f"p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms, "
-                    f"{result.non2xx} non-2xx, {result.socket_errors} socket errors [{state}]",
-                    file=sys.stderr,
-                )
+                if path.problem:
+                    print(f"{path.label}: {path.problem}", file=sys.stderr)
+            for concurrency in concurrencies:
+                for path in paths:
+                    if path.runnable:
+                        results[(path.key, concurrency)] = measure(
+                            path, workdir, concurrency, seconds, warmup
+                        )
+        # Counted once the gateway has stopped and flushed its audit sink.
+        for path in paths:
+            if path.audit_log is not None and path.audit_log.exists():
+                path.audit_events = len(path.audit_log.read_text().splitlines())
     return paths, results
 
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from privatellm.api.crd import crd_files
+from privatellm.cli.filter_cmd import add_filter_parser, run_filter
 from privatellm.devcluster import LocalCluster, Toolchain
 from privatellm.keys import TransitClient, VaultClient, VaultError
 from privatellm.keys.drill import (
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="period of the full re-check of every object",
     )
     _add_keys_parser(commands)
+    add_filter_parser(commands)
     return parser
 
 
@@ -194,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dev_cluster(args.action, args.dir)
     if args.command == "keys":
         return _run_keys(args)
+    if args.command == "filter":
+        return run_filter(args)
     raise AssertionError(args.command)
 
 

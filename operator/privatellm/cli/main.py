@@ -11,6 +11,7 @@ from pathlib import Path
 
 from privatellm.api.crd import crd_files
 from privatellm.cli.filter_cmd import add_filter_parser, run_filter
+from privatellm.cli.gateway_cmd import add_gateway_parser, run_gateway
 from privatellm.devcluster import LocalCluster, Toolchain
 from privatellm.keys import TransitClient, VaultClient, VaultError
 from privatellm.keys.drill import (
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_keys_parser(commands)
     add_filter_parser(commands)
+    add_gateway_parser(commands)
     return parser
 
 
@@ -198,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_keys(args)
     if args.command == "filter":
         return run_filter(args)
+    if args.command == "gateway":
+        return run_gateway(args)
     raise AssertionError(args.command)
 
 

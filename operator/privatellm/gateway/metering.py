@@ -1,0 +1,65 @@
+"""Prometheus metrics per model and subject, in a registry of the gateway's own."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metering:
+    """The gateway's metrics; a fresh registry per gateway keeps tests independent."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "privatellm_gateway_requests",
+            "Requests by model, subject, HTTP status and decision reason.",
+            ["model", "subject", "status", "reason"],
+            registry=r,
+        )
+        self.tokens = Counter(
+            "privatellm_gateway_tokens",
+            "Prompt and completion tokens by model and subject.",
+            ["model", "subject", "kind"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "privatellm_gateway_request_seconds",
+            "Time from request to the last byte of the response.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_latency = Histogram(
+            "privatellm_gateway_upstream_seconds",
+            "Time the model took, from sending the request to its last byte.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "privatellm_gateway_in_flight",
+            "Requests being served, by model.",
+            ["model"],
+            registry=r,
+        )
+        self.findings = Counter(
+            "privatellm_gateway_filter_findings",
+            "What the filters found and did, by direction, entity and action.",
+            ["direction", "entity", "action"],
+            registry=r,
+        )
+        self.upstream_retries = Counter(
+            "privatellm_gateway_upstream_retries",
+            "Attempts moved to another replica or the fallback model.",
+            ["model"],
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            "privatellm_gateway_config_reloads",
+            "Configuration reloads by result (applied or rejected).",
+            ["result"],
+            registry=r,
+        )

@@ -1,0 +1,691 @@
+"""The gateway's HTTP server: one OpenAI-compatible door per namespace.
+
+Every request passes, in order: authentication, AccessPolicy, quota, inbound
+filters, the upstream call (a ready replica, another one on failure, the
+fallback model when none is left), outbound filters (streamed responses too),
+metering, and exactly one audit event, whatever the outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import secrets
+import ssl
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from opentelemetry import trace
+
+from privatellm.filters import FilterResult, InboundPipeline, OutboundPipeline, OutboundStream
+
+from .audit import AuditEvent, AuditSink
+from .auth import Authenticator, AuthError, Identity, OIDCConfig, TokenReviewConfig
+from .config import GatewayConfig, ModelRoute, NamedPolicy, load_config
+from .errors import GatewayError
+from .metering import Metering
+from .openai import (
+    ENDPOINTS,
+    Endpoint,
+    chunk_texts,
+    map_request_texts,
+    map_response_texts,
+    usage_of,
+    validate_request,
+)
+from .policy import QuotaTracker, authorize, effective_inbound, effective_outbound, quota_key
+from .routing import Router, Target
+
+log = logging.getLogger("privatellm.gateway")
+
+DATA_CLASSES_HEADER = "X-PrivateLLM-Data-Classes"
+REQUEST_ID_HEADER = "X-Request-Id"
+_CLASS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_RETRY_STATUSES = frozenset({500, 502, 503, 504})
+# A request tries at most this many replicas: enough to step over a dead one and
+# reach the fallback, few enough that an outage fails fast.
+MAX_ATTEMPTS = 4
+
+
+@dataclass
+class PolicyFilters:
+    """An AccessPolicy's filters, compiled once per configuration."""
+
+    inbound: InboundPipeline
+    outbound: OutboundPipeline
+
+
+@dataclass
+class Runtime:
+    """Everything derived from one version of the configuration; swapped whole on reload."""
+
+    config: GatewayConfig
+    routes: dict[str, ModelRoute]
+    filters: dict[str, PolicyFilters]
+
+    @classmethod
+    def build(cls, config: GatewayConfig, hash_key: bytes) -> Runtime:
+        filters = {
+            p.name: PolicyFilters(
+                InboundPipeline.from_spec(effective_inbound(p.spec), hash_key),
+                OutboundPipeline.from_spec(
+                    effective_outbound(p.spec), config.protected_entities, hash_key
+                ),
+            )
+            for p in config.policies
+        }
+        return cls(config, {m.name: m for m in config.models}, filters)
+
+
+@dataclass
+class Exchange:
+    """One request on its way through the gateway."""
+
+    request: web.Request
+    event: AuditEvent
+    runtime: Runtime
+    started: float
+    endpoint: Endpoint | None = None
+    identity: Identity | None = None
+    policy: NamedPolicy | None = None
+    body: dict[str, Any] = field(default_factory=dict)
+
+
+class Gateway:
+    """The aiohttp application and the state its requests share."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        sink: AuditSink,
+        *,
+        metering: Metering | None = None,
+        hash_key: bytes | None = None,
+        tracer: trace.Tracer | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.sink = sink
+        self.metering = metering or Metering()
+        self.hash_key = hash_key or secrets.token_bytes(32)
+        self.tracer = tracer or trace.get_tracer("privatellm.gateway")
+        self.clock = clock
+        self.router = Router()
+        self.quotas = QuotaTracker()
+        self.runtime = Runtime.build(config, self.hash_key)
+        self._session: aiohttp.ClientSession | None = None
+        self._auth: Authenticator | None = None
+
+    # --- lifecycle -------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.runtime.config.limits.max_body_bytes)
+        app.router.add_get("/v1/models", self.list_models)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        app.cleanup_ctx.append(self._client_session)
+        return app
+
+    async def _client_session(self, _app: web.Application) -> AsyncIterator[None]:
+        config = self.runtime.config
+        limits = config.limits
+        timeout = aiohttp.ClientTimeout(
+            total=limits.upstream_total_seconds, sock_connect=limits.upstream_connect_seconds
+        )
+        connector = aiohttp.TCPConnector(limit=0, ssl=_upstream_ssl(config), keepalive_timeout=30)
+        self._session = aiohttp.ClientSession(
+            timeout=timeout, connector=connector, auto_decompress=False
+        )
+        self._auth = _authenticator(config, self._session, self.clock)
+        yield
+        await self._session.close()
+
+    def reload(self, config: GatewayConfig) -> None:
+        """Apply a new configuration to the requests that start from now on."""
+        self.runtime = Runtime.build(config, self.hash_key)
+        if self._auth is not None:
+            self._auth.replace_api_keys(config.auth.api_keys)
+        self.metering.config_reloads.labels("applied").inc()
+
+    # --- handlers --------------------------------------------------------
+
+    async def healthz(self, _request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def list_models(self, request: web.Request) -> web.StreamResponse:
+        async def serve(exchange: Exchange) -> web.StreamResponse:
+            identity = await self._authenticate(exchange)
+            models = [
+                {"id": m.name, "object": "model", "owned_by": exchange.runtime.config.namespace}
+                for m in exchange.runtime.config.models
+                if authorize(
+                    exchange.runtime.config.policies, identity, m.name, (), _ns(exchange)
+                ).allowed
+            ]
+            exchange.event.decision, exchange.event.reason = "allow", "allowed"
+            return web.json_response({"object": "list", "data": models})
+
+        return await self._audited(request, serve)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        return await self._audited(request, self._serve_inference)
+
+    async def _audited(
+        self,
+        request: web.Request,
+        serve: Callable[[Exchange], Any],
+    ) -> web.StreamResponse:
+        """Run `serve`; whatever happens, emit exactly one audit event and count it."""
+        runtime = self.runtime
+        event = AuditEvent(
+            request_id=_request_id(request),
+            time=self.clock(),
+            namespace=runtime.config.namespace,
+            path=request.path,
+            source_ip=request.remote,
+        )
+        exchange = Exchange(request, event, runtime, time.perf_counter())
+        response: web.StreamResponse
+        try:
+            response = await serve(exchange)
+        except GatewayError as error:
+            event.reason = event.reason if event.decision == "deny" and event.reason else error.code
+            response = _error_response(error, event.request_id)
+        except AuthError as error:
+            event.reason = error.reason
+            response = _error_response(
+                GatewayError(error.status, error.reason, error.message), event.request_id
+            )
+        except Exception:
+            log.exception("request %s failed in the gateway", event.request_id)
+            event.reason = "internal_error"
+            response = _error_response(
+                GatewayError(500, "internal_error", "the gateway failed; see its log"),
+                event.request_id,
+            )
+        finally:
+            self._finish(exchange)
+        event.status = response.status
+        self._count(event)
+        self.sink.emit(event)
+        return response
+
+    def _finish(self, exchange: Exchange) -> None:
+        exchange.event.latency_ms = (time.perf_counter() - exchange.started) * 1000
+
+    def _count(self, event: AuditEvent) -> None:
+        model, subject = event.model or "", event.subject or ""
+        self.metering.requests.labels(model, subject, str(event.status), event.reason or "").inc()
+        if event.decision == "allow" and event.model:
+            self.metering.latency.labels(model).observe(event.latency_ms / 1000)
+            if event.prompt_tokens:
+                self.metering.tokens.labels(model, subject, "prompt").inc(event.prompt_tokens)
+            if event.completion_tokens:
+                self.metering.tokens.labels(model, subject, "completion").inc(
+                    event.completion_tokens
+                )
+
+    # --- the pipeline ----------------------------------------------------
+
+    async def _authenticate(self, exchange: Exchange) -> Identity:
+        assert self._auth is not None, "the application has not started"
+        with self.tracer.start_as_current_span("authenticate"):
+            identity = await self._auth.authenticate(exchange.request.headers)
+        event = exchange.event
+        event.subject_kind, event.subject = identity.kind, identity.name
+        event.groups = sorted(identity.groups)
+        event.auth_method, event.subject_namespace = identity.method, identity.namespace
+        exchange.identity = identity
+        return identity
+
+    async def _serve_inference(self, exchange: Exchange) -> web.StreamResponse:
+        request, event = exchange.request, exchange.event
+        endpoint = ENDPOINTS.get(request.path)
+        if endpoint is None:
+            raise GatewayError(404, "unknown_path", f"no such endpoint: {request.path}")
+        if request.method != "POST":
+            raise GatewayError(405, "method_not_allowed", f"{request.path} takes POST")
+        exchange.endpoint = endpoint
+        identity = await self._authenticate(exchange)
+        body = await self._read_json(exchange)
+        model, stream = validate_request(endpoint, body)
+        event.model, event.stream = model, stream
+        route = exchange.runtime.routes.get(model)
+        if route is None:
+            raise GatewayError(404, "model_not_found", f"the model {model!r} does not exist")
+        declared = _declared_classes(request)
+        decision = authorize(
+            exchange.runtime.config.policies, identity, model, declared, _ns(exchange)
+        )
+        event.reason = decision.reason
+        if not decision.allowed or decision.policy is None:
+            raise GatewayError(403, decision.reason, f"access denied: {decision.reason}")
+        exchange.policy = decision.policy
+        event.policy = decision.policy.name
+        quota = self.quotas.check(
+            quota_key(decision.policy, identity), decision.policy.spec.quotas, self.clock()
+        )
+        if quota:
+            event.reason = quota
+            raise GatewayError(429, quota, f"limit reached: {quota}")
+        filters = exchange.runtime.filters[decision.policy.name]
+        with self.tracer.start_as_current_span("filter.inbound"):
+            detected = self._filter_request(exchange, endpoint, body, filters.inbound)
+        event.data_classes = sorted(set(declared) | detected)
+        event.decision = "allow"
+        body["model"] = route.served_name
+        exchange.body = body
+        in_flight = self.metering.in_flight.labels(model)
+        in_flight.inc()
+        try:
+            if stream:
+                return await self._proxy_stream(exchange, route, filters.outbound)
+            return await self._proxy(exchange, route, filters.outbound)
+        finally:
+            in_flight.dec()
+
+    async def _read_json(self, exchange: Exchange) -> Any:
+        request, limits = exchange.request, exchange.runtime.config.limits
+        if request.content_length is not None and request.content_length > limits.max_body_bytes:
+            raise GatewayError(
+                413, "body_too_large", f"the body exceeds {limits.max_body_bytes} bytes"
+            )
+        content_type = request.headers.get("Content-Type", "application/json")
+        if not content_type.startswith("application/json"):
+            raise GatewayError(415, "unsupported_media_type", "send application/json")
+        try:
+            async with asyncio.timeout(limits.client_read_seconds):
+                raw = await request.read()
+        except TimeoutError:
+            raise GatewayError(408, "request_timeout", "the body arrived too slowly") from None
+        except web.HTTPRequestEntityTooLarge:
+            raise GatewayError(
+                413, "body_too_large", f"the body exceeds {limits.max_body_bytes} bytes"
+            ) from None
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as error:
+            raise GatewayError(400, "invalid_json", f"the body is not JSON: {error}") from None
+
+    def _filter_request(
+        self,
+        exchange: Exchange,
+        endpoint: Endpoint,
+        body: dict[str, Any],
+        pipeline: InboundPipeline,
+    ) -> set[str]:
+        detected: set[str] = set()
+
+        def apply(text: str) -> str:
+            result = pipeline.apply(text)
+            self._note_findings(exchange, "inbound", result)
+            detected.update(result.data_classes)
+            if result.blocked:
+                reason = result.reason or "content_blocked"
+                exchange.event.reason = reason
+                raise GatewayError(400, reason, f"the prompt was blocked: {reason}", "messages")
+            return result.text
+
+        map_request_texts(endpoint, body, apply)
+        return detected
+
+    def _note_findings(self, exchange: Exchange, direction: str, result: FilterResult) -> None:
+        if not result.findings:
+            return
+        pairs = [(f.entity, f.action) for f in result.findings]
+        exchange.event.count_findings(direction, iter(pairs))
+        for entity, action in pairs:
+            self.metering.findings.labels(direction, entity, action).inc()
+
+    async def _proxy(
+        self, exchange: Exchange, route: ModelRoute, outbound: OutboundPipeline
+    ) -> web.StreamResponse:
+        assert exchange.endpoint is not None
+        endpoint = exchange.endpoint
+        async with self._upstream(exchange, route) as upstream:
+            raw = await upstream.read()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            raise GatewayError(502, "upstream_invalid_response", "the model sent no JSON") from None
+        if upstream.status != 200:
+            raise _upstream_rejection(upstream.status, body)
+        blocked: list[str] = []
+
+        def apply(text: str) -> str:
+            result = outbound.apply(text)
+            self._note_findings(exchange, "outbound", result)
+            if result.blocked:
+                blocked.append(result.reason or "response_blocked")
+            return result.text
+
+        with self.tracer.start_as_current_span("filter.outbound"):
+            map_response_texts(endpoint, body, apply)
+        if blocked:
+            exchange.event.reason = blocked[0]
+            raise GatewayError(
+                403, blocked[0], f"the response was withheld: {blocked[0]}", "response"
+            )
+        body["model"] = exchange.event.served_by
+        self._charge(exchange, *usage_of(body))
+        return web.json_response(body, headers={REQUEST_ID_HEADER: exchange.event.request_id})
+
+    async def _proxy_stream(
+        self, exchange: Exchange, route: ModelRoute, outbound: OutboundPipeline
+    ) -> web.StreamResponse:
+        assert exchange.endpoint is not None
+        endpoint, body = exchange.endpoint, exchange.body
+        client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        # Usage is always asked for, so that streamed requests are metered too.
+        body["stream_options"] = {"include_usage": True}
+        streams: dict[int, OutboundStream] = {}
+        async with self._upstream(exchange, route) as upstream:
+            if upstream.status != 200:
+                raw = await upstream.read()
+                raise _upstream_rejection(upstream.status, _json_or_none(raw))
+            response = web.StreamResponse(
+                headers={
+                    "Content-Type": "text/event-stream",
+                    "Cache-Control": "no-cache",
+                    REQUEST_ID_HEADER: exchange.event.request_id,
+                }
+            )
+            await response.prepare(exchange.request)
+            async for line in upstream.content:
+                if not line.startswith(b"data:"):
+                    continue
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    break
+                chunk = _json_or_none(data)
+                if chunk is None:
+                    continue
+                if chunk.get("usage"):
+                    self._charge(exchange, *usage_of(chunk))
+                    if not chunk.get("choices") and not client_wants_usage:
+                        continue
+                    if not client_wants_usage:
+                        chunk.pop("usage", None)
+                blocked = self._filter_chunk(exchange, endpoint, chunk, streams, outbound)
+                if blocked:
+                    await response.write(_sse({"error": _stream_error(blocked)}))
+                    break
+                await response.write(_sse(chunk))
+            tail = self._flush_streams(exchange, streams)
+            if tail is not None:
+                await response.write(_sse(_tail_chunk(endpoint, route, tail)))
+            await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    def _filter_chunk(
+        self,
+        exchange: Exchange,
+        endpoint: Endpoint,
+        chunk: dict[str, Any],
+        streams: dict[int, OutboundStream],
+        outbound: OutboundPipeline,
+    ) -> str | None:
+        """Filter a chunk's text deltas in place; the block reason when one was blocked."""
+        for index, holder, key in chunk_texts(endpoint, chunk):
+            stream = streams.get(index)
+            if stream is None:
+                stream = streams[index] = outbound.stream()
+            holder[key] = stream.feed(holder[key])
+            if stream.blocked:
+                reason = stream.reason or "response_blocked"
+                exchange.event.reason = reason
+                self._note_stream_findings(exchange, streams)
+                return reason
+        chunk["model"] = exchange.event.served_by
+        return None
+
+    def _flush_streams(
+        self, exchange: Exchange, streams: dict[int, OutboundStream]
+    ) -> dict[int, str] | None:
+        tails = {index: stream.finish() for index, stream in streams.items()}
+        self._note_stream_findings(exchange, streams)
+        tails = {i: t for i, t in tails.items() if t}
+        return tails or None
+
+    def _note_stream_findings(self, exchange: Exchange, streams: dict[int, OutboundStream]) -> None:
+        for stream in streams.values():
+            pairs = [(f.entity, f.action) for f in stream.findings]
+            stream.findings.clear()
+            exchange.event.count_findings("outbound", iter(pairs))
+            for entity, action in pairs:
+                self.metering.findings.labels("outbound", entity, action).inc()
+
+    def _charge(self, exchange: Exchange, prompt: int, completion: int) -> None:
+        event = exchange.event
+        event.prompt_tokens, event.completion_tokens = prompt, completion
+        if exchange.policy is not None and exchange.identity is not None:
+            self.quotas.record_tokens(
+                quota_key(exchange.policy, exchange.identity),
+                exchange.policy.spec.quotas,
+                prompt + completion,
+                self.clock(),
+            )
+
+    @asynccontextmanager
+    async def _upstream(
+        self, exchange: Exchange, route: ModelRoute
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """The first replica that answers; moves on when one fails before answering."""
+        assert self._session is not None
+        targets = self.router.targets(route, exchange.runtime.routes)[:MAX_ATTEMPTS]
+        if not targets:
+            raise GatewayError(503, "no_ready_replica", f"{route.name} has no ready replica")
+        path = exchange.request.path
+        started = time.perf_counter()
+        last_error = "no replica answered"
+        for attempt, target in enumerate(targets):
+            if attempt:
+                self.metering.upstream_retries.labels(route.name).inc()
+            payload = _payload_for(exchange.body, target)
+            with self.tracer.start_as_current_span("upstream") as span:
+                span.set_attribute("privatellm.replica", target.url)
+                try:
+                    async with self._session.post(
+                        target.url + path,
+                        data=payload,
+                        headers={
+                            "Content-Type": "application/json",
+                            REQUEST_ID_HEADER: exchange.event.request_id,
+                        },
+                    ) as upstream:
+                        if upstream.status in _RETRY_STATUSES and attempt + 1 < len(targets):
+                            self.router.mark_failed(target.url)
+                            last_error = f"{target.url} answered {upstream.status}"
+                            continue
+                        self.router.mark_ok(target.url)
+                        exchange.event.served_by = target.route.name
+                        yield upstream
+                        self.metering.upstream_latency.labels(route.name).observe(
+                            time.perf_counter() - started
+                        )
+                        return
+                except (aiohttp.ClientConnectionError, TimeoutError) as error:
+                    if exchange.event.served_by is not None:
+                        raise GatewayError(
+                            502, "upstream_broke", "the model's connection broke mid-response"
+                        ) from None
+                    self.router.mark_failed(target.url)
+                    last_error = f"{target.url}: {type(error).__name__}"
+        log.warning("no replica of %s answered: %s", route.name, last_error)
+        raise GatewayError(503, "no_ready_replica", f"no replica of {route.name} answered")
+
+
+def _payload_for(body: dict[str, Any], target: Target) -> bytes:
+    body["model"] = target.route.served_name
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _ns(exchange: Exchange) -> str:
+    return exchange.runtime.config.namespace
+
+
+def _request_id(request: web.Request) -> str:
+    given = request.headers.get(REQUEST_ID_HEADER, "")
+    if 8 <= len(given) <= 64 and given.replace("-", "").isalnum() and given.isascii():
+        return given
+    return uuid.uuid4().hex
+
+
+def _declared_classes(request: web.Request) -> list[str]:
+    header = request.headers.get(DATA_CLASSES_HEADER)
+    if not header:
+        return []
+    classes = [c.strip() for c in header.split(",") if c.strip()]
+    if len(classes) > 32 or not all(_CLASS_NAME.match(c) for c in classes):
+        raise GatewayError(
+            400,
+            "invalid_data_classes",
+            f"{DATA_CLASSES_HEADER} must be a comma-separated list of DNS labels",
+            DATA_CLASSES_HEADER,
+        )
+    return classes
+
+
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _upstream_rejection(status: int, body: Any) -> GatewayError:
+    message = "the model rejected the request"
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        message = error["message"][:500]
+    code = status if 400 <= status < 500 else 502
+    return GatewayError(code, "upstream_rejected", message)
+
+
+def _sse(payload: Any) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _stream_error(reason: str) -> dict[str, Any]:
+    return {
+        "message": f"the response was withheld: {reason}",
+        "type": "permission_error",
+        "param": "response",
+        "code": reason,
+    }
+
+
+def _tail_chunk(endpoint: Endpoint, route: ModelRoute, tails: dict[int, str]) -> dict[str, Any]:
+    """A last chunk carrying text the outbound filter held back until the end."""
+    choices: list[dict[str, Any]] = []
+    for index, text in tails.items():
+        choice: dict[str, Any] = {"index": index, "finish_reason": None}
+        if endpoint == "chat":
+            choice["delta"] = {"content": text}
+        else:
+            choice["text"] = text
+        choices.append(choice)
+    kind = "chat.completion.chunk" if endpoint == "chat" else "text_completion"
+    return {"object": kind, "model": route.name, "choices": choices}
+
+
+def _error_response(error: GatewayError, request_id: str) -> web.Response:
+    return web.Response(
+        status=error.status,
+        body=error.body(),
+        content_type="application/json",
+        headers={REQUEST_ID_HEADER: request_id},
+    )
+
+
+def _upstream_ssl(config: GatewayConfig) -> ssl.SSLContext | bool:
+    tls = config.upstream_tls
+    if tls is None:
+        return True
+    context = ssl.create_default_context(cafile=tls.ca_file)
+    # Replicas are addressed by Service or Pod address; the certificate is the
+    # model's own and the CA is the namespace's, so the CA is what is checked.
+    context.check_hostname = False
+    if tls.cert_file and tls.key_file:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+    return context
+
+
+def _authenticator(
+    config: GatewayConfig, session: aiohttp.ClientSession, clock: Callable[[], float]
+) -> Authenticator:
+    auth = config.auth
+    oidc = (
+        OIDCConfig(
+            issuer=auth.oidc.issuer,
+            audience=auth.oidc.audience,
+            jwks_uri=auth.oidc.jwks_uri,
+            username_claim=auth.oidc.username_claim,
+            groups_claim=auth.oidc.groups_claim,
+            leeway_seconds=auth.oidc.leeway_seconds,
+            ca_file=auth.oidc.ca_file,
+        )
+        if auth.oidc
+        else None
+    )
+    review = (
+        TokenReviewConfig(
+            api_server=auth.token_review.api_server,
+            token_file=auth.token_review.token_file,
+            ca_file=auth.token_review.ca_file,
+            audiences=tuple(auth.token_review.audiences),
+        )
+        if auth.token_review
+        else None
+    )
+    return Authenticator(oidc, auth.api_keys, review, session, clock)
+
+
+class ConfigWatcher:
+    """Reloads the configuration when its file changes (a Secret volume update)."""
+
+    def __init__(self, gateway: Gateway, path: Path, interval: float = 2.0) -> None:
+        self.gateway, self.path, self.interval = gateway, path, interval
+        self._seen = self._stamp()
+
+    def _stamp(self) -> tuple[int, int, int] | None:
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return None
+        return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+    def poll(self) -> bool:
+        """Reload when the file changed; keep the old configuration when the new one is bad."""
+        stamp = self._stamp()
+        if stamp is None or stamp == self._seen:
+            return False
+        self._seen = stamp
+        try:
+            config = load_config(self.path)
+        except Exception as error:
+            log.error("configuration %s rejected, keeping the previous one: %s", self.path, error)
+            self.gateway.metering.config_reloads.labels("rejected").inc()
+            return False
+        self.gateway.reload(config)
+        log.info("configuration %s reloaded", self.path)
+        return True
+
+    async def run(self, _app: web.Application) -> AsyncIterator[None]:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(self.interval)
+                self.poll()
+
+        task = asyncio.create_task(loop())
+        yield
+        task.cancel()

@@ -1,0 +1,181 @@
+"""AccessPolicy decisions, quotas, and the request shapes the gateway accepts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from privatellm.api.access import AccessPolicySpec
+from privatellm.gateway.auth import Identity
+from privatellm.gateway.config import NamedPolicy
+from privatellm.gateway.errors import GatewayError
+from privatellm.gateway.openai import (
+    chunk_texts,
+    map_request_texts,
+    map_response_texts,
+    validate_request,
+)
+from privatellm.gateway.policy import (
+    QuotaTracker,
+    authorize,
+    effective_inbound,
+    effective_outbound,
+)
+
+ALICE = Identity("User", "alice@example.com", frozenset({"analysts"}), "oidc")
+ROBOT = Identity("ServiceAccount", "batch", frozenset(), "serviceAccount", "jobs")
+
+
+def policy(name: str, **spec: Any) -> NamedPolicy:
+    return NamedPolicy(name=name, spec=AccessPolicySpec.model_validate(spec))
+
+
+def test_deny_by_default_and_the_reason_names_what_is_missing() -> None:
+    analysts = policy(
+        "analysts",
+        subjects=[{"kind": "Group", "name": "analysts"}],
+        models=["llama"],
+        dataClasses=[
+            {"name": "customer", "action": "allow"},
+            {"name": "health", "action": "block"},
+        ],
+    )
+    assert authorize([], ALICE, "llama", [], "team").reason == "no_policy_for_subject"
+    assert authorize([analysts], ALICE, "llama", [], "team").allowed
+    assert authorize([analysts], ALICE, "mixtral", [], "team").reason == "model_not_allowed"
+    assert authorize([analysts], ALICE, "llama", ["customer"], "team").allowed
+    assert (
+        authorize([analysts], ALICE, "llama", ["health"], "team").reason
+        == "data_class_blocked:health"
+    )
+    assert (
+        authorize([analysts], ALICE, "llama", ["hr"], "team").reason == "data_class_not_allowed:hr"
+    )
+    # Someone not named is denied even with a model every policy allows.
+    bob = Identity("User", "bob@example.com", frozenset(), "oidc")
+    assert authorize([analysts], bob, "llama", [], "team").reason == "no_policy_for_subject"
+
+
+def test_a_second_policy_can_grant_what_the_first_does_not() -> None:
+    narrow = policy("a", subjects=[{"kind": "User", "name": "alice@example.com"}], models=["x"])
+    broad = policy("b", subjects=[{"kind": "Group", "name": "analysts"}], models=["*"])
+    decision = authorize([narrow, broad], ALICE, "llama", [], "team")
+    assert decision.allowed and decision.policy is broad
+
+
+def test_service_accounts_are_matched_by_namespace_and_source() -> None:
+    own = policy(
+        "jobs",
+        subjects=[{"kind": "ServiceAccount", "name": "batch", "namespace": "jobs"}],
+        models=["*"],
+    )
+    assert authorize([own], ROBOT, "llama", [], "team").reason == "source_namespace_not_allowed"
+    opened = policy(
+        "jobs",
+        subjects=[{"kind": "ServiceAccount", "name": "batch", "namespace": "jobs"}],
+        models=["*"],
+        sourceNamespaces=["jobs"],
+    )
+    assert authorize([opened], ROBOT, "llama", [], "team").allowed
+    other_ns = Identity("ServiceAccount", "batch", frozenset(), "serviceAccount", "elsewhere")
+    assert not authorize([opened], other_ns, "llama", [], "team").allowed
+
+
+def quotas_of(**quotas: int) -> Any:
+    spec = {"subjects": [{"kind": "User", "name": "a"}], "models": ["*"], "quotas": quotas}
+    return AccessPolicySpec.model_validate(spec).quotas
+
+
+def test_request_rate_counts_per_subject_and_minute() -> None:
+    quotas = quotas_of(requestsPerMinute=2)
+    tracker = QuotaTracker()
+    t = 1_000_020.0
+    assert tracker.check("k", quotas, t) is None
+    assert tracker.check("k", quotas, t + 1) is None
+    assert tracker.check("k", quotas, t + 2) == "rate_limited:requests_per_minute"
+    assert tracker.check("other", quotas, t + 2) is None  # per subject
+    assert tracker.check("k", quotas, t + 60) is None  # a new minute
+
+
+def test_token_quotas_count_what_finished_requests_used() -> None:
+    quotas = quotas_of(tokensPerMinute=100, tokensPerDay=150)
+    tracker = QuotaTracker()
+    t = 1_000_020.0
+    tracker.record_tokens("k", quotas, 100, t)
+    assert tracker.check("k", quotas, t + 1) == "quota_exceeded:tokens_per_minute"
+    assert tracker.check("k", quotas, t + 60) is None  # a new minute
+    tracker.record_tokens("k", quotas, 60, t + 60)
+    assert tracker.check("k", quotas, t + 120) == "quota_exceeded:tokens_per_day"
+    assert tracker.check("k", quotas, t + 86400) is None  # a new day
+
+
+def test_entities_inherit_their_data_class_action() -> None:
+    spec = AccessPolicySpec.model_validate(
+        {
+            "subjects": [{"kind": "User", "name": "a"}],
+            "models": ["*"],
+            "dataClasses": [
+                {"name": "financial", "action": "block"},
+                {"name": "pii", "action": "mask"},
+            ],
+            "inbound": {"pii": [{"entity": "email", "action": "allow"}]},
+        }
+    )
+    inbound = {rule.entity: rule.action for rule in effective_inbound(spec).pii}
+    assert inbound["email"] == "allow"  # its own rule wins
+    assert inbound["phone"] == "mask"  # from the pii class
+    assert inbound["iban"] == "block"  # from the financial class
+    assert inbound["secret"] == "redact"  # class not listed: kept from the model
+    outbound = {rule.entity: rule.action for rule in effective_outbound(spec).pii}
+    assert outbound["email"] == "mask"
+
+
+def test_request_texts_are_found_in_every_shape() -> None:
+    chat = {
+        "model": "m",
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "hello"}]},
+            {"role": "assistant", "content": None, "tool_calls": []},
+        ],
+    }
+    assert validate_request("chat", chat) == ("m", False)
+    map_request_texts("chat", chat, str.upper)
+    assert chat["messages"][0]["content"] == "BE BRIEF"
+    assert chat["messages"][1]["content"][0]["text"] == "HELLO"
+    completion = {"model": "m", "prompt": ["a", "b"], "stream": True}
+    assert validate_request("completions", completion) == ("m", True)
+    map_request_texts("completions", completion, str.upper)
+    assert completion["prompt"] == ["A", "B"]
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "body", "param"),
+    [
+        ("chat", {"model": "m", "messages": []}, "messages"),
+        ("chat", {"model": "m", "messages": [{"content": "x"}]}, "messages[0]"),
+        (
+            "chat",
+            {"model": "m", "messages": [{"role": "user", "content": 5}]},
+            "messages[0].content",
+        ),
+        ("chat", {"model": "", "messages": [{"role": "user", "content": "x"}]}, "model"),
+        ("chat", {"model": "m", "stream": "yes", "messages": []}, "stream"),
+        ("completions", {"model": "m", "prompt": [1, 2]}, "prompt"),
+        ("embeddings", {"model": "m", "input": []}, "input"),
+    ],
+)
+def test_bad_shapes_name_the_parameter(endpoint: Any, body: Any, param: str) -> None:
+    with pytest.raises(GatewayError) as raised:
+        validate_request(endpoint, body)
+    assert raised.value.status == 400 and raised.value.param == param
+
+
+def test_response_and_chunk_texts() -> None:
+    body = {"choices": [{"message": {"role": "assistant", "content": "hi"}}, {"message": {}}]}
+    map_response_texts("chat", body, str.upper)
+    assert body["choices"][0]["message"]["content"] == "HI"
+    chunk = {"choices": [{"index": 1, "delta": {"content": "x"}}, {"index": 0, "delta": {}}]}
+    [(index, holder, key)] = chunk_texts("chat", chunk)
+    assert index == 1 and holder[key] == "x"

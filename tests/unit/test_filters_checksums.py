@@ -93,6 +93,7 @@ def test_iban_accepts_valid_numbers(iban: str) -> None:
         "XX91ABNA0417164300",  # no such country
         "nl91abna0417164300",  # lower case
         "NL9AABNA0417164300",  # letters in the check digits
+        "BE00615777382003",  # mod 97 holds, but 00 is never issued
     ],
 )
 def test_iban_rejects_invalid_numbers(iban: str) -> None:

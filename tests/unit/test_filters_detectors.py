@@ -121,6 +121,9 @@ DECOYS = [
     "report_2024_Q3_final_version.xlsx",
     "mail me at example dot com, @handle",
     "price 1,234,567.89 EUR for 42 units",
+    "closed account DE21 5734 3370 3701 8423 63 (bad check digits)",  # no card inside
+    "Vorgangsnummer 47 984 150 328 ist ungültig",  # no phone inside
+    "classes XMLHttpRequestFactoryBuilder and getUserAccountByIdentifier2",
 ]
 
 
@@ -141,6 +144,7 @@ def test_high_entropy_needs_mixed_classes() -> None:
     assert is_high_entropy("q8Zr2LmX0pT4vW9yB7nK3sD5")
     assert not is_high_entropy("q8zr2lmx0pt4vw9yb7nk3sd5")  # no upper case
     assert not is_high_entropy("Aaaaaaaaaaaaaaaaaaaaaaa1")  # one letter repeated
+    assert not is_high_entropy("getUserAccountByIdentifier2")  # words: few class switches
 
 
 def test_candidates_do_not_depend_on_where_the_scan_begins() -> None:

@@ -83,6 +83,8 @@ def iban_valid(iban: str) -> bool:
     expected = IBAN_LENGTHS.get(iban[:2])
     if expected is None or len(iban) != expected or not iban[2:4].isdigit():
         return False
+    if not 2 <= int(iban[2:4]) <= 98:  # 00, 01 and 99 are never issued
+        return False
     if not (iban.isascii() and iban.isalnum() and iban.isupper()):
         return False
     rearranged = iban[4:] + iban[:4]

@@ -15,6 +15,7 @@ the outbound stream hold back a bounded tail and still agree with a full scan.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -53,9 +54,11 @@ DATA_CLASS_OF: dict[str, str] = {
 RUN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=_.-")
 MIN_TOKEN = 20
 # High-entropy tokens: at least this many bits per character, or this fraction of
-# the most a string of that length can have.
-ENTROPY_BITS = 4.2
-ENTROPY_SHORT_FRACTION = 0.85
+# the most a string of that length can have; and a change of character class
+# (lower, upper, digit, symbol) at this fraction of positions at least.
+ENTROPY_BITS = 4.0
+ENTROPY_SHORT_FRACTION = 0.8
+SWITCH_RATE = 0.35
 
 Span = tuple[int, int]
 
@@ -102,7 +105,9 @@ def lower_same_length(text: str) -> str:
 
 # --- shared pieces -----------------------------------------------------------
 
-_NUMBER_GUARD = r"(?<![A-Za-z0-9_.+\-/@].)"  # after the first character: a number starts here
+# After a number's first character: it starts a token, and does not continue a
+# number written in groups ("DE89 3704 0044" holds no number starting at 3704).
+_NUMBER_GUARD = r"(?<![A-Za-z0-9_.+\-/@].)(?<![0-9][ .\-/].)"
 _WORD_GUARD = r"(?<![A-Za-z0-9_].)"
 _NUMBER_END = r"(?![A-Za-z0-9_]|[.:\-/][0-9])"
 
@@ -205,7 +210,7 @@ def _locate_phone(match: re.Match[str]) -> Span | None:
     return None
 
 
-PHONE = Detector("phone", _PHONE, _locate_phone, reach=64, trigger=NUMBER_TRIGGER)
+PHONE = Detector("phone", _PHONE, _locate_phone, reach=64, back=2, trigger=NUMBER_TRIGGER)
 
 # --- payment card ------------------------------------------------------------
 
@@ -224,7 +229,9 @@ def _locate_card(match: re.Match[str]) -> Span | None:
     return None
 
 
-PAYMENT_CARD = Detector("paymentCard", _CARD, _locate_card, reach=29, trigger=NUMBER_TRIGGER)
+PAYMENT_CARD = Detector(
+    "paymentCard", _CARD, _locate_card, reach=29, back=2, trigger=NUMBER_TRIGGER
+)
 
 # --- national identifiers ----------------------------------------------------
 
@@ -240,7 +247,7 @@ def _locate_us_ssn(match: re.Match[str]) -> Span | None:
     return match.span() if us_ssn_valid(area, match.group("group"), match.group("serial")) else None
 
 
-US_SSN = Detector("usSSN", _US_SSN, _locate_us_ssn, reach=14, trigger=NUMBER_TRIGGER)
+US_SSN = Detector("usSSN", _US_SSN, _locate_us_ssn, reach=14, back=2, trigger=NUMBER_TRIGGER)
 
 _UK_NINO = re.compile(
     r"[A-CEGHJ-PR-TW-Z]" + _WORD_GUARD + r"[A-CEGHJ-NPR-TW-Z](?P<sep>\ ?)"
@@ -265,7 +272,7 @@ def _locate_nl_bsn(match: re.Match[str]) -> Span | None:
     return match.span() if nl_bsn_valid(digits_of(match.group())) else None
 
 
-NL_BSN = Detector("nlBSN", _NL_BSN, _locate_nl_bsn, reach=14, trigger=NUMBER_TRIGGER)
+NL_BSN = Detector("nlBSN", _NL_BSN, _locate_nl_bsn, reach=14, back=2, trigger=NUMBER_TRIGGER)
 
 _DE_TAX_ID = re.compile(
     r"[1-9]" + _NUMBER_GUARD + r"(?:[0-9]{10}|[0-9]\ [0-9]{3}\ [0-9]{3}\ [0-9]{3})" + _NUMBER_END,
@@ -277,7 +284,9 @@ def _locate_de_tax_id(match: re.Match[str]) -> Span | None:
     return match.span() if de_tax_id_valid(digits_of(match.group())) else None
 
 
-DE_TAX_ID = Detector("deTaxID", _DE_TAX_ID, _locate_de_tax_id, reach=16, trigger=NUMBER_TRIGGER)
+DE_TAX_ID = Detector(
+    "deTaxID", _DE_TAX_ID, _locate_de_tax_id, reach=16, back=2, trigger=NUMBER_TRIGGER
+)
 
 # --- IBAN --------------------------------------------------------------------
 
@@ -441,12 +450,21 @@ _KNOWN_KEYS = re.compile(
 )
 
 
+def _character_class(char: str) -> int:
+    return 0 if "a" <= char <= "z" else 1 if "A" <= char <= "Z" else 2 if "0" <= char <= "9" else 3
+
+
 def is_high_entropy(token: str) -> bool:
-    """Mixed letters and digits in both cases, and near-random character frequencies."""
-    has_lower = any("a" <= c <= "z" for c in token)
-    has_upper = any("A" <= c <= "Z" for c in token)
-    has_digit = any("0" <= c <= "9" for c in token)
-    if not (has_lower and has_upper and has_digit):
+    """Both letter cases, frequent switches between character classes, near-random frequencies.
+
+    The switches tell random tokens (a switch at about 3 of 5 characters) from
+    identifiers built of words (camelCase, snake_case), which switch rarely.
+    """
+    if not (any("a" <= c <= "z" for c in token) and any("A" <= c <= "Z" for c in token)):
+        return False
+    classes = [_character_class(c) for c in token]
+    switches = sum(a != b for a, b in itertools.pairwise(classes))
+    if switches < SWITCH_RATE * (len(token) - 1):
         return False
     threshold = min(ENTROPY_BITS, ENTROPY_SHORT_FRACTION * log2(len(token)))
     return shannon_entropy(token) >= threshold

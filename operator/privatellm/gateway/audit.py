@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 
 @dataclass(slots=True)
@@ -43,12 +43,19 @@ class AuditEvent:
     latency_ms: float = 0.0
     stream: bool = False
 
+    def as_dict(self) -> dict[str, Any]:
+        """The event as plain data (shallow: its lists and dicts are not shared after emit)."""
+        return {name: getattr(self, name) for name in _FIELDS}
+
     def count_findings(self, direction: str, entities: Iterator[tuple[str, str]]) -> None:
         """Tally (entity, action) pairs under `direction` (inbound or outbound)."""
         tally = self.findings.setdefault(direction, {})
         for entity, action in entities:
             key = f"{entity}:{action}"
             tally[key] = tally.get(key, 0) + 1
+
+
+_FIELDS = tuple(f.name for f in fields(AuditEvent))
 
 
 class AuditSink(Protocol):
@@ -85,7 +92,7 @@ class JsonLinesSink:
         return cls(path.open("a", encoding="utf-8"))
 
     def emit(self, event: AuditEvent) -> None:
-        line = json.dumps(asdict(event), separators=(",", ":")) + "\n"
+        line = json.dumps(event.as_dict(), separators=(",", ":")) + "\n"
         with self._lock:
             self._file.write(line)
 

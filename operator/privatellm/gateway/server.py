@@ -17,7 +17,7 @@ import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,7 @@ _RETRY_STATUSES = frozenset({500, 502, 503, 504})
 # A request tries at most this many replicas: enough to step over a dead one and
 # reach the fallback, few enough that an outage fails fast.
 MAX_ATTEMPTS = 4
+_NO_SPAN = nullcontext()
 
 
 @dataclass
@@ -116,13 +117,19 @@ class Gateway:
         self.sink = sink
         self.metering = metering or Metering()
         self.hash_key = hash_key or secrets.token_bytes(32)
-        self.tracer = tracer or trace.get_tracer("privatellm.gateway")
+        self.tracer = tracer
         self.clock = clock
         self.router = Router()
         self.quotas = QuotaTracker()
         self.runtime = Runtime.build(config, self.hash_key)
         self._session: aiohttp.ClientSession | None = None
         self._auth: Authenticator | None = None
+
+    def _span(self, name: str) -> AbstractContextManager[Any]:
+        """A tracing span when the gateway was given a tracer; nothing otherwise."""
+        if self.tracer is None:
+            return _NO_SPAN
+        return self.tracer.start_as_current_span(name)
 
     # --- lifecycle -------------------------------------------------------
 
@@ -223,21 +230,22 @@ class Gateway:
 
     def _count(self, event: AuditEvent) -> None:
         model, subject = event.model or "", event.subject or ""
-        self.metering.requests.labels(model, subject, str(event.status), event.reason or "").inc()
+        metering = self.metering
+        status, reason = str(event.status), event.reason or ""
+        metering.child(metering.requests, model, subject, status, reason).inc()
         if event.decision == "allow" and event.model:
-            self.metering.latency.labels(model).observe(event.latency_ms / 1000)
+            metering.child(metering.latency, model).observe(event.latency_ms / 1000)
             if event.prompt_tokens:
-                self.metering.tokens.labels(model, subject, "prompt").inc(event.prompt_tokens)
+                metering.child(metering.tokens, model, subject, "prompt").inc(event.prompt_tokens)
             if event.completion_tokens:
-                self.metering.tokens.labels(model, subject, "completion").inc(
-                    event.completion_tokens
-                )
+                tokens = metering.child(metering.tokens, model, subject, "completion")
+                tokens.inc(event.completion_tokens)
 
     # --- the pipeline ----------------------------------------------------
 
     async def _authenticate(self, exchange: Exchange) -> Identity:
         assert self._auth is not None, "the application has not started"
-        with self.tracer.start_as_current_span("authenticate"):
+        with self._span("authenticate"):
             identity = await self._auth.authenticate(exchange.request.headers)
         event = exchange.event
         event.subject_kind, event.subject = identity.kind, identity.name
@@ -277,13 +285,13 @@ class Gateway:
             event.reason = quota
             raise GatewayError(429, quota, f"limit reached: {quota}")
         filters = exchange.runtime.filters[decision.policy.name]
-        with self.tracer.start_as_current_span("filter.inbound"):
+        with self._span("filter.inbound"):
             detected = self._filter_request(exchange, endpoint, body, filters.inbound)
         event.data_classes = sorted(set(declared) | detected)
         event.decision = "allow"
         body["model"] = route.served_name
         exchange.body = body
-        in_flight = self.metering.in_flight.labels(model)
+        in_flight = self.metering.child(self.metering.in_flight, model)
         in_flight.inc()
         try:
             if stream:
@@ -343,7 +351,7 @@ class Gateway:
         pairs = [(f.entity, f.action) for f in result.findings]
         exchange.event.count_findings(direction, iter(pairs))
         for entity, action in pairs:
-            self.metering.findings.labels(direction, entity, action).inc()
+            self.metering.child(self.metering.findings, direction, entity, action).inc()
 
     async def _proxy(
         self, exchange: Exchange, route: ModelRoute, outbound: OutboundPipeline
@@ -367,7 +375,7 @@ class Gateway:
                 blocked.append(result.reason or "response_blocked")
             return result.text
 
-        with self.tracer.start_as_current_span("filter.outbound"):
+        with self._span("filter.outbound"):
             map_response_texts(endpoint, body, apply)
         if blocked:
             exchange.event.reason = blocked[0]
@@ -462,7 +470,7 @@ class Gateway:
             stream.findings.clear()
             exchange.event.count_findings("outbound", iter(pairs))
             for entity, action in pairs:
-                self.metering.findings.labels("outbound", entity, action).inc()
+                self.metering.child(self.metering.findings, "outbound", entity, action).inc()
 
     def _charge(self, exchange: Exchange, prompt: int, completion: int) -> None:
         event = exchange.event
@@ -491,8 +499,9 @@ class Gateway:
             if attempt:
                 self.metering.upstream_retries.labels(route.name).inc()
             payload = _payload_for(exchange.body, target)
-            with self.tracer.start_as_current_span("upstream") as span:
-                span.set_attribute("privatellm.replica", target.url)
+            with self._span("upstream") as span:
+                if span is not None:
+                    span.set_attribute("privatellm.replica", target.url)
                 try:
                     async with self._session.post(
                         target.url + path,
@@ -509,7 +518,7 @@ class Gateway:
                         self.router.mark_ok(target.url)
                         exchange.event.served_by = target.route.name
                         yield upstream
-                        self.metering.upstream_latency.labels(route.name).observe(
+                        self.metering.child(self.metering.upstream_latency, route.name).observe(
                             time.perf_counter() - started
                         )
                         return

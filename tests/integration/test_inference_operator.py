@@ -548,6 +548,9 @@ def test_the_namespace_gets_a_gateway_configured_from_its_policies(
     assert route["name"] == "chat"
     assert route["endpoints"] == [f"https://chat.{namespace}.svc:8000"]
     assert config["auth"]["apiKeys"] == {digest: "team"}
+    # The operator has a Vault, so the gateway seals payloads, logging in with its own role.
+    assert config["encryption"]["role"] == f"privatellm-gateway-{namespace}"
+    assert route["transitKey"] == f"privatellm-{namespace}"
 
     def pods_running() -> list[client.V1Pod] | None:
         pods = cluster.core.list_namespaced_pod(

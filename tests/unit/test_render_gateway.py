@@ -117,3 +117,12 @@ def test_policy_references_are_checked() -> None:
     assert policy_problems(access_policy("p", ["*"]), names) == []
     assert resolved_models(access_policy("p", ["*"]), names) == names
     assert resolved_models(access_policy("p", ["big", "gone"]), names) == ["big"]
+
+
+def test_with_a_vault_every_payload_is_sealed_with_the_models_key() -> None:
+    assert render_gateway_config(INPUTS).encryption is None
+    config = render_gateway_config(dataclasses.replace(INPUTS, vault_addr="https://vault:8200"))
+    assert config.encryption is not None
+    assert config.encryption.role == "privatellm-gateway-team"
+    assert config.encryption.vault_addr == "https://vault:8200"
+    assert {m.transit_key for m in config.models} == {"privatellm-team"}

@@ -50,8 +50,12 @@ def gateway_image() -> str:
     return os.environ.get("PRIVATELLM_GATEWAY_IMAGE", DEFAULT_IMAGE)
 
 
-def reconcile_gateway(kube: Kube, namespace: str) -> None:
-    """Render and apply the namespace's gateway; write each AccessPolicy's status."""
+def reconcile_gateway(kube: Kube, namespace: str, vault_addr: str | None = None) -> None:
+    """Render and apply the namespace's gateway; write each AccessPolicy's status.
+
+    With `vault_addr` (the operator's Vault) the gateway seals every prompt and
+    response with the namespace's Transit keys, logging in with its own role.
+    """
     models = [InferenceDeployment.model_validate(m) for m in kube.list(INFERENCE, namespace)]
     live_models = [m for m in models if not (m.metadata.model_extra or {}).get("deletionTimestamp")]
     raw_policies = kube.list(ACCESS_POLICY, namespace)
@@ -70,6 +74,7 @@ def reconcile_gateway(kube: Kube, namespace: str) -> None:
             policies=policies,
             api_keys=api_keys,
             protected_entities=protected,
+            vault_addr=vault_addr,
         )
         now = datetime.datetime.now(datetime.UTC)
         tls_revision = _ensure_gateway_certificate(kube, inputs, now)

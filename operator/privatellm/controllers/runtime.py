@@ -109,7 +109,8 @@ def _reconcile_model(runtime: Runtime, key: Key) -> None:
 
 
 def _reconcile_gateway(runtime: Runtime, key: Key) -> None:
-    gateway.reconcile_gateway(runtime.kube, key[0])
+    vault_addr = runtime.vault.addr if runtime.vault is not None else None
+    gateway.reconcile_gateway(runtime.kube, key[0], vault_addr)
 
 
 async def _worker(

@@ -42,6 +42,9 @@ class AuditEvent:
     completion_tokens: int = 0
     latency_ms: float = 0.0
     stream: bool = False
+    # Envelope records (base64) of what the client sent and what the model answered.
+    prompt_record: str | None = None
+    response_record: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The event as plain data (shallow: its lists and dicts are not shared after emit)."""

@@ -28,6 +28,9 @@ class ModelRoute(ApiModel):
         description="Base URLs of the replicas, preferred first (e.g. one per zone).",
     )
     fallback: str | None = Field(default=None, description="Model used while none is ready.")
+    transit_key: str | None = Field(
+        default=None, description="Transit key sealing this model's prompts and responses."
+    )
 
 
 class NamedPolicy(ApiModel):
@@ -76,6 +79,24 @@ class UpstreamTLS(ApiModel):
     key_file: str | None = None
 
 
+class EncryptionSettings(ApiModel):
+    """Where the gateway gets data keys to seal prompts and responses before they are kept."""
+
+    vault_addr: str
+    transit_mount: str = "transit"
+    role: str | None = Field(
+        default=None,
+        description="Kubernetes-auth role to log in with; without one, VAULT_TOKEN/BAO_TOKEN.",
+    )
+    auth_mount: str = "kubernetes"
+    jwt_file: str = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    data_key_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="How long one data key is used; after that a Vault outage stops requests.",
+    )
+
+
 class Limits(ApiModel):
     """Bounds that protect the gateway itself."""
 
@@ -98,6 +119,7 @@ class GatewayConfig(ApiModel):
     )
     auth: AuthSettings = Field(default_factory=AuthSettings)
     upstream_tls: UpstreamTLS | None = None
+    encryption: EncryptionSettings | None = None
     limits: Limits = Field(default_factory=Limits)
 
     def route(self, model: str) -> ModelRoute | None:

@@ -27,6 +27,8 @@ from aiohttp import web
 from opentelemetry import trace
 
 from privatellm.filters import FilterResult, InboundPipeline, OutboundPipeline, OutboundStream
+from privatellm.keys.envelope import RecordContext
+from privatellm.keys.tenancy import namespace_key_name
 
 from .audit import AuditEvent, AuditSink
 from .auth import Authenticator, AuthError, Identity, OIDCConfig, TokenReviewConfig
@@ -42,6 +44,7 @@ from .openai import (
     usage_of,
     validate_request,
 )
+from .payloads import PayloadSealer
 from .policy import QuotaTracker, authorize, effective_inbound, effective_outbound, quota_key
 from .routing import Router, Target
 
@@ -99,6 +102,8 @@ class Exchange:
     identity: Identity | None = None
     policy: NamedPolicy | None = None
     body: dict[str, Any] = field(default_factory=dict)
+    raw_body: bytes = b""
+    route: ModelRoute | None = None
 
 
 class Gateway:
@@ -123,6 +128,7 @@ class Gateway:
         self.quotas = QuotaTracker()
         self.runtime = Runtime.build(config, self.hash_key)
         self._session: aiohttp.ClientSession | None = None
+        self._sealer: PayloadSealer | None = None
         self._auth: Authenticator | None = None
 
     def _span(self, name: str) -> AbstractContextManager[Any]:
@@ -152,6 +158,8 @@ class Gateway:
             timeout=timeout, connector=connector, auto_decompress=False
         )
         self._auth = _authenticator(config, self._session, self.clock)
+        if config.encryption is not None:
+            self._sealer = PayloadSealer(config.encryption)
         yield
         await self._session.close()
 
@@ -204,7 +212,7 @@ class Gateway:
         try:
             response = await serve(exchange)
         except GatewayError as error:
-            event.reason = event.reason if event.decision == "deny" and event.reason else error.code
+            event.reason = error.code
             response = _error_response(error, event.request_id)
         except AuthError as error:
             event.reason = error.reason
@@ -288,6 +296,8 @@ class Gateway:
         with self._span("filter.inbound"):
             detected = self._filter_request(exchange, endpoint, body, filters.inbound)
         event.data_classes = sorted(set(declared) | detected)
+        exchange.route = route
+        event.prompt_record = await self._seal(exchange, "prompt", exchange.raw_body)
         event.decision = "allow"
         body["model"] = route.served_name
         exchange.body = body
@@ -318,6 +328,7 @@ class Gateway:
             raise GatewayError(
                 413, "body_too_large", f"the body exceeds {limits.max_body_bytes} bytes"
             ) from None
+        exchange.raw_body = raw
         try:
             return json.loads(raw)
         except (ValueError, UnicodeDecodeError) as error:
@@ -366,6 +377,7 @@ class Gateway:
             raise GatewayError(502, "upstream_invalid_response", "the model sent no JSON") from None
         if upstream.status != 200:
             raise _upstream_rejection(upstream.status, body)
+        exchange.event.response_record = await self._seal(exchange, "response", raw)
         blocked: list[str] = []
 
         def apply(text: str) -> str:
@@ -395,6 +407,7 @@ class Gateway:
         # Usage is always asked for, so that streamed requests are metered too.
         body["stream_options"] = {"include_usage": True}
         streams: dict[int, OutboundStream] = {}
+        answered: list[bytes] = []
         async with self._upstream(exchange, route) as upstream:
             if upstream.status != 200:
                 raw = await upstream.read()
@@ -416,6 +429,8 @@ class Gateway:
                 chunk = _json_or_none(data)
                 if chunk is None:
                     continue
+                if self._sealer is not None:
+                    answered.append(data)
                 if chunk.get("usage"):
                     self._charge(exchange, *usage_of(chunk))
                     if not chunk.get("choices") and not client_wants_usage:
@@ -430,6 +445,12 @@ class Gateway:
             tail = self._flush_streams(exchange, streams)
             if tail is not None:
                 await response.write(_sse(_tail_chunk(endpoint, route, tail)))
+            try:
+                sealed = b"\n".join(answered)
+                exchange.event.response_record = await self._seal(exchange, "response", sealed)
+            except GatewayError as error:
+                exchange.event.reason = error.code
+                await response.write(_sse({"error": json.loads(error.body())["error"]}))
             await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
@@ -471,6 +492,16 @@ class Gateway:
             exchange.event.count_findings("outbound", iter(pairs))
             for entity, action in pairs:
                 self.metering.child(self.metering.findings, "outbound", entity, action).inc()
+
+    async def _seal(self, exchange: Exchange, kind: str, payload: bytes) -> str | None:
+        """An envelope record of `payload`, or None when the gateway keeps no payloads."""
+        if self._sealer is None or exchange.route is None:
+            return None
+        route, namespace = exchange.route, exchange.runtime.config.namespace
+        key = route.transit_key or namespace_key_name(namespace)
+        context = RecordContext(namespace, route.name, f"{exchange.event.request_id}/{kind}")
+        with self._span(f"seal.{kind}"):
+            return await self._sealer.seal(key, context, payload)
 
     def _charge(self, exchange: Exchange, prompt: int, completion: int) -> None:
         event = exchange.event

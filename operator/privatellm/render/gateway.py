@@ -22,6 +22,7 @@ from privatellm.api import InferenceDeployment
 from privatellm.api.access import AccessPolicy
 from privatellm.gateway.config import (
     AuthSettings,
+    EncryptionSettings,
     GatewayConfig,
     ModelRoute,
     NamedPolicy,
@@ -29,6 +30,7 @@ from privatellm.gateway.config import (
     TokenReviewSettings,
     UpstreamTLS,
 )
+from privatellm.keys.tenancy import gateway_policy_name, key_name
 
 from .engine import SERVING_PORT
 from .meta import (
@@ -75,6 +77,8 @@ class GatewayInputs:
     api_keys: Mapping[str, str] = field(default_factory=dict)
     protected_entities: Sequence[str] = ()
     oidc: OIDCSettings | None = None
+    # The operator's Vault, when it has one: the gateway then seals every payload.
+    vault_addr: str | None = None
 
 
 def gateway_labels() -> dict[str, str]:
@@ -102,6 +106,7 @@ def render_gateway_config(inputs: GatewayInputs) -> GatewayConfig:
             served_name=m.spec.model.name,
             endpoints=[f"https://{service_name(m)}.{ns}.svc:{SERVING_PORT}"],
             fallback=m.spec.fallback.model if m.spec.fallback else None,
+            transit_key=key_name(m) if inputs.vault_addr else None,
         )
         for m in models
     ]
@@ -118,6 +123,11 @@ def render_gateway_config(inputs: GatewayInputs) -> GatewayConfig:
             api_keys=dict(sorted(inputs.api_keys.items())),
             oidc=inputs.oidc,
             token_review=TokenReviewSettings(),
+        ),
+        encryption=(
+            EncryptionSettings(vault_addr=inputs.vault_addr, role=gateway_policy_name(ns))
+            if inputs.vault_addr
+            else None
         ),
         upstream_tls=UpstreamTLS(
             ca_file=f"{TLS_DIR}/ca.crt",

@@ -1,0 +1,66 @@
+"""Sealing prompts and responses before anything keeps them: envelope encryption, fail closed.
+
+Each payload becomes one envelope record (AES-256-GCM under a data key from
+Vault Transit) bound to its namespace, model and request id. When no data key
+can be had, sealing raises and the gateway answers 503 without forwarding or
+writing anything: no plaintext is ever kept in place of a record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+from pathlib import Path
+
+from privatellm.keys.envelope import Envelope, RecordContext
+from privatellm.keys.transit import (
+    KubernetesAuthVaultClient,
+    TransitClient,
+    VaultClient,
+    VaultError,
+)
+
+from .config import EncryptionSettings
+from .errors import GatewayError
+
+
+def vault_client(settings: EncryptionSettings) -> VaultClient:
+    """Log in as the gateway's ServiceAccount when a role is set, else use the token in env."""
+    if settings.role:
+        return KubernetesAuthVaultClient(
+            settings.vault_addr, settings.role, Path(settings.jwt_file), mount=settings.auth_mount
+        )
+    token = os.environ.get("BAO_TOKEN") or os.environ.get("VAULT_TOKEN") or ""
+    return VaultClient(settings.vault_addr, token)
+
+
+class PayloadSealer:
+    """One Envelope per Transit key; Vault is called only when a data key is due."""
+
+    def __init__(self, settings: EncryptionSettings, client: VaultClient | None = None) -> None:
+        self.settings = settings
+        self._transit = TransitClient(client or vault_client(settings), settings.transit_mount)
+        self._envelopes: dict[str, Envelope] = {}
+
+    def _envelope(self, key_name: str) -> Envelope:
+        envelope = self._envelopes.get(key_name)
+        if envelope is None:
+            envelope = self._envelopes[key_name] = Envelope(
+                self._transit, key_name, max_key_age=self.settings.data_key_seconds
+            )
+        return envelope
+
+    async def seal(self, key_name: str, context: RecordContext, payload: bytes) -> str:
+        """The payload as a base64 envelope record; GatewayError 503 when Vault cannot help."""
+        envelope = self._envelope(key_name)
+        try:
+            # Vault is a blocking HTTP call, and only needed when the data key is due.
+            record = await asyncio.to_thread(envelope.encrypt, payload, context)
+        except VaultError as error:
+            raise GatewayError(
+                503,
+                "encryption_unavailable",
+                "the request cannot be recorded encrypted right now; nothing was sent",
+            ) from error
+        return base64.b64encode(record).decode()

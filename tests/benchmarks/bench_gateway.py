@@ -410,7 +410,7 @@ def litellm_config(upstream_url: str, master_key: str) -> dict[str, Any]:
 
 
 def start_gateway(
-    stack: contextlib.ExitStack, workdir: Path, upstream_url: str, body: bytes
+    stack: contextlib.ExitStack, workdir: Path, upstream_url: str, body: bytes, workers: int
 ) -> BenchPath:
     """Path (b): `privatellm gateway` in front of the upstream."""
     path = BenchPath("b", "(b) privatellm gateway", api_key="pllm-" + secrets.token_hex(16))
@@ -424,7 +424,7 @@ def start_gateway(
         command = [str(executable), "gateway", "--config", str(config_path)]
         command += ["--host", "127.0.0.1", "--port", str(port)]
         path.audit_log = workdir / "audit.jsonl"
-        command += ["--audit-log", str(path.audit_log)]
+        command += ["--audit-log", str(path.audit_log), "--workers", str(workers)]
         server = Server("gateway", command, workdir / "gateway.log", dict(os.environ))
         stack.callback(server.stop)
         path.server = server
@@ -438,9 +438,9 @@ def start_gateway(
 
 
 def start_litellm(
-    stack: contextlib.ExitStack, workdir: Path, upstream_url: str, body: bytes
+    stack: contextlib.ExitStack, workdir: Path, upstream_url: str, body: bytes, workers: int
 ) -> BenchPath:
-    """Path (c): LiteLLM's proxy, one worker, in front of the upstream."""
+    """Path (c): LiteLLM's proxy, with as many workers as the gateway, in front of the upstream."""
     path = BenchPath("c", "(c) LiteLLM proxy", api_key="sk-" + secrets.token_hex(16))
     executable = LITELLM_VENV / "bin/litellm"
     if not executable.exists():
@@ -450,7 +450,7 @@ def start_litellm(
     config_path.write_text(yaml.safe_dump(litellm_config(upstream_url, path.api_key)))
     port = free_port()
     command = [str(executable), "--config", str(config_path), "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--num_workers", "1"]
+    command += ["--port", str(port), "--num_workers", str(workers)]
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"  # no network: use the bundled cost map
     server = Server("litellm", command, workdir / "litellm.log", env)
@@ -631,10 +631,11 @@ def machine() -> str:
 COMPARABILITY = """\
 What was comparable, and what was not:
 
-- **Process and transport**: both proxies run as one process with one worker
-  (`privatellm gateway` is one aiohttp event loop; LiteLLM runs uvicorn with
-  `--num_workers 1`) and reach the same upstream over loopback HTTP with pooled
-  connections. wrk keeps its connections alive on every path.
+- **Process and transport**: both proxies run the same number of worker
+  processes (`privatellm gateway --workers N`: N aiohttp event loops on uvloop
+  sharing the port; LiteLLM: uvicorn with `--num_workers N`) and reach the same
+  upstream over loopback HTTP with pooled connections. wrk keeps its connections
+  alive on every path.
 - **Authentication**: comparable. Our gateway checks an API key's SHA-256 digest
   and maps it to a subject; LiteLLM checks its master key. Without a database
   LiteLLM has no virtual keys, so there is no per-key lookup on its side.
@@ -663,6 +664,7 @@ def report(
     seconds: float,
     warmup: float,
     command: str,
+    workers: int,
 ) -> str:
     """The markdown section for docs/benchmarks.md."""
     today = datetime.date.today().isoformat()
@@ -684,8 +686,9 @@ completions with a {PROMPT_BYTES}-byte English prompt holding an email address a
 a phone number; a {len(REPLY.split())}-word reply holding an email address.
 wrk with min(connections, 2) threads, {warmup:g} s warm-up, then {seconds:g} s per
 run; the concurrencies run in turn, the three paths one after another at each.
-LiteLLM {litellm_version()}. Latencies in ms; "added" is over (a) at the same
-concurrency. A run with any non-2xx answer or socket error counts as failed.
+LiteLLM {litellm_version()}. Both proxies run {workers} worker process(es).
+Latencies in ms; "added" is over (a) at the same concurrency. A run with any
+non-2xx answer or socket error counts as failed.
 
 | path | concurrency | requests/s | p50 | p99 | added p50 | added p99 | errors |
 |---|---|---|---|---|---|---|---|
@@ -748,7 +751,7 @@ def measure(
 
 
 def run(
-    concurrencies: Sequence[int], seconds: float, warmup: float
+    concurrencies: Sequence[int], seconds: float, warmup: float, workers: int
 ) -> tuple[list[BenchPath], Results]:
     """Start the three paths, measure each at every concurrency, stop everything."""
     body = chat_request(make_prompt())
@@ -760,8 +763,8 @@ def run(
             direct = BenchPath("a", "(a) direct", url=upstream_url, api_key="unused")
             direct.reply = REPLY
             paths = [direct]
-            paths.append(start_gateway(stack, workdir, upstream_url, body))
-            paths.append(start_litellm(stack, workdir, upstream_url, body))
+            paths.append(start_gateway(stack, workdir, upstream_url, body, workers))
+            paths.append(start_litellm(stack, workdir, upstream_url, body, workers))
             for path in paths:
                 if path.problem:
                     print(f"{path.label}: {path.problem}", file=sys.stderr)
@@ -773,8 +776,10 @@ def run(
                         )
         # Counted once the gateway has stopped and flushed its audit sink.
         for path in paths:
-            if path.audit_log is not None and path.audit_log.exists():
-                path.audit_events = len(path.audit_log.read_text().splitlines())
+            if path.audit_log is not None:
+                # One file per worker process: audit.jsonl.0, audit.jsonl.1, ...
+                logs = path.audit_log.parent.glob(path.audit_log.name + "*")
+                path.audit_events = sum(len(log.read_text().splitlines()) for log in logs)
     return paths, results
 
 
@@ -787,6 +792,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--concurrency", type=int, nargs="+", default=list(CONCURRENCIES), help="connections"
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="worker processes of each proxy (the same for both; default: one per core)",
+    )
+    parser.add_argument(
         "--no-write", action="store_true", help="print the report without writing the file"
     )
     args = parser.parse_args(argv)
@@ -797,11 +808,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     given = sys.argv[1:] if argv is None else list(argv)
     command = shlex.join(["python", "-m", "tests.benchmarks.bench_gateway", *given])
     try:
-        paths, results = run(args.concurrency, args.seconds, args.warmup)
+        paths, results = run(args.concurrency, args.seconds, args.warmup, args.workers)
     except KeyboardInterrupt:
         print("interrupted: every server it started is stopped", file=sys.stderr)
         return 130
-    body = report(paths, results, args.concurrency, args.seconds, args.warmup, command)
+    body = report(
+        paths, results, args.concurrency, args.seconds, args.warmup, command, args.workers
+    )
     if not args.no_write:
         write_section(SECTION, body)
     print(body)

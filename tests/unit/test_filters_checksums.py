@@ -68,6 +68,7 @@ def test_issuer_ranges_include_their_bounds_only() -> None:
     assert card_issuer_plausible("2221000000000009")
     assert card_issuer_plausible("2720990000000007")
     assert not card_issuer_plausible("2721000000000000")
+    assert not card_issuer_plausible("")
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from functools import cache
 
 from .detectors import DATA_CLASS_OF
 
@@ -12,11 +13,13 @@ HASH_HEX_CHARS = 12
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 
 
+@cache
 def label_of(entity: str) -> str:
     """Upper-snake name of an entity: paymentCard -> PAYMENT_CARD, deTaxID -> DE_TAX_ID."""
     return _CAMEL_BOUNDARY.sub("_", entity).upper()
 
 
+@cache
 def redact(entity: str) -> str:
     """The redaction label, e.g. [EMAIL]."""
     return f"[{label_of(entity)}]"

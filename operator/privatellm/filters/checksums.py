@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import re
 from collections import Counter
 
 # Length of the IBAN of each country (SWIFT IBAN registry), country code included.
@@ -42,35 +43,40 @@ _CARD_ISSUERS: tuple[tuple[int, int, frozenset[int]], ...] = (
     (67, 67, frozenset(range(13, 20))),
 )
 
+_NOT_DIGIT = re.compile(r"[^0-9]")
+# Letters as the numbers ISO 13616 gives them: A=10 ... Z=35.
+_IBAN_LETTER_VALUES = {ord(c): str(10 + i) for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZ")}
+
 # National Insurance number prefixes that are never issued.
 _NINO_BANNED_PREFIXES = frozenset({"BG", "GB", "KN", "NK", "NT", "TN", "ZZ"})
 
 
 def digits_of(text: str) -> str:
     """The ASCII digits of `text`, in order."""
-    return "".join(c for c in text if "0" <= c <= "9")
+    return _NOT_DIGIT.sub("", text)
+
+
+_LUHN_DOUBLED = {str(d): (2 * d - 9 if d > 4 else 2 * d) for d in range(10)}
 
 
 def luhn_valid(digits: str) -> bool:
     """Luhn (mod 10) check over a string of digits."""
     if not digits.isascii() or not digits.isdigit():
         return False
-    total = 0
-    for position, char in enumerate(reversed(digits)):
-        value = ord(char) - 48
-        if position % 2:
-            value = value * 2 - 9 if value > 4 else value * 2
-        total += value
-    return total % 10 == 0
+    kept = sum(map(int, digits[-1::-2]))
+    doubled = sum(map(_LUHN_DOUBLED.__getitem__, digits[-2::-2]))
+    return (kept + doubled) % 10 == 0
 
 
 def card_issuer_plausible(digits: str) -> bool:
     """Whether the number's prefix and length belong to a card scheme."""
-    for low, high, lengths in _CARD_ISSUERS:
-        width = len(str(low))
-        if len(digits) in lengths and low <= int(digits[:width]) <= high:
-            return True
-    return False
+    if len(digits) < 4 or not digits.isdigit():
+        return False
+    prefixes = [int(digits[:width]) for width in range(1, 5)]
+    return any(
+        len(digits) in lengths and low <= prefixes[len(str(low)) - 1] <= high
+        for low, high, lengths in _CARD_ISSUERS
+    )
 
 
 def payment_card_valid(digits: str) -> bool:
@@ -88,8 +94,7 @@ def iban_valid(iban: str) -> bool:
     if not (iban.isascii() and iban.isalnum() and iban.isupper()):
         return False
     rearranged = iban[4:] + iban[:4]
-    number = "".join(str(int(c, 36)) for c in rearranged)
-    return int(number) % 97 == 1
+    return int(rearranged.translate(_IBAN_LETTER_VALUES)) % 97 == 1
 
 
 def us_ssn_valid(area: str, group: str, serial: str) -> bool:
@@ -138,11 +143,15 @@ def de_tax_id_valid(digits: str) -> bool:
     if len(digits) != 11 or not digits.isdigit() or digits[0] == "0":
         return False
     body = digits[:10]
-    counts = sorted(Counter(body).values(), reverse=True)
-    # Exactly one digit repeats (twice, or three times since 2016); the rest appear once.
-    if counts[0] not in (2, 3) or (len(counts) > 1 and counts[1] != 1):
-        return False
-    if counts[0] == 3 and any(body[i] == body[i + 1] == body[i + 2] for i in range(8)):
+    # Exactly one digit repeats (twice, or three times since 2016); the rest appear once:
+    # nine distinct digits, or eight with one of them three times, never three in a row.
+    distinct = set(body)
+    if len(distinct) == 8:
+        if max(body.count(d) for d in distinct) != 3:
+            return False
+        if any(body[i] == body[i + 1] == body[i + 2] for i in range(8)):
+            return False
+    elif len(distinct) != 9:
         return False
     return iso7064_mod11_10_check_digit(body) == int(digits[10])
 

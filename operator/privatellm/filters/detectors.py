@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from math import log2
 
@@ -83,7 +83,8 @@ class Detector:
     within_runs: matches lie inside one run of RUN_CHARS, unbounded in length;
     lowered: the pattern runs on lower-cased text; keywords: one of them (lower case)
     occurs in every match, so the scan skips the pattern when none does; trigger: a
-    pattern shared with other detectors that finds where they can start.
+    pattern shared with other detectors that finds where they can start; gate: a
+    cheap fact about the text (see _GATES) without which the detector cannot match.
     """
 
     entity: str
@@ -96,6 +97,7 @@ class Detector:
     lowered: bool = False
     keywords: tuple[str, ...] = ()
     trigger: re.Pattern[str] | None = None
+    gate: str | None = None
 
 
 def lower_same_length(text: str) -> str:
@@ -118,12 +120,15 @@ NUMBER_TRIGGER = re.compile(r"[+(0-9]" + _NUMBER_GUARD + r"[0-9 ().\-/]{6}", re.
 CAPITALS_TRIGGER = re.compile(r"[A-Z]" + _WORD_GUARD + r"[A-Z] ?[0-9]{2}", re.ASCII)
 
 
+_DIGIT_GROUP = re.compile(r"[0-9]+")
+
+
 def _group_prefixes(text: str) -> Iterator[tuple[int, str]]:
     """(end offset, digits so far) at each end of a digit group, longest first."""
-    is_digit = [("0" <= c <= "9") for c in text] + [False]
-    ends = [i + 1 for i in range(len(text)) if is_digit[i] and not is_digit[i + 1]]
-    for end in reversed(ends):
-        yield end, digits_of(text[:end])
+    groups = _DIGIT_GROUP.findall(text)
+    ends = [m.end() for m in _DIGIT_GROUP.finditer(text)]
+    for count in range(len(groups), 0, -1):
+        yield ends[count - 1], "".join(groups[:count])
 
 
 # --- email -------------------------------------------------------------------
@@ -163,6 +168,7 @@ EMAIL = Detector(
     _locate_email,
     reach=1 + 100 + 1,
     back=64 + 1,
+    gate="at",
 )
 
 # --- phone -------------------------------------------------------------------
@@ -210,7 +216,9 @@ def _locate_phone(match: re.Match[str]) -> Span | None:
     return None
 
 
-PHONE = Detector("phone", _PHONE, _locate_phone, reach=64, back=2, trigger=NUMBER_TRIGGER)
+PHONE = Detector(
+    "phone", _PHONE, _locate_phone, reach=64, back=2, trigger=NUMBER_TRIGGER, gate="number"
+)
 
 # --- payment card ------------------------------------------------------------
 
@@ -230,7 +238,7 @@ def _locate_card(match: re.Match[str]) -> Span | None:
 
 
 PAYMENT_CARD = Detector(
-    "paymentCard", _CARD, _locate_card, reach=29, back=2, trigger=NUMBER_TRIGGER
+    "paymentCard", _CARD, _locate_card, reach=29, back=2, trigger=NUMBER_TRIGGER, gate="number"
 )
 
 # --- national identifiers ----------------------------------------------------
@@ -247,7 +255,9 @@ def _locate_us_ssn(match: re.Match[str]) -> Span | None:
     return match.span() if us_ssn_valid(area, match.group("group"), match.group("serial")) else None
 
 
-US_SSN = Detector("usSSN", _US_SSN, _locate_us_ssn, reach=14, back=2, trigger=NUMBER_TRIGGER)
+US_SSN = Detector(
+    "usSSN", _US_SSN, _locate_us_ssn, reach=14, back=2, trigger=NUMBER_TRIGGER, gate="number"
+)
 
 _UK_NINO = re.compile(
     r"[A-CEGHJ-PR-TW-Z]" + _WORD_GUARD + r"[A-CEGHJ-NPR-TW-Z](?P<sep>\ ?)"
@@ -260,7 +270,9 @@ def _locate_uk_nino(match: re.Match[str]) -> Span | None:
     return match.span() if uk_nino_valid(match.group().replace(" ", "")) else None
 
 
-UK_NINO = Detector("ukNINO", _UK_NINO, _locate_uk_nino, reach=14, trigger=CAPITALS_TRIGGER)
+UK_NINO = Detector(
+    "ukNINO", _UK_NINO, _locate_uk_nino, reach=14, trigger=CAPITALS_TRIGGER, gate="capitals"
+)
 
 _NL_BSN = re.compile(
     r"[0-9]" + _NUMBER_GUARD + r"(?:[0-9]{8}|[0-9]{3}\.[0-9]{2}\.[0-9]{3})" + _NUMBER_END,
@@ -272,7 +284,9 @@ def _locate_nl_bsn(match: re.Match[str]) -> Span | None:
     return match.span() if nl_bsn_valid(digits_of(match.group())) else None
 
 
-NL_BSN = Detector("nlBSN", _NL_BSN, _locate_nl_bsn, reach=14, back=2, trigger=NUMBER_TRIGGER)
+NL_BSN = Detector(
+    "nlBSN", _NL_BSN, _locate_nl_bsn, reach=14, back=2, trigger=NUMBER_TRIGGER, gate="number"
+)
 
 _DE_TAX_ID = re.compile(
     r"[1-9]" + _NUMBER_GUARD + r"(?:[0-9]{10}|[0-9]\ [0-9]{3}\ [0-9]{3}\ [0-9]{3})" + _NUMBER_END,
@@ -285,7 +299,13 @@ def _locate_de_tax_id(match: re.Match[str]) -> Span | None:
 
 
 DE_TAX_ID = Detector(
-    "deTaxID", _DE_TAX_ID, _locate_de_tax_id, reach=16, back=2, trigger=NUMBER_TRIGGER
+    "deTaxID",
+    _DE_TAX_ID,
+    _locate_de_tax_id,
+    reach=16,
+    back=2,
+    trigger=NUMBER_TRIGGER,
+    gate="number",
 )
 
 # --- IBAN --------------------------------------------------------------------
@@ -314,7 +334,7 @@ def _locate_iban(match: re.Match[str]) -> Span | None:
     return None
 
 
-IBAN = Detector("iban", _IBAN, _locate_iban, reach=66, trigger=CAPITALS_TRIGGER)
+IBAN = Detector("iban", _IBAN, _locate_iban, reach=66, trigger=CAPITALS_TRIGGER, gate="capitals")
 
 # --- IP addresses ------------------------------------------------------------
 
@@ -327,7 +347,7 @@ def _locate_ipv4(match: re.Match[str]) -> Span | None:
     return match.span() if ipv4_valid(match.group()) else None
 
 
-IPV4 = Detector("ipAddress", _IPV4, _locate_ipv4, reach=17, trigger=NUMBER_TRIGGER)
+IPV4 = Detector("ipAddress", _IPV4, _locate_ipv4, reach=17, trigger=NUMBER_TRIGGER, gate="number")
 
 _IPV6_LEAD = re.compile(r"[0-9A-Fa-f]{1,4}\Z")
 _IPV6_BODY = re.compile(
@@ -352,7 +372,9 @@ def _locate_ipv6(match: re.Match[str]) -> Span | None:
     return start, start + len(address)
 
 
-IPV6 = Detector("ipAddress", re.compile(r":(?=[0-9A-Fa-f:])"), _locate_ipv6, reach=58, back=6)
+IPV6 = Detector(
+    "ipAddress", re.compile(r":(?=[0-9A-Fa-f:])"), _locate_ipv6, reach=58, back=6, gate="colon"
+)
 
 # --- date of birth -----------------------------------------------------------
 
@@ -419,19 +441,8 @@ DATE_OF_BIRTH = Detector(
     reach=120,
     lead=60,
     lowered=True,
-    keywords=(
-        "birth",
-        "born",
-        "dob",
-        "d.o.b",
-        "geboren",
-        "geburts",
-        "geboorte",
-        "né",
-        "naissance",
-        "nacimiento",
-        "nacid",
-    ),
+    gate="digit",
+    keywords=("birth", "born", "dob", "d.o.b", "geb", "né", "naissance", "naci"),
 )
 
 # --- secrets -----------------------------------------------------------------
@@ -477,16 +488,20 @@ def _locate_token(match: re.Match[str]) -> Span | None:
     return None
 
 
-SECRET_TOKEN = Detector("secret", _TOKEN, _locate_token, within_runs=True)
+SECRET_TOKEN = Detector("secret", _TOKEN, _locate_token, within_runs=True, gate="long_run")
 
 _JWT = re.compile(
     r"eyJ(?<![A-Za-z0-9_.\-]...)[A-Za-z0-9_\-]{5,}\.eyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]{10,}"
     r"(?![A-Za-z0-9+/=_\-])"
 )
-SECRET_JWT = Detector("secret", _JWT, lambda match: match.span(), within_runs=True, back=1)
+SECRET_JWT = Detector(
+    "secret", _JWT, lambda match: match.span(), within_runs=True, back=1, gate="long_run"
+)
 
 _PRIVATE_KEY = re.compile(r"-----BEGIN (?:[A-Z0-9]{1,12} ){0,3}PRIVATE KEY(?: BLOCK)?-----")
-SECRET_PRIVATE_KEY = Detector("secret", _PRIVATE_KEY, lambda match: match.span(), reach=72, back=0)
+SECRET_PRIVATE_KEY = Detector(
+    "secret", _PRIVATE_KEY, lambda match: match.span(), reach=72, back=0, gate="dashes"
+)
 
 # In the order that breaks ties between candidates with the same span.
 PII_DETECTORS: tuple[Detector, ...] = (
@@ -509,13 +524,50 @@ PII_DETECTORS: tuple[Detector, ...] = (
 
 # --- scanning ----------------------------------------------------------------
 
-_RUN_TABLE = bytes(ord("a") if chr(b) in RUN_CHARS else ord(" ") for b in range(256))
-_LONG_RUN = b"a" * MIN_TOKEN
+
+def _byte_map(classes: dict[str, str]) -> bytes:
+    """A bytes.translate table: each byte in a key's characters becomes that key's class."""
+    table = bytearray(b"x" * 256)
+    for members, cls in classes.items():
+        for char in members:
+            table[ord(char)] = ord(cls)
+    return bytes(table)
 
 
-def has_long_run(text: str) -> bool:
-    """Whether `text` holds MIN_TOKEN consecutive token characters (a cheap pre-check)."""
-    return _LONG_RUN in text.encode("utf-8", "surrogatepass").translate(_RUN_TABLE)
+_DIGITS = "0123456789"
+_UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_SHAPES = _byte_map({_UPPER: "A", _DIGITS: "0", " ": " ", "@": "@", ":": ":", "-": "-"})
+# Gates: facts about a text, found by mapping its UTF-8 bytes to classes (in C) and
+# searching the result, without which a detector cannot match. A gate's needles
+# must occur in the mapped text of every match of the detectors it guards.
+_GATES: dict[str, tuple[bytes, tuple[bytes, ...]]] = {
+    # NUMBER_TRIGGER: seven characters of [0-9 ().+/-] in a row.
+    "number": (_byte_map({_DIGITS + " ().+-/": "n"}), (b"n" * 7,)),
+    # CAPITALS_TRIGGER: two capitals, maybe a space, two digits.
+    "capitals": (_SHAPES, (b"AA00", b"AA 00")),
+    "digit": (_SHAPES, (b"0",)),
+    "at": (_SHAPES, (b"@",)),
+    "colon": (_SHAPES, (b":",)),
+    "dashes": (_SHAPES, (b"-----",)),
+    "long_run": (_byte_map({"".join(sorted(RUN_CHARS)): "a"}), (b"a" * MIN_TOKEN,)),
+}
+
+
+def open_gates(text: str, gates: Iterable[str]) -> set[str]:
+    """Which of `gates` the text passes."""
+    raw = text.encode("utf-8", "surrogatepass")
+    mapped: dict[bytes, bytes] = {}
+    passed = set()
+    for gate in gates:
+        table, needles = _GATES[gate]
+        shapes = mapped.get(table)
+        if shapes is None:
+            shapes = mapped[table] = raw.translate(table)
+        for needle in needles:
+            if needle in shapes:
+                passed.add(gate)
+                break
+    return passed
 
 
 def trailing_run_start(text: str) -> int:
@@ -537,6 +589,7 @@ class Scanner:
         # Characters before a scan's start that the scan reads.
         self.context = max((d.back + d.lead for d in self.detectors), default=0)
         self.uses_runs = any(d.within_runs for d in self.detectors)
+        self._gates = {d.gate for d in self.detectors if d.gate is not None}
         families: dict[re.Pattern[str], list[tuple[int, Detector]]] = {}
         self._alone: list[tuple[int, Detector]] = []
         for rank, detector in enumerate(self.detectors):
@@ -544,24 +597,30 @@ class Scanner:
                 self._alone.append((rank, detector))
             else:
                 families.setdefault(detector.trigger, []).append((rank, detector))
-        self._families = tuple((trigger, tuple(members)) for trigger, members in families.items())
+        self._families = tuple(
+            (trigger, members[0][1].gate, max(d.back for _, d in members), tuple(members))
+            for trigger, members in families.items()
+        )
 
     def scan(self, text: str, begin: int = 0, end: int | None = None) -> list[Candidate]:
         """Candidates whose span starts in [begin, end), sorted by start, longest first."""
         stop = len(text) if end is None else end
         found: list[Candidate] = []
+        passed = open_gates(text[max(0, begin - self.context) :], self._gates)
+        passed.add("")
 
         def keep(rank: int, detector: Detector, match: re.Match[str]) -> None:
             span = detector.locate(match)
             if span is not None and begin <= span[0] < stop:
                 found.append(Candidate(detector.entity, span[0], span[1], rank))
 
-        for trigger, members in self._families:
-            last_start = stop + max(d.back for _, d in members)
+        for trigger, gate, back, members in self._families:
+            if (gate or "") not in passed:
+                continue
             position = begin
             while (hit := trigger.search(text, position)) is not None:
                 at = hit.start()
-                if at >= last_start:
+                if at >= stop + back:
                     break
                 for rank, detector in members:
                     match = detector.pattern.match(text, at)
@@ -569,26 +628,19 @@ class Scanner:
                         keep(rank, detector, match)
                 position = at + 1
         lowered: str | None = None
-        window: str | None = None
-        long_run: bool | None = None
         for rank, detector in self._alone:
+            if (detector.gate or "") not in passed:
+                continue
             subject = text
             first = max(0, begin - detector.lead)
             if detector.lowered or detector.keywords:
                 if lowered is None:
                     lowered = lower_same_length(text)
-                if detector.keywords:
-                    if window is None or len(window) != len(text) - first:
-                        window = lowered[first:]
-                    if not any(k in window for k in detector.keywords):
-                        continue
+                window = lowered[first:]
+                if detector.keywords and not any(k in window for k in detector.keywords):
+                    continue
                 if detector.lowered:
                     subject = lowered
-            if detector.within_runs:
-                if long_run is None:
-                    long_run = has_long_run(text[begin:])
-                if not long_run:
-                    continue
             last_start = stop + detector.back
             position = first
             while (match := detector.pattern.search(subject, position)) is not None:

@@ -57,6 +57,8 @@ bench: $(STAMP) testenv
 	scripts/bench-tools.sh
 	scripts/bench-venv.sh litellm
 	$(BIN)/python -m tests.benchmarks.bench_gateway
+	scripts/bench-venv.sh presidio
+	$(BIN)/python -m tests.benchmarks.bench_filters
 
 # The demo runs on $$KUBECONFIG when it is set, else on a local simulated cluster.
 # The operator runs in the background as a local process; `make demo-down` stops

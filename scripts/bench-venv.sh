@@ -5,6 +5,7 @@
 # installed, and a second run with the same packages does nothing.
 # Usage: scripts/bench-venv.sh <name>
 #   litellm  LiteLLM's proxy server (bench_gateway)
+#   presidio Presidio's analyzer (bench_filters)
 set -euo pipefail
 
 PYTHON="${PYTHON:-python3}"
@@ -35,8 +36,13 @@ case "${1:-}" in
     # does not serve.
     venv litellm 'litellm[proxy]==1.108.7'
     ;;
+  presidio)
+    # A fixed release, for the same reason. spaCy comes with it; the benchmark
+    # runs a blank pipeline, so no spaCy model is downloaded.
+    venv presidio 'presidio-analyzer==2.2.366'
+    ;;
   *)
-    echo "usage: $0 <litellm>" >&2
+    echo "usage: $0 <litellm|presidio>" >&2
     exit 2
     ;;
 esac

@@ -25,7 +25,14 @@ class ModelRoute(ApiModel):
     served_name: str = Field(description="Model name the vLLM server answers to.")
     endpoints: list[str] = Field(
         default_factory=list,
-        description="Base URLs of the replicas, preferred first (e.g. one per zone).",
+        description=(
+            "Base URLs of the replicas, preferred first. With `service` and discovery, "
+            "used only until the gateway has listed the Service's endpoints once."
+        ),
+    )
+    service: str | None = Field(
+        default=None,
+        description="Service whose ready endpoints are the replicas, found through EndpointSlices.",
     )
     fallback: str | None = Field(default=None, description="Model used while none is ready.")
     transit_key: str | None = Field(
@@ -59,6 +66,17 @@ class TokenReviewSettings(ApiModel):
     token_file: str = "/var/run/secrets/kubernetes.io/serviceaccount/token"
     ca_file: str | None = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
     audiences: list[str] = Field(default_factory=list)
+
+
+class DiscoverySettings(ApiModel):
+    """How the gateway finds the ready replicas of each model's Service: EndpointSlices."""
+
+    api_server: str = "https://kubernetes.default.svc"
+    token_file: str = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    ca_file: str | None = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+    zone: str | None = Field(
+        default=None, description="The gateway's own zone: its replicas there are tried first."
+    )
 
 
 class AuthSettings(ApiModel):
@@ -120,6 +138,7 @@ class GatewayConfig(ApiModel):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     upstream_tls: UpstreamTLS | None = None
     encryption: EncryptionSettings | None = None
+    discovery: DiscoverySettings | None = None
     limits: Limits = Field(default_factory=Limits)
 
     def route(self, model: str) -> ModelRoute | None:

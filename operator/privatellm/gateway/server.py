@@ -9,6 +9,7 @@ metering, and exactly one audit event, whatever the outcome.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -33,6 +34,7 @@ from privatellm.keys.tenancy import namespace_key_name
 from .audit import AuditEvent, AuditSink
 from .auth import Authenticator, AuthError, Identity, OIDCConfig, TokenReviewConfig
 from .config import GatewayConfig, ModelRoute, NamedPolicy, load_config
+from .discovery import EndpointWatcher, ReplicaSource
 from .errors import GatewayError
 from .metering import Metering
 from .openai import (
@@ -118,7 +120,9 @@ class Gateway:
         hash_key: bytes | None = None,
         tracer: trace.Tracer | None = None,
         clock: Callable[[], float] = time.time,
+        discovered: ReplicaSource | None = None,
     ) -> None:
+        """`discovered` replaces the EndpointSlice watch the gateway would otherwise start."""
         self.sink = sink
         self.metering = metering or Metering()
         self.hash_key = hash_key or secrets.token_bytes(32)
@@ -130,6 +134,7 @@ class Gateway:
         self._session: aiohttp.ClientSession | None = None
         self._sealer: PayloadSealer | None = None
         self._auth: Authenticator | None = None
+        self._discovered = discovered
 
     def _span(self, name: str) -> AbstractContextManager[Any]:
         """A tracing span when the gateway was given a tracer; nothing otherwise."""
@@ -160,7 +165,17 @@ class Gateway:
         self._auth = _authenticator(config, self._session, self.clock)
         if config.encryption is not None:
             self._sealer = PayloadSealer(config.encryption)
+        watch: asyncio.Task[None] | None = None
+        # Discovery is set up at start; a reload changes routes, not where they are found.
+        if self._discovered is None and config.discovery is not None:
+            watcher = EndpointWatcher(config.discovery, config.namespace)
+            self._discovered = watcher
+            watch = asyncio.create_task(watcher.run())
         yield
+        if watch is not None:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
         await self._session.close()
 
     def reload(self, config: GatewayConfig) -> None:
@@ -520,7 +535,13 @@ class Gateway:
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """The first replica that answers; moves on when one fails before answering."""
         assert self._session is not None
-        targets = self.router.targets(route, exchange.runtime.routes)[:MAX_ATTEMPTS]
+        discovery = exchange.runtime.config.discovery
+        targets = self.router.targets(
+            route,
+            exchange.runtime.routes,
+            self._discovered if discovery is not None else None,
+            discovery.zone if discovery is not None else None,
+        )[:MAX_ATTEMPTS]
         if not targets:
             raise GatewayError(503, "no_ready_replica", f"{route.name} has no ready replica")
         path = exchange.request.path

@@ -54,6 +54,12 @@ EXPECTED_CLUSTER_RULES = (
     | triples(["", "events.k8s.io"], ["events"], ("create", "patch", "update"))
     | triples(["apiextensions.k8s.io"], ["customresourcedefinitions"], READ)
     | triples([""], ["namespaces"], READ)
+    | triples(
+        ["rbac.authorization.k8s.io"],
+        ["roles", "rolebindings"],
+        ("get", "create", "patch", "update"),
+    )
+    | triples(["discovery.k8s.io"], ["endpointslices"], READ)
 )
 
 

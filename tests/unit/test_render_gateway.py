@@ -59,6 +59,8 @@ def test_config_routes_every_model_to_its_service_with_its_fallback() -> None:
         ("small", "org/small", None),
     ]
     assert config.models[0].endpoints == ["https://big.team.svc:8000"]
+    assert [m.service for m in config.models] == ["big", "small"]
+    assert config.discovery is not None and config.discovery.zone is None
     assert [p.name for p in config.policies] == ["a", "b"]
     assert config.protected_entities == ["Acme Corp", "Globex"]
     assert config.auth.api_keys == {"f" * 64: "ci"}
@@ -81,6 +83,8 @@ def test_gateway_objects_are_owned_by_every_model_and_spread_over_zones() -> Non
         "Service",
         "PodDisruptionBudget",
         "NetworkPolicy",
+        "Role",
+        "RoleBinding",
     }
     for obj in objects.values():
         owners = obj["metadata"]["ownerReferences"]
@@ -99,6 +103,23 @@ def test_gateway_objects_are_owned_by_every_model_and_spread_over_zones() -> Non
     text = base64.b64decode(secret["data"]["gateway.yaml"]).decode()
     assert text == config_text(render_gateway_config(INPUTS))
     assert secret["data"]["hash.key"] == "a2V5"
+
+
+def test_the_gateway_may_only_read_its_namespaces_endpoint_slices() -> None:
+    objects = {o["kind"]: o for o in render_gateway(INPUTS, "a2V5", "abc")}
+    role, binding = objects["Role"], objects["RoleBinding"]
+    assert role["metadata"]["namespace"] == "team"
+    assert role["rules"] == [
+        {
+            "apiGroups": ["discovery.k8s.io"],
+            "resources": ["endpointslices"],
+            "verbs": ["get", "list", "watch"],
+        }
+    ]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "privatellm-gateway", "namespace": "team"}
+    ]
 
 
 def test_a_policy_change_does_not_touch_the_pod_template() -> None:

@@ -22,6 +22,7 @@ from privatellm.api import InferenceDeployment
 from privatellm.api.access import AccessPolicy
 from privatellm.gateway.config import (
     AuthSettings,
+    DiscoverySettings,
     EncryptionSettings,
     GatewayConfig,
     ModelRoute,
@@ -104,7 +105,10 @@ def render_gateway_config(inputs: GatewayInputs) -> GatewayConfig:
         ModelRoute(
             name=m.metadata.name,
             served_name=m.spec.model.name,
+            # The gateway finds the Service's ready Pods through EndpointSlices; the
+            # Service's own address is the last resort until it has listed them once.
             endpoints=[f"https://{service_name(m)}.{ns}.svc:{SERVING_PORT}"],
+            service=service_name(m),
             fallback=m.spec.fallback.model if m.spec.fallback else None,
             transit_key=key_name(m) if inputs.vault_addr else None,
         )
@@ -129,6 +133,7 @@ def render_gateway_config(inputs: GatewayInputs) -> GatewayConfig:
             if inputs.vault_addr
             else None
         ),
+        discovery=DiscoverySettings(),
         upstream_tls=UpstreamTLS(
             ca_file=f"{TLS_DIR}/ca.crt",
             cert_file=f"{TLS_DIR}/tls.crt",
@@ -317,11 +322,42 @@ def render_gateway_network_policy(inputs: GatewayInputs) -> Manifest:
     }
 
 
+def render_gateway_role(inputs: GatewayInputs) -> Manifest:
+    """The gateway may read its namespace's EndpointSlices: that is how it finds replicas."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _metadata(inputs, GATEWAY_NAME),
+        "rules": [
+            {
+                "apiGroups": ["discovery.k8s.io"],
+                "resources": ["endpointslices"],
+                "verbs": ["get", "list", "watch"],
+            }
+        ],
+    }
+
+
+def render_gateway_role_binding(inputs: GatewayInputs) -> Manifest:
+    """Grants the gateway's Role to its ServiceAccount."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _metadata(inputs, GATEWAY_NAME),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": GATEWAY_NAME},
+        "subjects": [
+            {"kind": "ServiceAccount", "name": GATEWAY_NAME, "namespace": inputs.namespace}
+        ],
+    }
+
+
 def render_gateway(inputs: GatewayInputs, hash_key_b64: str, tls_revision: str = "") -> list[Any]:
     """Every object of the namespace's gateway except its TLS Secret (issued separately)."""
     return [
         render_config_secret(inputs, hash_key_b64),
         render_gateway_service_account(inputs),
+        render_gateway_role(inputs),
+        render_gateway_role_binding(inputs),
         render_gateway_deployment(inputs, tls_revision),
         render_gateway_service(inputs),
         render_gateway_pdb(inputs),

@@ -14,7 +14,7 @@ import contextlib
 import json
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,6 +120,10 @@ async def eventually(
     raise AssertionError(f"timed out waiting for {what}: {ready!r}")
 
 
+def counting(replicas: int) -> Callable[[Sequence[Replica]], bool]:
+    return lambda ready: len(ready) == replicas
+
+
 @contextlib.asynccontextmanager
 async def watching(settings: DiscoverySettings, namespace: str) -> AsyncIterator[EndpointWatcher]:
     watcher = EndpointWatcher(settings, namespace)
@@ -144,16 +148,16 @@ def test_the_watcher_follows_ready_pods_as_the_deployment_scales(
             await asyncio.to_thread(
                 cluster.apps.create_namespaced_deployment, namespace, model_deployment(3)
             )
-            ready = await eventually(watcher, lambda r: len(r) == 3, "three ready replicas")
+            ready = await eventually(watcher, counting(3), "three ready replicas")
             assert set(ready) == await asyncio.to_thread(pod_replicas, cluster, namespace)
             assert {r.zone for r in ready} <= {"zone-a", "zone-b", "zone-c"}
 
             await asyncio.to_thread(scale, cluster, namespace, 1)
-            [left] = await eventually(watcher, lambda r: len(r) == 1, "one ready replica")
+            [left] = await eventually(watcher, counting(1), "one ready replica")
             assert left in ready
 
             await asyncio.to_thread(scale, cluster, namespace, 0)
-            await eventually(watcher, lambda r: not r, "no ready replica")
+            await eventually(watcher, counting(0), "no ready replica")
 
     asyncio.run(scenario())
 
@@ -221,8 +225,8 @@ class FaultyProxy:
 
 
 @pytest.fixture
-def proxy(settings: DiscoverySettings) -> Iterator[FaultyProxy]:
-    yield FaultyProxy(settings.api_server, settings.ca_file)
+def proxy(settings: DiscoverySettings) -> FaultyProxy:
+    return FaultyProxy(settings.api_server, settings.ca_file)
 
 
 @contextlib.asynccontextmanager
@@ -248,13 +252,13 @@ def test_a_watch_broken_by_the_api_server_resumes_and_an_expired_one_lists_again
                 await asyncio.to_thread(
                     cluster.apps.create_namespaced_deployment, namespace, model_deployment(2)
                 )
-                await eventually(watcher, lambda r: len(r) == 2, "two ready replicas")
+                await eventually(watcher, counting(2), "two ready replicas")
                 assert proxy.lists == 1
 
                 # A server error: the watcher backs off and resumes where it was.
                 proxy.break_watch(500)
                 await asyncio.to_thread(scale, cluster, namespace, 1)
-                await eventually(watcher, lambda r: len(r) == 1, "one replica after a 500")
+                await eventually(watcher, counting(1), "one replica after a 500")
                 assert proxy.answered == [500] and proxy.lists == 1
 
                 # Expired, in both forms the API server uses: a fresh list each time.
@@ -262,7 +266,7 @@ def test_a_watch_broken_by_the_api_server_resumes_and_an_expired_one_lists_again
                     proxy.break_watch(fault)
                     await asyncio.to_thread(scale, cluster, namespace, replicas)
                     ready = await eventually(
-                        watcher, lambda r, n=replicas: len(r) == n, f"{replicas} after {fault}"
+                        watcher, counting(replicas), f"{replicas} replicas after {fault}"
                     )
                     assert proxy.lists == lists
                 assert set(ready) == await asyncio.to_thread(pod_replicas, cluster, namespace)

@@ -61,6 +61,10 @@ EXPECTED_CLUSTER_RULES = (
     )
     | triples(["discovery.k8s.io"], ["endpointslices"], READ)
 )
+RBAC = "rbac.authorization.k8s.io"
+EXPECTED_NAMED_RULES = triples([RBAC], ["clusterrolebindings"], ("get", "patch", "update")) | (
+    triples([RBAC], ["clusterroles"], ("bind",))
+)
 
 
 @pytest.fixture(scope="module")
@@ -115,11 +119,28 @@ def test_no_role_grants_a_wildcard(helm_binary: str) -> None:
 
 def test_cluster_role_grants_exactly_the_expected_rules(helm_binary: str) -> None:
     objects = render(helm_binary)
-    assert granted(only(objects, "ClusterRole")) == EXPECTED_CLUSTER_RULES
-    binding = only(objects, "ClusterRoleBinding")
-    assert binding["subjects"] == [
+    role = only(objects, "ClusterRole")
+    assert granted(role) == EXPECTED_CLUSTER_RULES | EXPECTED_NAMED_RULES
+    # Rules on named objects grant nothing beyond those objects.
+    named = {
+        (g, r, v, n)
+        for rule in role["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+        for n in rule.get("resourceNames", [])
+    }
+    binding_name = f"{RELEASE}-gateway-tokenreview"
+    assert named == {
+        (RBAC, "clusterrolebindings", verb, binding_name) for verb in ("get", "patch", "update")
+    } | {(RBAC, "clusterroles", "bind", "system:auth-delegator")}
+    bindings = {b["metadata"]["name"]: b for b in objects if b["kind"] == "ClusterRoleBinding"}
+    assert bindings[RELEASE]["subjects"] == [
         {"kind": "ServiceAccount", "name": RELEASE, "namespace": NAMESPACE}
     ]
+    # The operator fills the gateways' binding; the chart creates it empty.
+    assert bindings[binding_name]["roleRef"]["name"] == "system:auth-delegator"
+    assert "subjects" not in bindings[binding_name]
     assert not [o for o in objects if o["kind"] in ("Role", "RoleBinding")]
 
 

@@ -29,6 +29,7 @@ from .operator_process import (
     SERVICE_ACCOUNT,
     USERNAME,
     OperatorProcess,
+    chart_rbac,
     running_operator,
     writes_by,
 )
@@ -73,6 +74,8 @@ def operator(
         "BAO_ADDR": vault.addr,
         "PRIVATELLM_VAULT_ROLE": "privatellm-operator",
         "PRIVATELLM_VAULT_JWT_FILE": str(jwt_file),
+        # As the chart's Deployment sets it.
+        "PRIVATELLM_GATEWAY_TOKENREVIEW_BINDING": token_review_binding(),
     }
     # Vault reviews each login with the token being checked (no reviewer JWT configured).
     binding = "privatellm-under-test-vault-review"
@@ -87,6 +90,16 @@ def operator(
         yield from running_operator(crds, workdir, env, jwt_file)
     finally:
         crds.kubectl("delete", "clusterrolebinding", binding, check=False)
+
+
+def token_review_binding() -> str:
+    """The chart's binding of the gateways to system:auth-delegator."""
+    bindings: list[Any] = [o for o in chart_rbac() if o["kind"] == "ClusterRoleBinding"]
+    return next(
+        str(b["metadata"]["name"])
+        for b in bindings
+        if b["roleRef"]["name"] == "system:auth-delegator"
+    )
 
 
 def model(name: str, **spec: Any) -> dict[str, Any]:
@@ -422,39 +435,45 @@ def test_the_namespace_gets_a_rotating_key_only_its_gateway_can_use(
     root = TransitClient(vault.client())
     assert root.read_key(key).auto_rotate_period_seconds == 720 * 3600
 
+    # The operator made the gateway's ServiceAccount and let it review tokens, which
+    # is also what Vault needs to check its logins (no reviewer JWT configured).
     gateway_sa = "privatellm-gateway"
-    binding = f"vault-review-{namespace}"
-    cluster.kubectl("create", "serviceaccount", gateway_sa, "-n", namespace)
-    # Vault reviews each login with the token being checked (no reviewer JWT configured).
-    cluster.kubectl(
-        "create",
-        "clusterrolebinding",
-        binding,
-        "--clusterrole=system:auth-delegator",
-        f"--serviceaccount={namespace}:{gateway_sa}",
+    wait_until(
+        lambda: may_review_tokens(cluster, namespace, gateway_sa),
+        what="the gateway's ServiceAccount allowed to call TokenReview",
     )
-    try:
-        jwt = cluster.kubectl("create", "token", gateway_sa, "-n", namespace).split()[0]
-        login = VaultClient(vault.addr, "").request(
-            "POST",
-            "auth/kubernetes/login",
-            {"role": f"privatellm-gateway-{namespace}", "jwt": jwt},
-        )
-        gateway = TransitClient(VaultClient(vault.addr, login["auth"]["client_token"]))
-        envelope = Envelope(gateway, key)
-        context = RecordContext(namespace, "secret", "req-1")
-        assert envelope.decrypt(envelope.encrypt(b"a prompt", context), context) == b"a prompt"
-        root.create_key("someone-else")
-        for forbidden in (
-            lambda: gateway.datakey("someone-else"),
-            lambda: gateway.rotate(key),
-            lambda: gateway.read_key(key),
-        ):
-            with pytest.raises(VaultError) as denied:
-                forbidden()
-            assert denied.value.status == 403
-    finally:
-        cluster.kubectl("delete", "clusterrolebinding", binding, check=False)
+    jwt = cluster.kubectl("create", "token", gateway_sa, "-n", namespace).split()[0]
+    login = VaultClient(vault.addr, "").request(
+        "POST",
+        "auth/kubernetes/login",
+        {"role": f"privatellm-gateway-{namespace}", "jwt": jwt},
+    )
+    gateway = TransitClient(VaultClient(vault.addr, login["auth"]["client_token"]))
+    envelope = Envelope(gateway, key)
+    context = RecordContext(namespace, "secret", "req-1")
+    assert envelope.decrypt(envelope.encrypt(b"a prompt", context), context) == b"a prompt"
+    root.create_key("someone-else")
+    for forbidden in (
+        lambda: gateway.datakey("someone-else"),
+        lambda: gateway.rotate(key),
+        lambda: gateway.read_key(key),
+    ):
+        with pytest.raises(VaultError) as denied:
+            forbidden()
+        assert denied.value.status == 403
+
+
+def may_review_tokens(cluster: Cluster, namespace: str, account: str) -> bool:
+    answer = cluster.kubectl(
+        "auth",
+        "can-i",
+        "create",
+        "tokenreviews.authentication.k8s.io",
+        f"--as=system:serviceaccount:{namespace}:{account}",
+        check=False,
+    )
+    # stdout ("yes" or "no") comes first; a warning may follow on stderr.
+    return answer.startswith("yes")
 
 
 def test_deleting_the_last_model_revokes_gateway_access_but_keeps_the_key(
@@ -494,6 +513,10 @@ def test_deleting_the_last_model_revokes_gateway_access_but_keeps_the_key(
             root.request("GET", path)
         assert missing.value.status == 404, path
     assert TransitClient(root).read_key(key).latest_version == 1, "the key itself is kept"
+    wait_until(
+        lambda: not may_review_tokens(cluster, namespace, "privatellm-gateway"),
+        what="the gateway of a namespace without models no longer allowed TokenReview",
+    )
     assert any(e.reason == "TransitKeyReleased" for e in events_for(cluster, namespace, "kept"))
 
 
@@ -559,6 +582,9 @@ def test_the_namespace_gets_a_gateway_configured_from_its_policies(
         running = [p for p in pods if p.status.phase == "Running"]
         return running if len(running) == 2 else None
 
+    assert wait_until(
+        lambda: may_review_tokens(cluster, namespace, "privatellm-gateway"), what="TokenReview"
+    )
     pods = wait_until(pods_running, timeout=90, what="two running gateway Pods")
     assert len(zones_of(cluster, pods)) == 2, "the gateway's replicas share a zone"
     deployment = cluster.apps.read_namespaced_deployment("privatellm-gateway", namespace)

@@ -18,6 +18,7 @@ from privatellm.render.gateway import (
     render_gateway,
     render_gateway_config,
     resolved_models,
+    token_review_subjects,
 )
 
 
@@ -147,3 +148,12 @@ def test_with_a_vault_every_payload_is_sealed_with_the_models_key() -> None:
     assert config.encryption.role == "privatellm-gateway-team"
     assert config.encryption.vault_addr == "https://vault:8200"
     assert {m.transit_key for m in config.models} == {"privatellm-team"}
+
+
+def test_token_review_subjects_add_and_remove_only_this_namespace() -> None:
+    other = {"kind": "ServiceAccount", "name": "privatellm-gateway", "namespace": "a"}
+    added = token_review_subjects([other], "team", wanted=True)
+    mine = {"kind": "ServiceAccount", "name": "privatellm-gateway", "namespace": "team"}
+    assert added == [other, mine]
+    assert token_review_subjects(added, "team", wanted=True) == added
+    assert token_review_subjects(added, "team", wanted=False) == [other]

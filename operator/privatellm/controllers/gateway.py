@@ -28,11 +28,14 @@ from privatellm.render.gateway import (
     policy_problems,
     render_gateway,
     render_gateway_tls_secret,
+    render_token_review_binding,
     resolved_models,
+    token_review_subjects,
 )
 from privatellm.render.tls import CA_CERT_KEY, secret_bytes
 
 from .events import event_for, now
+from .inference import namespace_terminating
 from .tls import namespace_ca
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,9 @@ log = logging.getLogger(__name__)
 INFERENCE = KINDS["InferenceDeployment"]
 ACCESS_POLICY = KINDS["AccessPolicy"]
 SECRET = KINDS["Secret"]
+CLUSTER_ROLE_BINDING = KINDS["ClusterRoleBinding"]
+# Set by the chart: the ClusterRoleBinding that lets gateways call TokenReview.
+TOKEN_REVIEW_BINDING_ENV = "PRIVATELLM_GATEWAY_TOKENREVIEW_BINDING"
 API_KEY_DIGEST = "sha256"
 PROTECTED_ENTITIES_KEY = "entities"
 DEFAULT_IMAGE = "ghcr.io/privatellm/privatellm:0.1.0"
@@ -50,12 +56,24 @@ def gateway_image() -> str:
     return os.environ.get("PRIVATELLM_GATEWAY_IMAGE", DEFAULT_IMAGE)
 
 
-def reconcile_gateway(kube: Kube, namespace: str, vault_addr: str | None = None) -> None:
+def reconcile_gateway(
+    kube: Kube,
+    namespace: str,
+    vault_addr: str | None = None,
+    token_review_binding: str | None = None,
+) -> None:
     """Render and apply the namespace's gateway; write each AccessPolicy's status.
 
     With `vault_addr` (the operator's Vault) the gateway seals every prompt and
     response with the namespace's Transit keys, logging in with its own role.
+    `token_review_binding` names the chart's ClusterRoleBinding to
+    system:auth-delegator, which lists the gateways allowed to review tokens.
     """
+    if namespace_terminating(kube, namespace):
+        # Re-creating what the namespace controller removes would only fight it.
+        if token_review_binding:
+            _keep_token_review_access(kube, token_review_binding, namespace, wanted=False)
+        return
     models = [InferenceDeployment.model_validate(m) for m in kube.list(INFERENCE, namespace)]
     live_models = [m for m in models if not (m.metadata.model_extra or {}).get("deletionTimestamp")]
     raw_policies = kube.list(ACCESS_POLICY, namespace)
@@ -80,6 +98,8 @@ def reconcile_gateway(kube: Kube, namespace: str, vault_addr: str | None = None)
         tls_revision = _ensure_gateway_certificate(kube, inputs, now)
         for manifest in render_gateway(inputs, _hash_key(kube, namespace), tls_revision):
             kube.apply(manifest)
+    if token_review_binding:
+        _keep_token_review_access(kube, token_review_binding, namespace, bool(live_models))
     for raw, policy in zip(raw_policies, policies, strict=True):
         _write_policy_status(kube, raw, policy, names, problems[policy.metadata.name])
 
@@ -121,6 +141,16 @@ def _protected_entities(
         text = secret_bytes(secret, PROTECTED_ENTITIES_KEY).decode(errors="replace")
         entities.update(line.strip() for line in text.splitlines() if line.strip())
     return sorted(entities)
+
+
+def _keep_token_review_access(kube: Kube, binding: str, namespace: str, wanted: bool) -> None:
+    live = kube.get(CLUSTER_ROLE_BINDING, None, binding)
+    if live is None:
+        log.warning("ClusterRoleBinding %s is missing: gateways cannot check tokens", binding)
+        return
+    subjects = token_review_subjects(live.get("subjects") or [], namespace, wanted)
+    if subjects != (live.get("subjects") or []):
+        kube.apply(render_token_review_binding(binding, subjects), live=live)
 
 
 def _hash_key(kube: Kube, namespace: str) -> str:

@@ -78,7 +78,7 @@ def reconcile(
         if KEY_FINALIZER in finalizers:
             _release_keys(kube, vault, raw, finalizers)
         return
-    if _terminating(kube, namespace):
+    if namespace_terminating(kube, namespace):
         return  # re-creating what the namespace controller removes would only fight it
     obj = InferenceDeployment.model_validate(raw)
     live = _zonal_children(kube, obj)
@@ -142,7 +142,8 @@ def _release_keys(kube: Kube, vault: VaultClient | None, raw: Obj, finalizers: l
     kube.set_finalizers(INFERENCE, namespace, name, remaining, raw["metadata"]["resourceVersion"])
 
 
-def _terminating(kube: Kube, namespace: str) -> bool:
+def namespace_terminating(kube: Kube, namespace: str) -> bool:
+    """Whether the namespace is gone or going: nothing should be created in it then."""
     found = kube.get(KINDS["Namespace"], None, namespace)
     return found is None or (found.get("status") or {}).get("phase") == "Terminating"
 

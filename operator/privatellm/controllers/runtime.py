@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -110,7 +111,8 @@ def _reconcile_model(runtime: Runtime, key: Key) -> None:
 
 def _reconcile_gateway(runtime: Runtime, key: Key) -> None:
     vault_addr = runtime.vault.addr if runtime.vault is not None else None
-    gateway.reconcile_gateway(runtime.kube, key[0], vault_addr)
+    binding = os.environ.get(gateway.TOKEN_REVIEW_BINDING_ENV)
+    gateway.reconcile_gateway(runtime.kube, key[0], vault_addr, binding)
 
 
 async def _worker(

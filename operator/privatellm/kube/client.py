@@ -62,6 +62,12 @@ KINDS: dict[str, Kind] = {
         Kind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
         Kind("rbac.authorization.k8s.io/v1", "Role", "roles"),
         Kind("rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings"),
+        Kind(
+            "rbac.authorization.k8s.io/v1",
+            "ClusterRoleBinding",
+            "clusterrolebindings",
+            namespaced=False,
+        ),
         Kind(f"{GROUP}/{VERSION}", "InferenceDeployment", "inferencedeployments"),
         Kind(f"{GROUP}/{VERSION}", "AccessPolicy", "accesspolicies"),
     )

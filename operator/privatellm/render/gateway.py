@@ -399,3 +399,36 @@ def render_gateway_tls_secret(
             "ca.crt": base64.b64encode(ca_cert_pem).decode(),
         },
     }
+
+
+def token_review_subjects(
+    live_subjects: Sequence[Manifest], namespace: str, wanted: bool
+) -> list[Manifest]:
+    """The binding's subjects with this namespace's gateway added or removed, in a stable order."""
+    others = [
+        s
+        for s in live_subjects
+        if not (s.get("namespace") == namespace and s.get("name") == GATEWAY_NAME)
+    ]
+    if wanted:
+        others.append({"kind": "ServiceAccount", "name": GATEWAY_NAME, "namespace": namespace})
+    return sorted(others, key=lambda s: (s.get("namespace", ""), s.get("name", "")))
+
+
+def render_token_review_binding(name: str, subjects: Sequence[Manifest]) -> Manifest:
+    """The one binding that lets every namespace's gateway call TokenReview.
+
+    The chart creates it empty; the operator keeps its subjects, so that no
+    gateway can review tokens once its namespace has no model.
+    """
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": name},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": "system:auth-delegator",
+        },
+        "subjects": list(subjects),
+    }

@@ -56,6 +56,7 @@ bench: $(STAMP) testenv
 	$(BIN)/python -m tests.benchmarks.bench_operator --count 200
 	scripts/bench-tools.sh
 	scripts/bench-venv.sh litellm
+	$(BIN)/python -m tests.benchmarks.bench_stacks
 	$(BIN)/python -m tests.benchmarks.bench_gateway
 	scripts/bench-venv.sh presidio
 	$(BIN)/python -m tests.benchmarks.bench_filters

@@ -20,9 +20,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-from privatellm.api.access import InboundFilters, OutboundFilters
+from privatellm.api.access import PII_ENTITIES, InboundFilters, OutboundFilters
 from privatellm.filters import InboundPipeline, OutboundPipeline
 
 from .pii_corpus import Sample, clean_prompts, corpus
@@ -42,19 +42,7 @@ ENTITY_OF_PRESIDIO = {
     "DE_TAX_ID": "deTaxID",
     "IP_ADDRESS": "ipAddress",
 }
-ENTITIES = (
-    "email",
-    "phone",
-    "iban",
-    "paymentCard",
-    "usSSN",
-    "ukNINO",
-    "nlBSN",
-    "deTaxID",
-    "ipAddress",
-    "dateOfBirth",
-    "secret",
-)
+ENTITIES: tuple[str, ...] = get_args(PII_ENTITIES)
 STREAM_CHUNK = 16  # characters per streamed piece, about four tokens
 
 Span = tuple[str, int, int]

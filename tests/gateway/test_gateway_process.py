@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,15 +16,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from privatellm.devcluster.cluster import free_port
 from tests.gateway.conftest import ALICE_KEY, base_config, gateway_stack, upstream
 from tests.support.fake_openai import FakeOpenAI
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _chat(url: str) -> int:
@@ -44,7 +37,7 @@ def test_two_workers_serve_and_every_event_is_on_disk_after_sigterm(tmp_path: Pa
     with FakeOpenAI(model="fake-model") as model:
         config = tmp_path / "gateway.yaml"
         config.write_text(yaml.safe_dump(base_config({"llama": [model.url]})))
-        port, audit = _free_port(), tmp_path / "audit.jsonl"
+        port, audit = free_port(), tmp_path / "audit.jsonl"
         command = [sys.executable, "-m", "privatellm.cli.main", "gateway"]
         command += ["--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
         command += ["--audit-log", str(audit), "--workers", "2"]

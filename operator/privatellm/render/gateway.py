@@ -32,7 +32,9 @@ from privatellm.gateway.config import (
     UpstreamTLS,
 )
 from privatellm.keys.tenancy import gateway_policy_name, key_name
+from privatellm.keys.tls import service_names
 
+from .certmanager import render_certificate
 from .engine import SERVING_PORT
 from .meta import (
     COMPONENT_LABEL,
@@ -399,6 +401,18 @@ def render_gateway_tls_secret(
             "ca.crt": base64.b64encode(ca_cert_pem).decode(),
         },
     }
+
+
+def render_gateway_certificate(inputs: GatewayInputs) -> Manifest:
+    """The gateway's cert-manager Certificate: the same Secret, names and owners as above."""
+    return render_certificate(
+        GATEWAY_TLS_SECRET,
+        inputs.namespace,
+        GATEWAY_NAME,
+        service_names(GATEWAY_NAME, inputs.namespace),
+        gateway_labels(),
+        _owner_references(inputs.models),
+    )
 
 
 def token_review_subjects(

@@ -50,6 +50,9 @@ EXPECTED_CLUSTER_RULES = (
     | triples(["policy"], ["poddisruptionbudgets"], MANAGE)
     | triples(["batch"], ["jobs"], MANAGE)
     | triples([""], ["secrets"], ("get", "create", "patch", "update"))
+    | triples(
+        ["cert-manager.io"], ["certificates", "issuers"], ("get", "create", "patch", "update")
+    )
     | triples([""], ["pods", "nodes"], READ)
     | triples(["", "events.k8s.io"], ["events"], ("create", "patch", "update"))
     | triples(["apiextensions.k8s.io"], ["customresourcedefinitions"], READ)

@@ -27,6 +27,7 @@ from privatellm.render.gateway import (
     GatewayInputs,
     policy_problems,
     render_gateway,
+    render_gateway_certificate,
     render_gateway_tls_secret,
     render_token_review_binding,
     resolved_models,
@@ -36,7 +37,7 @@ from privatellm.render.tls import CA_CERT_KEY, secret_bytes
 
 from .events import event_for, now
 from .inference import namespace_terminating
-from .tls import namespace_ca
+from .tls import cert_manager_present, namespace_ca, request_certificate
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,8 @@ def _hash_key(kube: Kube, namespace: str) -> str:
 
 def _ensure_gateway_certificate(kube: Kube, inputs: GatewayInputs, now: datetime.datetime) -> str:
     ca = namespace_ca(kube, inputs.namespace, now)
+    if cert_manager_present(kube):
+        return request_certificate(kube, ca, render_gateway_certificate(inputs))
     secret = kube.get(SECRET, inputs.namespace, GATEWAY_TLS_SECRET)
     cert = secret_bytes(secret, "tls.crt")
     if (

@@ -68,6 +68,14 @@ KINDS: dict[str, Kind] = {
             "clusterrolebindings",
             namespaced=False,
         ),
+        Kind(
+            "apiextensions.k8s.io/v1",
+            "CustomResourceDefinition",
+            "customresourcedefinitions",
+            namespaced=False,
+        ),
+        Kind("cert-manager.io/v1", "Issuer", "issuers"),
+        Kind("cert-manager.io/v1", "Certificate", "certificates"),
         Kind(f"{GROUP}/{VERSION}", "InferenceDeployment", "inferencedeployments"),
         Kind(f"{GROUP}/{VERSION}", "AccessPolicy", "accesspolicies"),
     )

@@ -361,7 +361,9 @@ def gateway_config(upstream_url: str, api_key: str) -> dict[str, Any]:
                         "pii": [
                             {"entity": "email", "action": "redact"},
                             {"entity": "phone", "action": "mask"},
-                        ]
+                        ],
+                        # LiteLLM has no injection heuristics to compare with.
+                        "injection": "off",
                     },
                     "outbound": {"pii": [{"entity": "email", "action": "redact"}]},
                 },
@@ -649,6 +651,8 @@ What was comparable, and what was not:
   (`litellm_content_filter`, regular expressions): prebuilt `email` and
   `us_phone` patterns masked before the call, `email` masked after it. Both do
   regex-class detection over the whole text in process; neither uses a model.
+  Our prompt-injection heuristics are off here, as LiteLLM has none; the
+  filter benchmark below measures them.
 - **Metering and audit**: not comparable. Our gateway meters tokens and writes
   one audit event per request (to `--audit-log`). LiteLLM records spend and
   request logs only into its database, which this setup leaves out; it still

@@ -8,12 +8,13 @@ the audit log's payload store).
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any, Protocol
+
+import orjson
 
 
 @dataclass(slots=True)
@@ -95,7 +96,7 @@ class JsonLinesSink:
         return cls(path.open("a", encoding="utf-8"))
 
     def emit(self, event: AuditEvent) -> None:
-        line = json.dumps(event.as_dict(), separators=(",", ":")) + "\n"
+        line = orjson.dumps(event.as_dict()).decode() + "\n"
         with self._lock:
             self._file.write(line)
 

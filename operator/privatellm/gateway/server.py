@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import re
 import secrets
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 from aiohttp import web
 from opentelemetry import trace
 
@@ -345,7 +345,7 @@ class Gateway:
             ) from None
         exchange.raw_body = raw
         try:
-            return json.loads(raw)
+            return orjson.loads(raw)
         except (ValueError, UnicodeDecodeError) as error:
             raise GatewayError(400, "invalid_json", f"the body is not JSON: {error}") from None
 
@@ -387,7 +387,7 @@ class Gateway:
         async with self._upstream(exchange, route) as upstream:
             raw = await upstream.read()
         try:
-            body = json.loads(raw)
+            body = orjson.loads(raw)
         except ValueError:
             raise GatewayError(502, "upstream_invalid_response", "the model sent no JSON") from None
         if upstream.status != 200:
@@ -411,7 +411,11 @@ class Gateway:
             )
         body["model"] = exchange.event.served_by
         self._charge(exchange, *usage_of(body))
-        return web.json_response(body, headers={REQUEST_ID_HEADER: exchange.event.request_id})
+        return web.Response(
+            body=orjson.dumps(body),
+            content_type="application/json",
+            headers={REQUEST_ID_HEADER: exchange.event.request_id},
+        )
 
     async def _proxy_stream(
         self, exchange: Exchange, route: ModelRoute, outbound: OutboundPipeline
@@ -465,7 +469,7 @@ class Gateway:
                 exchange.event.response_record = await self._seal(exchange, "response", sealed)
             except GatewayError as error:
                 exchange.event.reason = error.code
-                await response.write(_sse({"error": json.loads(error.body())["error"]}))
+                await response.write(_sse({"error": orjson.loads(error.body())["error"]}))
             await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
@@ -587,7 +591,7 @@ class Gateway:
 
 def _payload_for(body: dict[str, Any], target: Target) -> bytes:
     body["model"] = target.route.served_name
-    return json.dumps(body, separators=(",", ":")).encode()
+    return orjson.dumps(body)
 
 
 def _ns(exchange: Exchange) -> str:
@@ -618,7 +622,7 @@ def _declared_classes(request: web.Request) -> list[str]:
 
 def _json_or_none(raw: bytes) -> Any:
     try:
-        return json.loads(raw)
+        return orjson.loads(raw)
     except ValueError:
         return None
 
@@ -633,7 +637,7 @@ def _upstream_rejection(status: int, body: Any) -> GatewayError:
 
 
 def _sse(payload: Any) -> bytes:
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
 def _stream_error(reason: str) -> dict[str, Any]:

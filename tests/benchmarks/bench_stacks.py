@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import os
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ from tests.benchmarks.bench_gateway import (
     machine,
     make_prompt,
     post,
+    raise_keyboard_interrupt,
     run_wrk,
     start_upstream,
     workspace,
@@ -164,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
+    # A SIGTERM unwinds like Ctrl-C, so that every server started is stopped.
+    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
     given = sys.argv[1:] if argv is None else argv
     command = shlex.join(["python", "-m", "tests.benchmarks.bench_stacks", *given])
     body = report(run(args.seconds, args.concurrency), args.seconds, args.concurrency, command)

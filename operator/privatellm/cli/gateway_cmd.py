@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import secrets
 import signal
 import ssl
 import sys
@@ -75,12 +76,13 @@ def run_gateway(args: argparse.Namespace) -> int:
     except Exception as error:
         print(f"gateway: {args.config}: {error}", file=sys.stderr)
         return 2
+    # Made before forking: every worker must hash the same value to the same token.
+    hash_key = args.hash_key_file.read_bytes() if args.hash_key_file else secrets.token_bytes(32)
     index, children = _fork_workers(max(1, args.workers))
     audit_log = args.audit_log
     if audit_log and args.workers > 1:
         audit_log = audit_log.with_name(f"{audit_log.name}.{index}")
     sink = JsonLinesSink.append_to(audit_log) if audit_log else JsonLinesSink(sys.stdout)
-    hash_key = args.hash_key_file.read_bytes() if args.hash_key_file else None
     gateway = Gateway(config, sink, hash_key=hash_key, tracer=_tracer(args.trace_log))
     app = gateway.app()
     app.cleanup_ctx.append(ConfigWatcher(gateway, args.config).run)

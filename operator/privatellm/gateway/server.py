@@ -234,6 +234,11 @@ class Gateway:
             response = _error_response(
                 GatewayError(error.status, error.reason, error.message), event.request_id
             )
+        except asyncio.CancelledError:
+            # The server is stopping under this request: it is still recorded.
+            event.reason = "cancelled"
+            self._record(exchange, 499)
+            raise
         except Exception:
             log.exception("request %s failed in the gateway", event.request_id)
             event.reason = "internal_error"
@@ -241,15 +246,16 @@ class Gateway:
                 GatewayError(500, "internal_error", "the gateway failed; see its log"),
                 event.request_id,
             )
-        finally:
-            self._finish(exchange)
-        event.status = response.status
-        self._count(event)
-        self.sink.emit(event)
+        self._record(exchange, response.status)
         return response
 
-    def _finish(self, exchange: Exchange) -> None:
-        exchange.event.latency_ms = (time.perf_counter() - exchange.started) * 1000
+    def _record(self, exchange: Exchange, status: int) -> None:
+        """Close the request's audit event, count it, and hand it to the sink."""
+        event = exchange.event
+        event.latency_ms = (time.perf_counter() - exchange.started) * 1000
+        event.status = status
+        self._count(event)
+        self.sink.emit(event)
 
     def _count(self, event: AuditEvent) -> None:
         model, subject = event.model or "", event.subject or ""
@@ -305,7 +311,6 @@ class Gateway:
             quota_key(decision.policy, identity), decision.policy.spec.quotas, self.clock()
         )
         if quota:
-            event.reason = quota
             raise GatewayError(429, quota, f"limit reached: {quota}")
         filters = exchange.runtime.filters[decision.policy.name]
         with self._span("filter.inbound"):
@@ -364,7 +369,6 @@ class Gateway:
             detected.update(result.data_classes)
             if result.blocked:
                 reason = result.reason or "content_blocked"
-                exchange.event.reason = reason
                 raise GatewayError(400, reason, f"the prompt was blocked: {reason}", "messages")
             return result.text
 
@@ -405,7 +409,6 @@ class Gateway:
         with self._span("filter.outbound"):
             map_response_texts(endpoint, body, apply)
         if blocked:
-            exchange.event.reason = blocked[0]
             raise GatewayError(
                 403, blocked[0], f"the response was withheld: {blocked[0]}", "response"
             )
@@ -446,7 +449,7 @@ class Gateway:
                 if data == b"[DONE]":
                     break
                 chunk = _json_or_none(data)
-                if chunk is None:
+                if not isinstance(chunk, dict):
                     continue
                 if self._sealer is not None:
                     answered.append(data)

@@ -9,6 +9,7 @@ metering, and exactly one audit event, whatever the outcome.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import re
@@ -340,8 +341,11 @@ class Gateway:
         if not content_type.startswith("application/json"):
             raise GatewayError(415, "unsupported_media_type", "send application/json")
         try:
-            async with asyncio.timeout(limits.client_read_seconds):
-                raw = await request.read()
+            if request.content.is_eof():
+                raw = await request.read()  # all there already: no timer needed
+            else:
+                async with asyncio.timeout(limits.client_read_seconds):
+                    raw = await request.read()
         except TimeoutError:
             raise GatewayError(408, "request_timeout", "the body arrived too slowly") from None
         except web.HTTPRequestEntityTooLarge:
@@ -376,12 +380,16 @@ class Gateway:
         return detected
 
     def _note_findings(self, exchange: Exchange, direction: str, result: FilterResult) -> None:
-        if not result.findings:
-            return
-        pairs = [(f.entity, f.action) for f in result.findings]
+        if result.findings:
+            pairs = [(f.entity, f.action) for f in result.findings]
+            self._count_findings(exchange, direction, pairs)
+
+    def _count_findings(
+        self, exchange: Exchange, direction: str, pairs: list[tuple[str, str]]
+    ) -> None:
         exchange.event.count_findings(direction, iter(pairs))
-        for entity, action in pairs:
-            self.metering.child(self.metering.findings, direction, entity, action).inc()
+        for (entity, action), times in collections.Counter(pairs).items():
+            self.metering.child(self.metering.findings, direction, entity, action).inc(times)
 
     async def _proxy(
         self, exchange: Exchange, route: ModelRoute, outbound: OutboundPipeline
@@ -511,9 +519,8 @@ class Gateway:
         for stream in streams.values():
             pairs = [(f.entity, f.action) for f in stream.findings]
             stream.findings.clear()
-            exchange.event.count_findings("outbound", iter(pairs))
-            for entity, action in pairs:
-                self.metering.child(self.metering.findings, "outbound", entity, action).inc()
+            if pairs:
+                self._count_findings(exchange, "outbound", pairs)
 
     async def _seal(self, exchange: Exchange, kind: str, payload: bytes) -> str | None:
         """An envelope record of `payload`, or None when the gateway keeps no payloads."""

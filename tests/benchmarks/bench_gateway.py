@@ -26,7 +26,6 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,7 @@ from typing import Any, TextIO
 
 import yaml
 
+from privatellm.devcluster.cluster import free_port
 from privatellm.gateway.config import GatewayConfig
 
 from .report import write_section
@@ -203,14 +203,6 @@ def parse_wrk(output: str) -> WrkResult:
         p50_ms=data["p50_us"] / 1000,
         p99_ms=data["p99_us"] / 1000,
     )
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Server:

@@ -11,7 +11,7 @@ import aiohttp
 import yaml
 
 from privatellm.gateway.config import GatewayConfig
-from privatellm.gateway.server import ConfigWatcher
+from privatellm.gateway.reload import ConfigWatcher
 from tests.gateway.conftest import ALICE_KEY, BOB_KEY, Stack, base_config, gateway_stack, upstream
 
 EMAIL_REPLY = "Write to jane.doe@example.org about the invoice."

@@ -11,13 +11,12 @@ import yaml
 from privatellm.api import InferenceDeployment
 from privatellm.api.access import AccessPolicy
 from privatellm.gateway.config import GatewayConfig
+from privatellm.render.access_policy import policy_problems, resolved_models
 from privatellm.render.gateway import (
     GatewayInputs,
     config_text,
-    policy_problems,
     render_gateway,
     render_gateway_config,
-    resolved_models,
     token_review_subjects,
 )
 

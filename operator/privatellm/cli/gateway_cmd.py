@@ -68,7 +68,8 @@ def run_gateway(args: argparse.Namespace) -> int:
     # Imported here so that other commands do not pay for the data plane's imports.
     from privatellm.gateway.audit import JsonLinesSink
     from privatellm.gateway.config import load_config
-    from privatellm.gateway.server import ConfigWatcher, Gateway
+    from privatellm.gateway.reload import ConfigWatcher
+    from privatellm.gateway.server import Gateway
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:

@@ -16,8 +16,8 @@ from typing import Any
 
 from privatellm.api import InferenceDeployment
 from privatellm.api.access import AccessPolicy
-from privatellm.keys.tls import issue_leaf, needs_renewal, serial_hex, service_names, signed_by
 from privatellm.kube.client import KINDS, Kube
+from privatellm.render.access_policy import policy_problems, resolved_models
 from privatellm.render.conditions import ConditionState, merge_conditions
 from privatellm.render.gateway import (
     CONFIG_SECRET,
@@ -25,19 +25,17 @@ from privatellm.render.gateway import (
     GATEWAY_TLS_SECRET,
     HASH_KEY_KEY,
     GatewayInputs,
-    policy_problems,
     render_gateway,
     render_gateway_certificate,
     render_gateway_tls_secret,
     render_token_review_binding,
-    resolved_models,
     token_review_subjects,
 )
-from privatellm.render.tls import CA_CERT_KEY, secret_bytes
+from privatellm.render.tls import secret_bytes
 
 from .events import event_for, now
 from .inference import namespace_terminating
-from .tls import cert_manager_present, namespace_ca, request_certificate
+from .tls import ensure_certificate
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +93,15 @@ def reconcile_gateway(
             protected_entities=protected,
             vault_addr=vault_addr,
         )
-        now = datetime.datetime.now(datetime.UTC)
-        tls_revision = _ensure_gateway_certificate(kube, inputs, now)
+        tls_revision = ensure_certificate(
+            kube,
+            namespace,
+            GATEWAY_NAME,
+            GATEWAY_TLS_SECRET,
+            lambda cert, key, ca: render_gateway_tls_secret(inputs, cert, key, ca),
+            lambda: render_gateway_certificate(inputs),
+            datetime.datetime.now(datetime.UTC),
+        )
         for manifest in render_gateway(inputs, _hash_key(kube, namespace), tls_revision):
             kube.apply(manifest)
     if token_review_binding:
@@ -158,31 +163,6 @@ def _hash_key(kube: Kube, namespace: str) -> str:
     """The filters' hash key: kept once made, so tokens stay stable across reloads."""
     live = secret_bytes(kube.get(SECRET, namespace, CONFIG_SECRET), HASH_KEY_KEY)
     return base64.b64encode(live or secrets.token_bytes(32)).decode()
-
-
-def _ensure_gateway_certificate(kube: Kube, inputs: GatewayInputs, now: datetime.datetime) -> str:
-    ca = namespace_ca(kube, inputs.namespace, now)
-    if cert_manager_present(kube):
-        return request_certificate(kube, ca, render_gateway_certificate(inputs))
-    secret = kube.get(SECRET, inputs.namespace, GATEWAY_TLS_SECRET)
-    cert = secret_bytes(secret, "tls.crt")
-    if (
-        cert
-        and secret_bytes(secret, CA_CERT_KEY) == ca.cert_pem
-        and signed_by(cert, ca.cert_pem)
-        and not needs_renewal(cert, now)
-    ):
-        # Re-applied so that its owners follow the namespace's models.
-        kube.apply(
-            render_gateway_tls_secret(inputs, cert, secret_bytes(secret, "tls.key"), ca.cert_pem),
-            live=secret,
-        )
-        return serial_hex(cert)
-    leaf = issue_leaf(ca, GATEWAY_NAME, service_names(GATEWAY_NAME, inputs.namespace), now)
-    kube.apply(
-        render_gateway_tls_secret(inputs, leaf.cert_pem, leaf.key_pem, ca.cert_pem), live=secret
-    )
-    return serial_hex(leaf.cert_pem)
 
 
 def _write_policy_status(

@@ -10,6 +10,7 @@ by another CA, or close to expiry, and else reads two Secrets and writes nothing
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable
 
 from privatellm.api import InferenceDeployment
 from privatellm.keys.tls import (
@@ -65,25 +66,50 @@ def namespace_ca(kube: Kube, namespace: str, now: datetime.datetime) -> KeyPair:
 
 def ensure_server_certificate(kube: Kube, obj: InferenceDeployment, now: datetime.datetime) -> str:
     """Make sure the model server's certificate is valid and current; return its revision."""
-    namespace = obj.metadata.namespace or ""
+    return ensure_certificate(
+        kube,
+        obj.metadata.namespace or "",
+        service_name(obj),
+        tls_secret_name(obj),
+        lambda cert, key, ca: render_tls_secret(obj, cert, key, ca),
+        lambda: render_server_certificate(obj),
+        now,
+    )
+
+
+def ensure_certificate(
+    kube: Kube,
+    namespace: str,
+    service: str,
+    secret_name: str,
+    render_secret: Callable[[bytes, bytes, bytes], Obj],
+    render_certificate: Callable[[], Obj],
+    now: datetime.datetime,
+) -> str:
+    """Keep the certificate of `service` in `secret_name` valid and current; its revision.
+
+    `render_secret(cert, key, ca)` is the Secret the operator writes itself;
+    `render_certificate()` the cert-manager Certificate asked for instead where
+    cert-manager is installed. The Secret is applied on every call, which writes
+    only when it changed (its owners, say).
+    """
     ca = namespace_ca(kube, namespace, now)
     if cert_manager_present(kube):
-        return request_certificate(kube, ca, render_server_certificate(obj))
-    secret = kube.get(SECRET, namespace, tls_secret_name(obj))
-    cert = secret_bytes(secret, "tls.crt")
+        return request_certificate(kube, ca, render_certificate())
+    secret = kube.get(SECRET, namespace, secret_name)
+    cert, key = secret_bytes(secret, "tls.crt"), secret_bytes(secret, "tls.key")
     current = bool(
         cert
-        and secret_bytes(secret, "tls.key")
+        and key
         and secret_bytes(secret, CA_CERT_KEY) == ca.cert_pem
         and signed_by(cert, ca.cert_pem)
         and not needs_renewal(cert, now)
     )
-    if current:
-        return serial_hex(cert)
-    service = service_name(obj)
-    leaf = issue_leaf(ca, service, service_names(service, namespace), now)
-    kube.apply(render_tls_secret(obj, leaf.cert_pem, leaf.key_pem, ca.cert_pem), live=secret)
-    return serial_hex(leaf.cert_pem)
+    if not current:
+        leaf = issue_leaf(ca, service, service_names(service, namespace), now)
+        cert, key = leaf.cert_pem, leaf.key_pem
+    kube.apply(render_secret(cert, key, ca.cert_pem), live=secret)
+    return serial_hex(cert)
 
 
 def request_certificate(kube: Kube, ca: KeyPair, certificate: Obj) -> str:

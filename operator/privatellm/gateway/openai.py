@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
+import orjson
+
 from .errors import GatewayError
 
 Endpoint = Literal["chat", "completions", "embeddings"]
@@ -136,3 +138,32 @@ def usage_of(body: Any) -> tuple[int, int]:
         prompt if isinstance(prompt, int) else 0,
         completion if isinstance(completion, int) else 0,
     )
+
+
+def sse(payload: Any) -> bytes:
+    """One server-sent event carrying `payload` as JSON."""
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def stream_error(reason: str) -> dict[str, Any]:
+    """The error object that ends a stream whose response was withheld."""
+    return {
+        "message": f"the response was withheld: {reason}",
+        "type": "permission_error",
+        "param": "response",
+        "code": reason,
+    }
+
+
+def tail_chunk(endpoint: Endpoint, model: str, tails: dict[int, str]) -> dict[str, Any]:
+    """A last chunk carrying text the outbound filter held back until the end."""
+    choices: list[dict[str, Any]] = []
+    for index, text in tails.items():
+        choice: dict[str, Any] = {"index": index, "finish_reason": None}
+        if endpoint == "chat":
+            choice["delta"] = {"content": text}
+        else:
+            choice["text"] = text
+        choices.append(choice)
+    kind = "chat.completion.chunk" if endpoint == "chat" else "text_completion"
+    return {"object": kind, "model": model, "choices": choices}

@@ -14,13 +14,11 @@ import contextlib
 import logging
 import re
 import secrets
-import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -33,8 +31,9 @@ from privatellm.keys.envelope import RecordContext
 from privatellm.keys.tenancy import namespace_key_name
 
 from .audit import AuditEvent, AuditSink
-from .auth import Authenticator, AuthError, Identity, OIDCConfig, TokenReviewConfig
-from .config import GatewayConfig, ModelRoute, NamedPolicy, load_config
+from .auth import Authenticator, AuthError, Identity
+from .config import GatewayConfig, ModelRoute, NamedPolicy
+from .connections import authenticator, upstream_ssl
 from .discovery import EndpointWatcher, ReplicaSource
 from .errors import GatewayError
 from .metering import Metering
@@ -44,6 +43,9 @@ from .openai import (
     chunk_texts,
     map_request_texts,
     map_response_texts,
+    sse,
+    stream_error,
+    tail_chunk,
     usage_of,
     validate_request,
 )
@@ -159,11 +161,11 @@ class Gateway:
         timeout = aiohttp.ClientTimeout(
             total=limits.upstream_total_seconds, sock_connect=limits.upstream_connect_seconds
         )
-        connector = aiohttp.TCPConnector(limit=0, ssl=_upstream_ssl(config), keepalive_timeout=30)
+        connector = aiohttp.TCPConnector(limit=0, ssl=upstream_ssl(config), keepalive_timeout=30)
         self._session = aiohttp.ClientSession(
             timeout=timeout, connector=connector, auto_decompress=False
         )
-        self._auth = _authenticator(config, self._session, self.clock)
+        self._auth = authenticator(config, self._session, self.clock)
         if config.encryption is not None:
             self._sealer = PayloadSealer(config.encryption)
         watch: asyncio.Task[None] | None = None
@@ -469,18 +471,18 @@ class Gateway:
                         chunk.pop("usage", None)
                 blocked = self._filter_chunk(exchange, endpoint, chunk, streams, outbound)
                 if blocked:
-                    await response.write(_sse({"error": _stream_error(blocked)}))
+                    await response.write(sse({"error": stream_error(blocked)}))
                     break
-                await response.write(_sse(chunk))
+                await response.write(sse(chunk))
             tail = self._flush_streams(exchange, streams)
             if tail is not None:
-                await response.write(_sse(_tail_chunk(endpoint, route, tail)))
+                await response.write(sse(tail_chunk(endpoint, route.name, tail)))
             try:
                 sealed = b"\n".join(answered)
                 exchange.event.response_record = await self._seal(exchange, "response", sealed)
             except GatewayError as error:
                 exchange.event.reason = error.code
-                await response.write(_sse({"error": orjson.loads(error.body())["error"]}))
+                await response.write(sse({"error": orjson.loads(error.body())["error"]}))
             await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
@@ -646,33 +648,6 @@ def _upstream_rejection(status: int, body: Any) -> GatewayError:
     return GatewayError(code, "upstream_rejected", message)
 
 
-def _sse(payload: Any) -> bytes:
-    return b"data: " + orjson.dumps(payload) + b"\n\n"
-
-
-def _stream_error(reason: str) -> dict[str, Any]:
-    return {
-        "message": f"the response was withheld: {reason}",
-        "type": "permission_error",
-        "param": "response",
-        "code": reason,
-    }
-
-
-def _tail_chunk(endpoint: Endpoint, route: ModelRoute, tails: dict[int, str]) -> dict[str, Any]:
-    """A last chunk carrying text the outbound filter held back until the end."""
-    choices: list[dict[str, Any]] = []
-    for index, text in tails.items():
-        choice: dict[str, Any] = {"index": index, "finish_reason": None}
-        if endpoint == "chat":
-            choice["delta"] = {"content": text}
-        else:
-            choice["text"] = text
-        choices.append(choice)
-    kind = "chat.completion.chunk" if endpoint == "chat" else "text_completion"
-    return {"object": kind, "model": route.name, "choices": choices}
-
-
 def _error_response(error: GatewayError, request_id: str) -> web.Response:
     return web.Response(
         status=error.status,
@@ -680,87 +655,3 @@ def _error_response(error: GatewayError, request_id: str) -> web.Response:
         content_type="application/json",
         headers={REQUEST_ID_HEADER: request_id},
     )
-
-
-def _upstream_ssl(config: GatewayConfig) -> ssl.SSLContext | bool:
-    tls = config.upstream_tls
-    if tls is None:
-        return True
-    context = ssl.create_default_context(cafile=tls.ca_file)
-    # Replicas are addressed by Service or Pod address; the certificate is the
-    # model's own and the CA is the namespace's, so the CA is what is checked.
-    context.check_hostname = False
-    if tls.cert_file and tls.key_file:
-        context.load_cert_chain(tls.cert_file, tls.key_file)
-    return context
-
-
-def _authenticator(
-    config: GatewayConfig, session: aiohttp.ClientSession, clock: Callable[[], float]
-) -> Authenticator:
-    auth = config.auth
-    oidc = (
-        OIDCConfig(
-            issuer=auth.oidc.issuer,
-            audience=auth.oidc.audience,
-            jwks_uri=auth.oidc.jwks_uri,
-            username_claim=auth.oidc.username_claim,
-            groups_claim=auth.oidc.groups_claim,
-            leeway_seconds=auth.oidc.leeway_seconds,
-            ca_file=auth.oidc.ca_file,
-        )
-        if auth.oidc
-        else None
-    )
-    review = (
-        TokenReviewConfig(
-            api_server=auth.token_review.api_server,
-            token_file=auth.token_review.token_file,
-            ca_file=auth.token_review.ca_file,
-            audiences=tuple(auth.token_review.audiences),
-        )
-        if auth.token_review
-        else None
-    )
-    return Authenticator(oidc, auth.api_keys, review, session, clock)
-
-
-class ConfigWatcher:
-    """Reloads the configuration when its file changes (a Secret volume update)."""
-
-    def __init__(self, gateway: Gateway, path: Path, interval: float = 2.0) -> None:
-        self.gateway, self.path, self.interval = gateway, path, interval
-        self._seen = self._stamp()
-
-    def _stamp(self) -> tuple[int, int, int] | None:
-        try:
-            stat = self.path.stat()
-        except OSError:
-            return None
-        return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-
-    def poll(self) -> bool:
-        """Reload when the file changed; keep the old configuration when the new one is bad."""
-        stamp = self._stamp()
-        if stamp is None or stamp == self._seen:
-            return False
-        self._seen = stamp
-        try:
-            config = load_config(self.path)
-        except Exception as error:
-            log.error("configuration %s rejected, keeping the previous one: %s", self.path, error)
-            self.gateway.metering.config_reloads.labels("rejected").inc()
-            return False
-        self.gateway.reload(config)
-        log.info("configuration %s reloaded", self.path)
-        return True
-
-    async def run(self, _app: web.Application) -> AsyncIterator[None]:
-        async def loop() -> None:
-            while True:
-                await asyncio.sleep(self.interval)
-                self.poll()
-
-        task = asyncio.create_task(loop())
-        yield
-        task.cancel()

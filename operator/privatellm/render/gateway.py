@@ -12,7 +12,6 @@ own it.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from .meta import (
     PART_OF_LABEL,
     ZONE_LABEL,
 )
+from .tls import tls_secret
 from .workload import (
     Manifest,
     container_security_context,
@@ -185,12 +185,6 @@ def render_config_secret(inputs: GatewayInputs, hash_key_b64: str) -> Manifest:
         "type": "Opaque",
         "data": {CONFIG_KEY: base64.b64encode(text.encode()).decode(), HASH_KEY_KEY: hash_key_b64},
     }
-
-
-def config_digest(inputs: GatewayInputs) -> str:
-    """A short digest of the configuration, reported in status and Events."""
-    text = config_text(render_gateway_config(inputs))
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def render_gateway_service_account(inputs: GatewayInputs) -> Manifest:
@@ -367,40 +361,11 @@ def render_gateway(inputs: GatewayInputs, hash_key_b64: str, tls_revision: str =
     ]
 
 
-def policy_problems(policy: AccessPolicy, models: Sequence[str]) -> list[str]:
-    """What in an AccessPolicy points at nothing: models that do not exist in the namespace."""
-    if policy.spec.models == ["*"]:
-        return []
-    known = set(models)
-    return [
-        f"spec.models[{i}]: no InferenceDeployment {name!r} in this namespace"
-        for i, name in enumerate(policy.spec.models)
-        if name not in known
-    ]
-
-
-def resolved_models(policy: AccessPolicy, models: Sequence[str]) -> list[str]:
-    """The models a policy grants access to, of those that exist."""
-    if policy.spec.models == ["*"]:
-        return sorted(models)
-    return sorted(set(policy.spec.models) & set(models))
-
-
 def render_gateway_tls_secret(
     inputs: GatewayInputs, cert_pem: bytes, key_pem: bytes, ca_cert_pem: bytes
 ) -> Manifest:
     """The gateway's certificate: it serves clients and is its client certificate towards vLLM."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": _metadata(inputs, GATEWAY_TLS_SECRET),
-        "type": "kubernetes.io/tls",
-        "data": {
-            "tls.crt": base64.b64encode(cert_pem).decode(),
-            "tls.key": base64.b64encode(key_pem).decode(),
-            "ca.crt": base64.b64encode(ca_cert_pem).decode(),
-        },
-    }
+    return tls_secret(_metadata(inputs, GATEWAY_TLS_SECRET), cert_pem, key_pem, ca_cert_pem)
 
 
 def render_gateway_certificate(inputs: GatewayInputs) -> Manifest:

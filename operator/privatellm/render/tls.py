@@ -45,15 +45,23 @@ def render_tls_secret(
     obj: InferenceDeployment, cert_pem: bytes, key_pem: bytes, ca_cert_pem: bytes
 ) -> dict[str, Any]:
     """The model server's certificate, key and CA, in the kubernetes.io/tls layout."""
+    metadata = {
+        "name": tls_secret_name(obj),
+        "namespace": obj.metadata.namespace,
+        "labels": labels(obj),
+        "ownerReferences": [owner_reference(obj)],
+    }
+    return tls_secret(metadata, cert_pem, key_pem, ca_cert_pem)
+
+
+def tls_secret(
+    metadata: dict[str, Any], cert_pem: bytes, key_pem: bytes, ca_cert_pem: bytes
+) -> dict[str, Any]:
+    """A certificate, its key and the CA that signed it, in the kubernetes.io/tls layout."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {
-            "name": tls_secret_name(obj),
-            "namespace": obj.metadata.namespace,
-            "labels": labels(obj),
-            "ownerReferences": [owner_reference(obj)],
-        },
+        "metadata": metadata,
         "type": "kubernetes.io/tls",
         "data": {
             "tls.crt": _b64(cert_pem),

@@ -1,0 +1,32 @@
+"""Merkle trees over a segment's records, with leaf and node hashes kept apart.
+
+leaf = SHA-256(0x00 || body), node = SHA-256(0x01 || left || right). A level
+with an odd count carries its last hash up unchanged; the record count is signed
+with the root, so the shape of the tree is fixed by it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+EMPTY_ROOT = hashlib.sha256(b"").digest()
+
+
+def leaf_hash(body: bytes) -> bytes:
+    return hashlib.sha256(b"\x00" + body).digest()
+
+
+def merkle_root(leaves: list[bytes]) -> bytes:
+    """The root over leaf hashes in order (EMPTY_ROOT for none)."""
+    if not leaves:
+        return EMPTY_ROOT
+    level = leaves
+    sha256 = hashlib.sha256
+    while len(level) > 1:
+        paired = [
+            sha256(b"\x01" + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)
+        ]
+        if len(level) % 2:
+            paired.append(level[-1])
+        level = paired
+    return level[0]

@@ -38,14 +38,14 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 unit: $(STAMP)
-	$(BIN)/pytest tests/unit tests/gateway
+	$(BIN)/pytest tests/unit tests/gateway tests/audit
 
 integration: $(STAMP) testenv
 	$(BIN)/pytest tests/integration
 
 # The one command CI and newcomers run: lint, then unit and integration tests.
 test: lint testenv
-	$(BIN)/pytest tests/unit tests/gateway tests/integration
+	$(BIN)/pytest tests/unit tests/gateway tests/audit tests/integration
 
 chart: testenv
 	$(TESTENV_BIN)/helm lint charts/privatellm

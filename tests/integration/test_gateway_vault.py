@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 
+from privatellm.audit.payloads import erase_subject, open_payload
 from privatellm.devcluster import DevVault
-from privatellm.keys.envelope import Envelope, RecordContext
+from privatellm.gateway.audit import AuditEvent
+from privatellm.keys.envelope import DecryptionError, RecordContext
 from privatellm.keys.tenancy import namespace_key_name
 from privatellm.keys.transit import TransitClient
 from tests.gateway.conftest import base_config, gateway_stack, upstream
@@ -26,9 +28,10 @@ def _config(model_url: str, vault: DevVault) -> dict[str, Any]:
     return config
 
 
-def _opened(transit: TransitClient, record: str, request_id: str, kind: str) -> bytes:
-    context = RecordContext("team-a", "llama", f"{request_id}/{kind}")
-    return Envelope(transit, KEY).decrypt(base64.b64decode(record), context)
+def _opened(transit: TransitClient, event: AuditEvent, kind: str) -> bytes:
+    record = event.prompt_record if kind == "prompt" else event.response_record
+    context = RecordContext("team-a", "llama", f"{event.request_id}/{kind}")
+    return open_payload(transit, event.subject or "", context, base64.b64decode(record or ""))
 
 
 def test_payloads_are_sealed_and_a_vault_outage_fails_closed(
@@ -46,12 +49,22 @@ def test_payloads_are_sealed_and_a_vault_outage_fails_closed(
             status, body = await stack.chat("my question, in confidence")
             assert status == 200, body
             sealed = stack.events[-1]
-            prompt = _opened(transit, sealed.prompt_record or "", sealed.request_id, "prompt")
+            prompt = _opened(transit, sealed, "prompt")
             assert json.loads(prompt)["messages"][0]["content"] == "my question, in confidence"
-            answer = _opened(transit, sealed.response_record or "", sealed.request_id, "response")
+            answer = _opened(transit, sealed, "response")
             assert "The answer is 42." in answer.decode()
             # Nothing of the conversation is in the event in the clear.
             assert "confidence" not in json.dumps(sealed.as_dict())
+
+            # Erasing the subject's key makes its stored payloads unreadable for good,
+            # while the subject's requests once the cached data key is due get a new key.
+            erase_subject(transit, sealed.subject or "")
+            with pytest.raises(DecryptionError, match="Transit refused"):
+                _opened(transit, sealed, "prompt")
+            await asyncio.sleep(0.6)
+            status, body = await stack.chat("after erasure")
+            assert status == 200, body
+            assert b"after erasure" in _opened(transit, stack.events[-1], "prompt")
 
             own_vault.stop()
             await asyncio.sleep(0.6)  # the cached data key has expired

@@ -1,7 +1,9 @@
 """Sealing prompts and responses before anything keeps them: envelope encryption, fail closed.
 
-Each payload becomes one envelope record (AES-256-GCM under a data key from
-Vault Transit) bound to its namespace, model and request id. When no data key
+Each payload becomes an envelope record (AES-256-GCM under a data key from
+Vault Transit) bound to its namespace, model and request id, sealed under the
+model's key and then under the subject's own key, so that one subject's
+payloads can be erased by deleting that key (see privatellm.audit.payloads). When no data key
 can be had, sealing raises and the gateway answers 503 without forwarding or
 writing anything: no plaintext is ever kept in place of a record.
 """
@@ -13,6 +15,7 @@ import base64
 import os
 from pathlib import Path
 
+from privatellm.audit.payloads import SubjectEnvelopes
 from privatellm.keys.envelope import Envelope, RecordContext
 from privatellm.keys.transit import (
     KubernetesAuthVaultClient,
@@ -42,6 +45,7 @@ class PayloadSealer:
         self.settings = settings
         self._transit = TransitClient(client or vault_client(settings), settings.transit_mount)
         self._envelopes: dict[str, Envelope] = {}
+        self._subjects = SubjectEnvelopes(self._transit, max_key_age=settings.data_key_seconds)
 
     def _envelope(self, key_name: str) -> Envelope:
         envelope = self._envelopes.get(key_name)
@@ -51,12 +55,18 @@ class PayloadSealer:
             )
         return envelope
 
-    async def seal(self, key_name: str, context: RecordContext, payload: bytes) -> str:
-        """The payload as a base64 envelope record; GatewayError 503 when Vault cannot help."""
+    async def seal(
+        self, key_name: str, subject: str, context: RecordContext, payload: bytes
+    ) -> str:
+        """The payload as a base64 record; GatewayError 503 when Vault cannot help."""
         envelope = self._envelope(key_name)
+
+        def seal_twice() -> bytes:
+            return self._subjects.seal(subject, context, envelope.encrypt(payload, context))
+
         try:
-            # Vault is a blocking HTTP call, and only needed when the data key is due.
-            record = await asyncio.to_thread(envelope.encrypt, payload, context)
+            # Vault is a blocking HTTP call, and only needed when a data key is due.
+            record = await asyncio.to_thread(seal_twice)
         except VaultError as error:
             raise GatewayError(
                 503,

@@ -532,7 +532,7 @@ class Gateway:
         key = route.transit_key or namespace_key_name(namespace)
         context = RecordContext(namespace, route.name, f"{exchange.event.request_id}/{kind}")
         with self._span(f"seal.{kind}"):
-            return await self._sealer.seal(key, context, payload)
+            return await self._sealer.seal(key, exchange.event.subject or "", context, payload)
 
     def _charge(self, exchange: Exchange, prompt: int, completion: int) -> None:
         event = exchange.event

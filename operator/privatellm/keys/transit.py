@@ -259,6 +259,11 @@ class TransitClient:
         body = {"auto_rotate_period": f"{seconds}s"}
         self.vault.request("POST", self._path("keys", name, "config"), body)
 
+    def delete_key(self, name: str) -> None:
+        """Delete the key and every version of it: what it wrapped can never be unwrapped."""
+        self.vault.request("POST", self._path("keys", name, "config"), {"deletion_allowed": True})
+        self.vault.request("DELETE", self._path("keys", name))
+
     def set_min_decryption_version(self, name: str, version: int) -> None:
         """Refuse to unwrap anything wrapped with a version below `version`."""
         body = {"min_decryption_version": version}

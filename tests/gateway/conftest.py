@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from privatellm.gateway.audit import AuditEvent, MemorySink
+from privatellm.gateway.audit import AuditEvent, AuditSink, MemorySink
 from privatellm.gateway.auth import hash_api_key
 from privatellm.gateway.config import GatewayConfig
 from privatellm.gateway.server import Gateway
@@ -49,11 +49,12 @@ class Stack:
 
     url: str
     gateway: Gateway
-    sink: MemorySink
+    sink: AuditSink
     http: aiohttp.ClientSession
 
     @property
     def events(self) -> list[AuditEvent]:
+        assert isinstance(self.sink, MemorySink)
         return self.sink.events
 
     async def post(
@@ -80,8 +81,10 @@ class Stack:
 
 
 @asynccontextmanager
-async def gateway_stack(config: dict[str, Any], **options: Any) -> AsyncIterator[Stack]:
-    sink = MemorySink()
+async def gateway_stack(
+    config: dict[str, Any], sink: AuditSink | None = None, **options: Any
+) -> AsyncIterator[Stack]:
+    sink = sink or MemorySink()
     gateway = Gateway(GatewayConfig.model_validate(config), sink, **options)
     runner = web.AppRunner(gateway.app(), access_log=None, handle_signals=False)
     await runner.setup()

@@ -164,7 +164,7 @@ def _active_matches(
                 bodies.append(item.body)
         except AuditFormatError as error:
             report.problem(path.name, error.offset, error.message)
-        result.segments_read += 1
+        result.segments_read += 1 if bodies else 0
         yield from _matching(bodies, query)
 
 

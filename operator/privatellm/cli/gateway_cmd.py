@@ -8,6 +8,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import ssl
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     from aiohttp import web
     from opentelemetry.trace import Tracer
 
-    from privatellm.gateway.audit import JsonLinesSink
+    from privatellm.gateway.audit import AuditSink, JsonLinesSink
     from privatellm.gateway.server import Gateway
 
 
@@ -37,6 +38,44 @@ def add_gateway_parser(commands: argparse._SubParsersAction[argparse.ArgumentPar
         type=Path,
         default=None,
         help="append audit events to this file as JSON lines (default: standard output)",
+    )
+    gateway.add_argument(
+        "--audit-dir",
+        type=Path,
+        default=None,
+        help="keep audit records in this tamper-evident log (DIR/worker-N per worker); "
+        "an answer is sent only once its record is on disk",
+    )
+    gateway.add_argument(
+        "--audit-signing-key",
+        type=Path,
+        default=None,
+        help="Ed25519 private key (PEM) that signs the log's checkpoints",
+    )
+    gateway.add_argument(
+        "--audit-segment-records",
+        type=int,
+        default=100_000,
+        help="seal a segment after this many records",
+    )
+    gateway.add_argument(
+        "--audit-segment-seconds",
+        type=float,
+        default=3600.0,
+        help="seal a segment at the latest this long after it was opened",
+    )
+    gateway.add_argument(
+        "--audit-retention",
+        action="append",
+        default=[],
+        metavar="CLASS=DAYS",
+        help="keep segments holding this data class at least DAYS (repeatable)",
+    )
+    gateway.add_argument(
+        "--audit-default-retention-days",
+        type=float,
+        default=365.0,
+        help="retention of records without a data class",
     )
     gateway.add_argument(
         "--metrics-port", type=int, default=0, help="serve Prometheus metrics here (0: off)"
@@ -77,22 +116,49 @@ def run_gateway(args: argparse.Namespace) -> int:
     except Exception as error:
         print(f"gateway: {args.config}: {error}", file=sys.stderr)
         return 2
+    if args.audit_dir and not args.audit_signing_key:
+        print("gateway: --audit-dir needs --audit-signing-key", file=sys.stderr)
+        return 2
     # Made before forking: every worker must hash the same value to the same token.
     hash_key = args.hash_key_file.read_bytes() if args.hash_key_file else secrets.token_bytes(32)
     index, children = _fork_workers(max(1, args.workers))
-    audit_log = args.audit_log
-    if audit_log and args.workers > 1:
-        audit_log = audit_log.with_name(f"{audit_log.name}.{index}")
-    sink = JsonLinesSink.append_to(audit_log) if audit_log else JsonLinesSink(sys.stdout)
+    sink = _open_sink(args, index)
     gateway = Gateway(config, sink, hash_key=hash_key, tracer=_tracer(args.trace_log))
     app = gateway.app()
     app.cleanup_ctx.append(ConfigWatcher(gateway, args.config).run)
-    app.cleanup_ctx.append(_flush_periodically(sink))
+    if isinstance(sink, JsonLinesSink):
+        app.cleanup_ctx.append(_flush_periodically(sink))
     try:
         _run_loop(_serve(app, gateway, args, children))
     finally:
         sink.close()
     return 0
+
+
+def _open_sink(args: argparse.Namespace, index: int) -> AuditSink:
+    """The audit log when --audit-dir is given, else JSON lines (a file or standard output)."""
+    from privatellm.gateway.audit import AuditLogSink, JsonLinesSink
+
+    several = args.workers > 1
+    if args.audit_dir:
+        from privatellm.audit import AuditLog, Signer
+        from privatellm.audit.retention import Retention
+        from privatellm.audit.writer import SegmentLimits
+
+        directory = args.audit_dir / f"worker-{index}" if several else args.audit_dir
+        log = AuditLog(
+            directory,
+            Signer.from_file(args.audit_signing_key),
+            limits=SegmentLimits(
+                records=args.audit_segment_records, seconds=args.audit_segment_seconds
+            ),
+            retention=Retention.parse(args.audit_retention, args.audit_default_retention_days),
+        )
+        return AuditLogSink(log, pod=os.environ.get("POD_NAME") or socket.gethostname())
+    audit_log = args.audit_log
+    if audit_log and several:
+        audit_log = audit_log.with_name(f"{audit_log.name}.{index}")
+    return JsonLinesSink.append_to(audit_log) if audit_log else JsonLinesSink(sys.stdout)
 
 
 def _fork_workers(workers: int) -> tuple[int, list[int]]:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from privatellm.api.crd import crd_files
+from privatellm.cli.audit_cmd import add_audit_parser, run_audit
 from privatellm.cli.filter_cmd import add_filter_parser, run_filter
 from privatellm.cli.gateway_cmd import add_gateway_parser, run_gateway
 from privatellm.devcluster import LocalCluster, Toolchain
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_keys_parser(commands)
     add_filter_parser(commands)
     add_gateway_parser(commands)
+    add_audit_parser(commands)
     return parser
 
 
@@ -202,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_filter(args)
     if args.command == "gateway":
         return run_gateway(args)
+    if args.command == "audit":
+        return run_audit(args)
     raise AssertionError(args.command)
 
 

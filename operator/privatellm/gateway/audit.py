@@ -2,19 +2,29 @@
 
 The gateway hands events to an `AuditSink`. Events carry who, from where, which
 model, what the filters found and did, the decision and its reason, tokens and
-latency; never the prompt or the response themselves (those go, encrypted, to
-the audit log's payload store).
+latency, a keyed hash of the prompt, and the prompt and response only as sealed
+records (see payloads.py).
+
+`commit` returns once the event is kept: for the audit log that is after its
+fsync, and the gateway sends no answer before that (see docs/audit.md).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any, Protocol
 
 import orjson
+
+from privatellm.audit import AuditLog, AuditLogClosedError
+from privatellm.audit.records import request_record
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -43,6 +53,8 @@ class AuditEvent:
     completion_tokens: int = 0
     latency_ms: float = 0.0
     stream: bool = False
+    # HMAC of the prompt's texts, to find equal prompts without decrypting.
+    prompt_hash: str | None = None
     # Envelope records (base64) of what the client sent and what the model answered.
     prompt_record: str | None = None
     response_record: str | None = None
@@ -63,9 +75,15 @@ _FIELDS = tuple(f.name for f in fields(AuditEvent))
 
 
 class AuditSink(Protocol):
-    """Where audit events go; `emit` must not block the event loop for long."""
+    """Where audit events go; neither method may block the event loop for long."""
 
-    def emit(self, event: AuditEvent) -> None: ...
+    def emit(self, event: AuditEvent) -> None:
+        """Hand over without waiting (used when the request is being cancelled)."""
+        ...
+
+    async def commit(self, event: AuditEvent) -> None:
+        """Hand over and wait until the event is kept; raises when it cannot be."""
+        ...
 
     def close(self) -> None: ...
 
@@ -79,12 +97,18 @@ class MemorySink:
     def emit(self, event: AuditEvent) -> None:
         self.events.append(event)
 
+    async def commit(self, event: AuditEvent) -> None:
+        self.events.append(event)
+
     def close(self) -> None:
         pass
 
 
 class JsonLinesSink:
-    """Writes one JSON line per event; flushed in batches by `flush` and on close."""
+    """Writes one JSON line per event; flushed in batches by `flush` and on close.
+
+    Not durable and not chained: for local runs. Production uses AuditLogSink.
+    """
 
     def __init__(self, stream: IO[str]) -> None:
         self._file = stream
@@ -100,6 +124,9 @@ class JsonLinesSink:
         with self._lock:
             self._file.write(line)
 
+    async def commit(self, event: AuditEvent) -> None:
+        self.emit(event)
+
     def flush(self) -> None:
         with self._lock:
             self._file.flush()
@@ -107,3 +134,30 @@ class JsonLinesSink:
     def close(self) -> None:
         with self._lock:
             self._file.close()
+
+
+class AuditLogSink:
+    """Events into the tamper-evident audit log (privatellm.audit), durable on commit."""
+
+    def __init__(self, log: AuditLog, pod: str | None = None) -> None:
+        self.log = log
+        self.pod = pod
+
+    def emit(self, event: AuditEvent) -> None:
+        try:
+            future = self.log.append(request_record(event.as_dict(), self.pod))
+        except AuditLogClosedError as error:
+            log.error("an audit event was not kept: %s", error)
+            return
+        future.add_done_callback(_log_failure)
+
+    async def commit(self, event: AuditEvent) -> None:
+        await self.log.append_durable(request_record(event.as_dict(), self.pod))
+
+    def close(self) -> None:
+        self.log.close()
+
+
+def _log_failure(future: Future[int]) -> None:
+    if future.exception() is not None:
+        log.error("an audit event was not kept: %s", future.exception())

@@ -26,6 +26,7 @@ import orjson
 from aiohttp import web
 from opentelemetry import trace
 
+from privatellm.audit.records import prompt_hash, prompt_hash_key
 from privatellm.filters import FilterResult, InboundPipeline, OutboundPipeline, OutboundStream
 from privatellm.keys.envelope import RecordContext
 from privatellm.keys.tenancy import namespace_key_name
@@ -109,6 +110,14 @@ class Exchange:
     body: dict[str, Any] = field(default_factory=dict)
     raw_body: bytes = b""
     route: ModelRoute | None = None
+    # Set once the audit event was handed to the sink, so it never is twice.
+    recorded: bool = False
+
+
+# No answer leaves the gateway without its audit record.
+_AUDIT_UNAVAILABLE = GatewayError(
+    503, "audit_unavailable", "the request could not be recorded, so it was not answered"
+)
 
 
 class Gateway:
@@ -129,6 +138,7 @@ class Gateway:
         self.sink = sink
         self.metering = metering or Metering()
         self.hash_key = hash_key or secrets.token_bytes(32)
+        self._prompt_hash_key = prompt_hash_key(self.hash_key)
         self.tracer = tracer
         self.clock = clock
         self.router = Router()
@@ -240,7 +250,9 @@ class Gateway:
         except asyncio.CancelledError:
             # The server is stopping under this request: it is still recorded.
             event.reason = "cancelled"
-            self._record(exchange, 499)
+            self._close_event(exchange, 499)
+            self.sink.emit(event)
+            self._count(event)
             raise
         except Exception:
             log.exception("request %s failed in the gateway", event.request_id)
@@ -249,16 +261,34 @@ class Gateway:
                 GatewayError(500, "internal_error", "the gateway failed; see its log"),
                 event.request_id,
             )
-        self._record(exchange, response.status)
-        return response
+        if exchange.recorded:
+            return response
+        if await self._commit(exchange, response.status):
+            return response
+        return _error_response(_AUDIT_UNAVAILABLE, event.request_id)
 
-    def _record(self, exchange: Exchange, status: int) -> None:
-        """Close the request's audit event, count it, and hand it to the sink."""
+    def _close_event(self, exchange: Exchange, status: int) -> None:
         event = exchange.event
         event.latency_ms = (time.perf_counter() - exchange.started) * 1000
         event.status = status
+
+    async def _commit(self, exchange: Exchange, status: int) -> bool:
+        """Close the request's event, wait until the sink keeps it, and count it.
+
+        False when it could not be kept: the caller must then not give the answer.
+        """
+        event = exchange.event
+        exchange.recorded = True
+        self._close_event(exchange, status)
+        try:
+            await self.sink.commit(event)
+        except Exception as error:
+            log.error("request %s could not be recorded: %s", event.request_id, error)
+            event.status, event.reason = _AUDIT_UNAVAILABLE.status, _AUDIT_UNAVAILABLE.code
+            self._count(event)
+            return False
         self._count(event)
-        self.sink.emit(event)
+        return True
 
     def _count(self, event: AuditEvent) -> None:
         model, subject = event.model or "", event.subject or ""
@@ -368,8 +398,10 @@ class Gateway:
         pipeline: InboundPipeline,
     ) -> set[str]:
         detected: set[str] = set()
+        texts: list[str] = []
 
         def apply(text: str) -> str:
+            texts.append(text)
             result = pipeline.apply(text)
             self._note_findings(exchange, "inbound", result)
             detected.update(result.data_classes)
@@ -378,7 +410,11 @@ class Gateway:
                 raise GatewayError(400, reason, f"the prompt was blocked: {reason}", "messages")
             return result.text
 
-        map_request_texts(endpoint, body, apply)
+        try:
+            map_request_texts(endpoint, body, apply)
+        finally:
+            # Blocked prompts get their hash too: "was this ever sent?" has an answer.
+            exchange.event.prompt_hash = prompt_hash(self._prompt_hash_key, texts)
         return detected
 
     def _note_findings(self, exchange: Exchange, direction: str, result: FilterResult) -> None:
@@ -482,7 +518,10 @@ class Gateway:
                 exchange.event.response_record = await self._seal(exchange, "response", sealed)
             except GatewayError as error:
                 exchange.event.reason = error.code
-                await response.write(sse({"error": orjson.loads(error.body())["error"]}))
+                await response.write(_sse_error(error))
+            # The stream ends only once its record is kept.
+            if not await self._commit(exchange, response.status):
+                await response.write(_sse_error(_AUDIT_UNAVAILABLE))
             await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
@@ -646,6 +685,10 @@ def _upstream_rejection(status: int, body: Any) -> GatewayError:
         message = error["message"][:500]
     code = status if 400 <= status < 500 else 502
     return GatewayError(code, "upstream_rejected", message)
+
+
+def _sse_error(error: GatewayError) -> bytes:
+    return sse({"error": orjson.loads(error.body())["error"]})
 
 
 def _error_response(error: GatewayError, request_id: str) -> web.Response:

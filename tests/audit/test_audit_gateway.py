@@ -55,13 +55,18 @@ def test_every_request_is_in_the_log_before_its_answer(
         assert (await stack.chat("hello", key=BOB_KEY))[0] == 403
         assert (await stack.post("/v1/chat/completions", b"{not json"))[0] == 400
         # Each answer was given after its record was durable, so the log has it now.
-        assert len(query_log(log_dir, public_key, AuditQuery()).records) == 5
+        assert len(query_log(log_dir, public_key, AuditQuery()).records) == 6
 
     public_key = Signer.from_file(private).public_key
     run_requests(log_dir, private, scenario)
     report = verify_log(log_dir, public_key)
-    assert report.ok and report.records == 5
-    records = query_log(log_dir, public_key, AuditQuery()).records
+    assert report.ok and report.records == 6
+    start, *records = query_log(log_dir, public_key, AuditQuery()).records
+    assert (start["kind"], start["action"], start["namespace"]) == (
+        "control",
+        "gateway.start",
+        "team-a",
+    )
     assert [r["status"] for r in records] == [200, 200, 200, 403, 400]
     assert [r["subject"] for r in records] == ["alice", "alice", "alice", "bob", "alice"]
     assert {r["pod"] for r in records} == {"gw-0"}
@@ -108,10 +113,10 @@ def test_the_tuesday_audit_from_the_command_line(
     hash_key.write_bytes(HASH_KEY)
     by_text = ["--prompt-text", "second question", "--hash-key-file", str(hash_key)]
     assert main([*common, *by_text, "--format", "json"]) == 0
-    assert [json.loads(r)["seq"] for r in capsys.readouterr().out.splitlines()] == [2]
+    assert [json.loads(r)["seq"] for r in capsys.readouterr().out.splitlines()] == [3]
 
     assert main(["audit", "verify", str(log_dir), "--public-key", str(public)]) == 0
-    assert "OK: 3 records in 2 segments" in capsys.readouterr().out
+    assert "OK: 4 records in 2 segments" in capsys.readouterr().out
 
 
 def test_a_tampered_log_gives_no_trail_and_names_the_place(

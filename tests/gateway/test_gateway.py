@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import yaml
 
+from privatellm.gateway.audit import MemorySink
 from privatellm.gateway.config import GatewayConfig
 from privatellm.gateway.reload import ConfigWatcher
 from tests.gateway.conftest import ALICE_KEY, BOB_KEY, Stack, base_config, gateway_stack, upstream
@@ -262,6 +263,15 @@ def test_configuration_reloads_without_restart_and_a_bad_file_changes_nothing(
                 reloads = stack.gateway.metering.config_reloads
                 assert reloads.labels("applied")._value.get() == 1
                 assert reloads.labels("rejected")._value.get() == 1
+                # The rules in force are on the record: at start and at the applied reload.
+                assert isinstance(stack.sink, MemorySink)
+                controls = stack.sink.controls
+                assert [c["action"] for c in controls] == ["gateway.start", "gateway.config"]
+                assert controls[1]["details"]["policies"] == ["alice"]
+                assert (
+                    controls[0]["details"]["config_sha256"]
+                    != controls[1]["details"]["config_sha256"]
+                )
 
     asyncio.run(scenario())
 

@@ -85,6 +85,10 @@ class AuditSink(Protocol):
         """Hand over and wait until the event is kept; raises when it cannot be."""
         ...
 
+    def control(self, record: dict[str, Any]) -> None:
+        """Hand over a control action (see privatellm.audit.records.control_record)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -93,12 +97,16 @@ class MemorySink:
 
     def __init__(self) -> None:
         self.events: list[AuditEvent] = []
+        self.controls: list[dict[str, Any]] = []
 
     def emit(self, event: AuditEvent) -> None:
         self.events.append(event)
 
     async def commit(self, event: AuditEvent) -> None:
         self.events.append(event)
+
+    def control(self, record: dict[str, Any]) -> None:
+        self.controls.append(record)
 
     def close(self) -> None:
         pass
@@ -120,12 +128,15 @@ class JsonLinesSink:
         return cls(path.open("a", encoding="utf-8"))
 
     def emit(self, event: AuditEvent) -> None:
-        line = orjson.dumps(event.as_dict()).decode() + "\n"
-        with self._lock:
-            self._file.write(line)
+        self.control(event.as_dict())
 
     async def commit(self, event: AuditEvent) -> None:
         self.emit(event)
+
+    def control(self, record: dict[str, Any]) -> None:
+        line = orjson.dumps(record).decode() + "\n"
+        with self._lock:
+            self._file.write(line)
 
     def flush(self) -> None:
         with self._lock:
@@ -144,15 +155,18 @@ class AuditLogSink:
         self.pod = pod
 
     def emit(self, event: AuditEvent) -> None:
-        try:
-            future = self.log.append(request_record(event.as_dict(), self.pod))
-        except AuditLogClosedError as error:
-            log.error("an audit event was not kept: %s", error)
-            return
-        future.add_done_callback(_log_failure)
+        self.control(request_record(event.as_dict(), self.pod))
 
     async def commit(self, event: AuditEvent) -> None:
         await self.log.append_durable(request_record(event.as_dict(), self.pod))
+
+    def control(self, record: dict[str, Any]) -> None:
+        try:
+            future = self.log.append(record)
+        except AuditLogClosedError as error:
+            log.error("an audit record was not kept: %s", error)
+            return
+        future.add_done_callback(_log_failure)
 
     def close(self) -> None:
         self.log.close()

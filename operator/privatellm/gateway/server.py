@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hashlib
 import logging
 import re
 import secrets
@@ -26,7 +27,7 @@ import orjson
 from aiohttp import web
 from opentelemetry import trace
 
-from privatellm.audit.records import prompt_hash, prompt_hash_key
+from privatellm.audit.records import control_record, prompt_hash, prompt_hash_key
 from privatellm.filters import FilterResult, InboundPipeline, OutboundPipeline, OutboundStream
 from privatellm.keys.envelope import RecordContext
 from privatellm.keys.tenancy import namespace_key_name
@@ -176,6 +177,7 @@ class Gateway:
             timeout=timeout, connector=connector, auto_decompress=False
         )
         self._auth = authenticator(config, self._session, self.clock)
+        self._record_config("gateway.start", config)
         if config.encryption is not None:
             self._sealer = PayloadSealer(config.encryption)
         watch: asyncio.Task[None] | None = None
@@ -197,6 +199,24 @@ class Gateway:
         if self._auth is not None:
             self._auth.replace_api_keys(config.auth.api_keys)
         self.metering.config_reloads.labels("applied").inc()
+        self._record_config("gateway.config", config)
+
+    def _record_config(self, action: str, config: GatewayConfig) -> None:
+        """A control record of the rules now in force: which policies, models and keys."""
+        self.sink.control(
+            control_record(
+                action,
+                "gateway",
+                namespace=config.namespace,
+                details={
+                    "config_sha256": hashlib.sha256(config.model_dump_json().encode()).hexdigest(),
+                    "policies": sorted(p.name for p in config.policies),
+                    "models": sorted(m.name for m in config.models),
+                    "api_keys": len(config.auth.api_keys),
+                },
+                when=self.clock(),
+            )
+        )
 
     # --- handlers --------------------------------------------------------
 

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from privatellm.audit.query import AuditQuery
     from privatellm.keys.transit import TransitClient
 
+FORBIDDEN = 403
 TABLE_COLUMNS = (
     "time",
     "seq",
@@ -250,7 +251,7 @@ def _query(args: argparse.Namespace) -> int:
     return 0
 
 
-def _vault_transit() -> tuple[TransitClient, str]:
+def _vault_transit() -> tuple[TransitClient, dict[str, Any]]:
     """Transit from VAULT_ADDR/VAULT_TOKEN (or BAO_*), and who that token belongs to."""
     from privatellm.keys.transit import TransitClient, VaultError, vault_client_from_env
 
@@ -261,11 +262,12 @@ def _vault_transit() -> tuple[TransitClient, str]:
         identity = client.request("GET", "auth/token/lookup-self")["data"]
     except VaultError as error:
         raise UsageError(f"Vault refused the token: {error}") from None
-    actor = str(identity.get("display_name") or identity.get("entity_id") or "unknown")
-    return TransitClient(client), actor
+    return TransitClient(client), identity
 
 
-def _record_access(args: argparse.Namespace, action: str, actor: str, **details: Any) -> None:
+def _record_access(
+    args: argparse.Namespace, action: str, identity: dict[str, Any], **details: Any
+) -> None:
     """Append the access to the access log and wait until it is durable; refuse otherwise."""
     from privatellm.audit import AuditLog, AuditLogClosedError, Signer
     from privatellm.audit.records import control_record
@@ -276,6 +278,10 @@ def _record_access(args: argparse.Namespace, action: str, actor: str, **details:
         log = AuditLog(args.access_log, Signer.from_file(args.signing_key))
     except (OSError, ValueError, AuditLogClosedError) as error:
         raise UsageError(f"cannot open the access log {args.access_log}: {error}") from None
+    actor = str(identity.get("display_name") or identity.get("entity_id") or "unknown")
+    details["vault_policies"] = sorted(identity.get("policies") or ())
+    if identity.get("entity_id"):
+        details["vault_entity"] = identity["entity_id"]
     try:
         log.append_sync(control_record(action, actor, details=details))
     finally:
@@ -287,11 +293,11 @@ def _decrypt_records(args: argparse.Namespace, records: list[dict[str, Any]]) ->
     from privatellm.keys.envelope import EnvelopeError, RecordContext
     from privatellm.keys.transit import VaultError
 
-    transit, actor = _vault_transit()
+    transit, identity = _vault_transit()
     _record_access(
         args,
         "audit.decrypt",
-        actor,
+        identity,
         logs=[str(d) for d in args.dirs],
         query={k: v for k, v in vars(_audit_query(args)).items() if v is not None},
         request_ids=[r["request_id"] for r in records if r.get("request_id")],
@@ -311,16 +317,22 @@ def _decrypt_records(args: argparse.Namespace, records: list[dict[str, Any]]) ->
                     transit, record.get("subject") or "", context, base64.b64decode(sealed)
                 )
                 record[f"{kind}_text"] = plain.decode(errors="replace")
-            except (EnvelopeError, VaultError) as error:
+            except VaultError as error:
+                if error.status == FORBIDDEN:
+                    raise UsageError(
+                        f"Vault refused to decrypt (the attempt is recorded): {error}"
+                    ) from None
+                record[f"{kind}_text"] = f"[not readable: {error}]"
+            except EnvelopeError as error:
                 record[f"{kind}_text"] = f"[not readable: {error}]"
 
 
 def _erase(args: argparse.Namespace) -> int:
     from privatellm.audit.payloads import erase_subject, subject_key_name
 
-    transit, actor = _vault_transit()
+    transit, identity = _vault_transit()
     key = subject_key_name(args.subject)
-    _record_access(args, "audit.erasure", actor, erased_subject_key=key)
+    _record_access(args, "audit.erasure", identity, erased_subject_key=key)
     erase_subject(transit, args.subject)
     print(f"erased the payload key {key}: stored prompts and responses of this subject")
     print("can no longer be decrypted; the records and their chain are unchanged")

@@ -86,11 +86,13 @@ class OperatorProcess:
         log: Path,
         resync_seconds: float = 5,
         env: dict[str, str] | None = None,
+        args: list[str] | None = None,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.log = log
         self.resync_seconds = resync_seconds
         self.env = env or {}
+        self.args = args or []
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -103,6 +105,7 @@ class OperatorProcess:
                     "privatellm.cli.main",
                     "operator",
                     f"--resync-seconds={self.resync_seconds}",
+                    *self.args,
                 ],
                 env=env,
                 stdout=out,
@@ -152,6 +155,7 @@ def running_operator(
     workdir: Path,
     env: dict[str, str] | None = None,
     token_file: Path | None = None,
+    args: list[str] | None = None,
 ) -> Iterator[OperatorProcess]:
     """Start the operator as the chart's ServiceAccount; stop it afterwards.
 
@@ -162,7 +166,7 @@ def running_operator(
     if token_file is not None:
         config = yaml.safe_load(kubeconfig.read_text())
         token_file.write_text(config["users"][0]["user"]["token"])
-    operator = OperatorProcess(kubeconfig, workdir / "operator.log", env=env)
+    operator = OperatorProcess(kubeconfig, workdir / "operator.log", env=env, args=args)
     operator.start()
     try:
         time.sleep(1)

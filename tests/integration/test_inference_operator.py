@@ -16,6 +16,8 @@ from cryptography import x509
 from kubernetes import client
 
 from privatellm.api import GROUP, VERSION
+from privatellm.audit import Signer
+from privatellm.audit.query import AuditIntegrityError, AuditQuery, query_log
 from privatellm.devcluster import DevVault, Toolchain
 from privatellm.devcluster.nodes import NodePlan, render_nodes
 from privatellm.keys.envelope import Envelope, RecordContext
@@ -49,6 +51,9 @@ def vault(crds: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[D
     dev.enable_kubernetes_auth(config["server"], ca)
     yield dev
     dev.stop()
+
+
+OPERATOR_AUDIT_SIGNER = Signer.generate()
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +91,12 @@ def operator(
         "--clusterrole=system:auth-delegator",
         f"--serviceaccount={OPERATOR_NAMESPACE}:{SERVICE_ACCOUNT}",
     )
+    # Its control actions go to an audit log of its own.
+    (workdir / "audit.pem").write_bytes(OPERATOR_AUDIT_SIGNER.private_pem())
+    audit = ["--audit-dir", str(workdir / "audit")]
+    audit += ["--audit-signing-key", str(workdir / "audit.pem")]
     try:
-        yield from running_operator(crds, workdir, env, jwt_file)
+        yield from running_operator(crds, workdir, env, jwt_file, audit)
     finally:
         crds.kubectl("delete", "clusterrolebinding", binding, check=False)
 
@@ -644,3 +653,24 @@ def test_the_namespace_gets_a_gateway_configured_from_its_policies(
     assert fixed
     deployment = cluster.apps.read_namespaced_deployment("privatellm-gateway", namespace)
     assert deployment.metadata.generation == generation
+
+    # Each policy version the operator saw is on its audit record, once.
+    def policy_records() -> list[tuple[str, str, int]] | None:
+        try:
+            found = query_log(
+                operator.log.parent / "audit", OPERATOR_AUDIT_SIGNER.public_key, AuditQuery()
+            ).records
+        except AuditIntegrityError:  # a batch being written as it is read
+            return None
+        mine = [
+            (r["action"], r["target"], r["details"]["generation"])
+            for r in found
+            if r.get("namespace") == namespace
+        ]
+        return mine if len(mine) >= 3 else None
+
+    assert wait_until(policy_records, timeout=30, what="the policy changes on record") == [
+        ("policy.change", "AccessPolicy/team", 1),
+        ("policy.change", "AccessPolicy/typo", 1),
+        ("policy.change", "AccessPolicy/typo", 2),
+    ]

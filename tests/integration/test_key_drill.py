@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from privatellm.audit import Signer
+from privatellm.audit.query import AuditQuery, query_log
 from privatellm.cli.main import main
 from privatellm.devcluster import DevVault
 from privatellm.keys import (
@@ -240,6 +242,23 @@ def test_rotate_cli_prints_the_new_latest_version(
     assert main(["keys", "rotate", key, "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["latest_version"] == 3
     assert vault.transit.read_key(key).latest_version == 3
+
+
+@pytest.mark.usefixtures("cli_env")
+def test_a_rotation_is_recorded_in_the_audit_log_first(
+    vault: VaultServer, key: str, tmp_path: Path
+) -> None:
+    signer = Signer.generate()
+    signing_key = tmp_path / "audit.pem"
+    signing_key.write_bytes(signer.private_pem())
+    audit = ["--audit-dir", str(tmp_path / "audit"), "--audit-signing-key", str(signing_key)]
+    assert main(["keys", "rotate", key, *audit]) == 0
+    # Without a signing key nothing is recorded, so nothing is rotated.
+    assert main(["keys", "rotate", key, "--audit-dir", str(tmp_path / "audit")]) == 2
+    assert vault.transit.read_key(key).latest_version == 2
+    (record,) = query_log(tmp_path / "audit", signer.public_key, AuditQuery()).records
+    assert (record["action"], record["details"]["key"]) == ("key.rotate", f"transit/{key}")
+    assert record["details"]["vault_policies"] == ["root"]
 
 
 def _keys_command(command: str, key: str, records: Path) -> list[str]:

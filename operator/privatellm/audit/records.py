@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -58,3 +59,31 @@ def control_record(
     if details:
         record["details"] = details
     return record
+
+
+def policy_change_record(
+    event_type: str | None, policy: dict[str, Any], when: float | None = None
+) -> dict[str, Any]:
+    """An AccessPolicy version as the operator saw it: `policy.change`, or `policy.delete`.
+
+    Generation 1 is the created policy. The actor is the field manager of the
+    newest managedFields entry; the API server's own audit log names the user.
+    """
+    metadata = policy.get("metadata") or {}
+    managed = sorted(metadata.get("managedFields") or (), key=lambda m: m.get("time") or "")
+    newest = managed[-1] if managed else {}
+    spec = json.dumps(policy.get("spec") or {}, sort_keys=True, separators=(",", ":"))
+    return control_record(
+        "policy.delete" if event_type == "DELETED" else "policy.change",
+        str(newest.get("manager") or "unknown"),
+        target=f"AccessPolicy/{metadata.get('name', '')}",
+        namespace=metadata.get("namespace"),
+        details={
+            "uid": metadata.get("uid"),
+            "generation": metadata.get("generation"),
+            "resource_version": metadata.get("resourceVersion"),
+            "spec_sha256": hashlib.sha256(spec.encode()).hexdigest(),
+            "operation": newest.get("operation"),
+        },
+        when=when,
+    )

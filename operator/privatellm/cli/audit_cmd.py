@@ -259,25 +259,33 @@ def _vault_transit() -> tuple[TransitClient, dict[str, Any]]:
     if client is None:
         raise UsageError("set VAULT_ADDR and VAULT_TOKEN: decryption and erasure need Vault")
     try:
-        identity = client.request("GET", "auth/token/lookup-self")["data"]
+        identity = client.lookup_self()
     except VaultError as error:
         raise UsageError(f"Vault refused the token: {error}") from None
     return TransitClient(client), identity
 
 
-def _record_access(
-    args: argparse.Namespace, action: str, identity: dict[str, Any], **details: Any
+def record_control_action(
+    directory: Path | None,
+    signing_key: Path | None,
+    action: str,
+    identity: dict[str, Any],
+    **details: Any,
 ) -> None:
-    """Append the access to the access log and wait until it is durable; refuse otherwise."""
+    """Append a control action by the Vault identity to an audit log; wait until durable.
+
+    UsageError when there is no log to record it in or it cannot be opened: the
+    action must then not happen.
+    """
     from privatellm.audit import AuditLog, AuditLogClosedError, Signer
     from privatellm.audit.records import control_record
 
-    if args.access_log is None or args.signing_key is None:
-        raise UsageError(f"{action} is recorded first: give --access-log and --signing-key")
+    if directory is None or signing_key is None:
+        raise UsageError(f"{action} is recorded first: name the audit log and its signing key")
     try:
-        log = AuditLog(args.access_log, Signer.from_file(args.signing_key))
+        log = AuditLog(directory, Signer.from_file(signing_key))
     except (OSError, ValueError, AuditLogClosedError) as error:
-        raise UsageError(f"cannot open the access log {args.access_log}: {error}") from None
+        raise UsageError(f"cannot open the audit log {directory}: {error}") from None
     actor = str(identity.get("display_name") or identity.get("entity_id") or "unknown")
     details["vault_policies"] = sorted(identity.get("policies") or ())
     if identity.get("entity_id"):
@@ -288,14 +296,21 @@ def _record_access(
         log.close()
 
 
+def _require_access_log(args: argparse.Namespace, what: str) -> None:
+    if args.access_log is None or args.signing_key is None:
+        raise UsageError(f"{what} is recorded first: give --access-log and --signing-key")
+
+
 def _decrypt_records(args: argparse.Namespace, records: list[dict[str, Any]]) -> None:
     from privatellm.audit.payloads import open_payload
     from privatellm.keys.envelope import EnvelopeError, RecordContext
     from privatellm.keys.transit import VaultError
 
+    _require_access_log(args, "--decrypt")
     transit, identity = _vault_transit()
-    _record_access(
-        args,
+    record_control_action(
+        args.access_log,
+        args.signing_key,
         "audit.decrypt",
         identity,
         logs=[str(d) for d in args.dirs],
@@ -330,9 +345,12 @@ def _decrypt_records(args: argparse.Namespace, records: list[dict[str, Any]]) ->
 def _erase(args: argparse.Namespace) -> int:
     from privatellm.audit.payloads import erase_subject, subject_key_name
 
+    _require_access_log(args, "erase")
     transit, identity = _vault_transit()
     key = subject_key_name(args.subject)
-    _record_access(args, "audit.erasure", identity, erased_subject_key=key)
+    record_control_action(
+        args.access_log, args.signing_key, "audit.erasure", identity, erased_subject_key=key
+    )
     erase_subject(transit, args.subject)
     print(f"erased the payload key {key}: stored prompts and responses of this subject")
     print("can no longer be decrypted; the records and their chain are unchanged")

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from privatellm.api.crd import crd_files
-from privatellm.cli.audit_cmd import add_audit_parser, run_audit
+from privatellm.cli.audit_cmd import UsageError, add_audit_parser, record_control_action, run_audit
 from privatellm.cli.filter_cmd import add_filter_parser, run_filter
 from privatellm.cli.gateway_cmd import add_gateway_parser, run_gateway
 from privatellm.devcluster import LocalCluster, Toolchain
@@ -79,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     op.add_argument("--workers", type=int, default=4, help="objects reconciled at the same time")
     op.add_argument(
+        "--audit-dir",
+        type=Path,
+        default=None,
+        help="record control actions (AccessPolicy changes) in this audit log",
+    )
+    op.add_argument("--audit-signing-key", type=Path, default=None, help="its Ed25519 key (PEM)")
+    op.add_argument(
         "--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port (0: off)"
     )
     op.add_argument(
@@ -123,10 +130,21 @@ def _add_keys_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
             "--mount", default="transit", help="path of the Transit engine (default: transit)"
         )
         action.add_argument("--format", choices=OUTPUT_FORMATS, default="table")
+        action.add_argument(
+            "--audit-dir",
+            type=Path,
+            default=None,
+            help="record the action in this audit log first (with the Vault token's identity)",
+        )
+        action.add_argument("--audit-signing-key", type=Path, default=None)
 
 
 def _run_operator(args: argparse.Namespace) -> int:
     import kopf
+
+    if args.audit_dir and not args.audit_signing_key:
+        print("operator: --audit-dir needs --audit-signing-key", file=sys.stderr)
+        return 2
 
     import privatellm.controllers.runtime  # noqa: F401  (registers the handlers)
 
@@ -143,6 +161,8 @@ def _run_operator(args: argparse.Namespace) -> int:
                 "workers": args.workers,
                 "resync_seconds": args.resync_seconds,
                 "metrics_port": args.metrics_port,
+                "audit_dir": args.audit_dir,
+                "audit_signing_key": args.audit_signing_key,
             }
         ),
     )
@@ -179,11 +199,19 @@ def _run_keys(args: argparse.Namespace) -> int:
         return 2
     transit = TransitClient(vault, args.mount)
     try:
+        if args.audit_dir:
+            record_control_action(
+                args.audit_dir,
+                args.audit_signing_key,
+                f"key.{args.keys_command}",
+                vault.lookup_self(),
+                key=f"{args.mount}/{args.key}",
+            )
         if args.keys_command == "rotate":
             print(format_rotation(rotate_key(transit, args.key), args.format))
             return 0
         report = run_compromise_drill(transit, args.key, args.records)
-    except (DrillError, VaultError) as error:
+    except (DrillError, VaultError, UsageError) as error:
         print(failed, error, file=sys.stderr)
         return 2
     print(format_compromise(report, args.format))

@@ -15,12 +15,15 @@ import os
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import kopf
 import prometheus_client
 
 from privatellm.api import GROUP, VERSION
+from privatellm.audit import AuditLog, Signer
+from privatellm.audit.records import policy_change_record
 from privatellm.keys.transit import VaultClient, vault_client_from_env
 from privatellm.kube.client import Kube, new_api_client
 from privatellm.render.inference_status import NodeView
@@ -87,6 +90,10 @@ class Runtime:
     # the nodes from the API server.
     node_index: Mapping[str, Iterable[NodeView]] | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # The operator's own audit log of control actions, when it has one.
+    audit: AuditLog | None = None
+    # (uid, generation) of each AccessPolicy last recorded, so resyncs add nothing.
+    recorded_policies: dict[Key, tuple[str, int]] = field(default_factory=dict)
 
     def nodes(self) -> list[NodeView]:
         if self.node_index is None:
@@ -157,6 +164,10 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         workers=int(options.get("workers", 4)),
         resync_seconds=float(options.get("resync_seconds", 60)),
     )
+    if options.get("audit_dir"):
+        runtime.audit = AuditLog(
+            Path(options["audit_dir"]), Signer.from_file(Path(options["audit_signing_key"]))
+        )
     memo.runtime = runtime
     if options.get("metrics_port"):
         prometheus_client.start_http_server(int(options["metrics_port"]))
@@ -180,8 +191,11 @@ def _vault_from_env() -> VaultClient | None:
 
 @kopf.on.cleanup()
 async def stop(memo: Any, **_: Any) -> None:
-    for task in _runtime(memo).tasks:
+    runtime = _runtime(memo)
+    for task in runtime.tasks:
         task.cancel()
+    if runtime.audit is not None:
+        runtime.audit.close()
 
 
 @kopf.index("", "v1", "nodes")
@@ -207,9 +221,22 @@ async def inference_deployment_event(
 
 
 @kopf.on.event(GROUP, VERSION, "accesspolicies")
-async def access_policy_event(namespace: str | None, memo: Any, **_: Any) -> None:
-    """A policy change re-renders the namespace's gateway configuration."""
-    _runtime(memo).gateway_queue.add((namespace or "", ""))
+async def access_policy_event(
+    type: str | None, body: kopf.Body, namespace: str | None, name: str, memo: Any, **_: Any
+) -> None:
+    """A policy change re-renders the namespace's gateway configuration, and is recorded."""
+    runtime = _runtime(memo)
+    runtime.gateway_queue.add((namespace or "", ""))
+    if runtime.audit is None:
+        return
+    key = (namespace or "", name)
+    version = (str(body.metadata.uid), int(body.metadata.get("generation") or 0))
+    if type != "DELETED" and runtime.recorded_policies.get(key) == version:
+        return
+    runtime.recorded_policies[key] = version
+    record = policy_change_record(type, dict(body))
+    # Durable before the handler returns: kopf then moves on to the next event.
+    await runtime.audit.append_durable(record)
 
 
 CHILD_LABELS: dict[str, Any] = {

@@ -104,6 +104,11 @@ class VaultClient:
         decoded: dict[str, Any] = json.loads(raw)
         return decoded
 
+    def lookup_self(self) -> dict[str, Any]:
+        """Who this token is: display name, policies, entity id (Vault's token lookup)."""
+        data: dict[str, Any] = self.request("GET", "auth/token/lookup-self")["data"]
+        return data
+
 
 # Where Kubernetes mounts a Pod's ServiceAccount token.
 SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"

@@ -400,15 +400,9 @@ def test_a_torn_write_in_the_middle_of_a_batch_is_moved_aside(children: Children
 
 
 # A second crash while recovering from a torn tail, before the recovery record is
-# synced: the writer does not survive it yet (privatellm/audit/writer.py, _reopen).
-# Each test fails at its last assertion until the writer is fixed.
+# synced: the tail moved aside is neither overwritten nor left without a record.
 
 
-@pytest.mark.xfail(
-    raises=AssertionError,
-    strict=True,
-    reason="_reopen names the quarantine file by offset only and overwrites an existing one",
-)
 def test_a_torn_recovery_record_keeps_the_tail_it_moved_aside(children: Children) -> None:
     directory = children.directory
     acked = Acked()
@@ -425,11 +419,6 @@ def test_a_torn_recovery_record_keeps_the_tail_it_moved_aside(children: Children
     assert first.data[torn_at : torn_at + 10] in kept, "the first torn tail is gone"
 
 
-@pytest.mark.xfail(
-    raises=AssertionError,
-    strict=True,
-    reason="_reopen moves a torn tail aside before the recovery record saying so is durable",
-)
 def test_a_recovery_record_lost_with_its_batch_is_written_again(children: Children) -> None:
     directory = children.directory
     acked = Acked()

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from .checkpoint import Checkpoint, key_id
 from .merkle import leaf_hash, merkle_root
 from .segment import CHAIN_BREAK, AuditFormatError, SegmentReader, genesis, segment_name
-from .writer import load_checkpoints, read_log_id
+from .writer import RECOVERY, load_checkpoints, read_log_id
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ def verify_records(
                 report.problem(
                     path.name, item.offset, f"record {record.get('seq')} where {expected} belongs"
                 )
-            if record.get("action") == "audit.recovery":
+            if record.get("action") == RECOVERY:
                 report.notices.append(
                     f"{path.name}: the writer recovered from a crash and moved "
                     f"{record['dropped_bytes']} unacknowledged bytes at offset "

@@ -101,6 +101,35 @@ def load_checkpoints(directory: Path) -> list[Checkpoint]:
     return [Checkpoint.from_bytes(p.read_bytes()) for p in sorted(directory.glob("*.ckpt"))]
 
 
+RECOVERY = "audit.recovery"
+
+
+def _unused_name(segment: Path, offset: int) -> Path:
+    """`<segment>.torn-<offset>`, with a counter when an earlier crash used that name."""
+    candidate = segment.with_name(f"{segment.name}.torn-{offset}")
+    number = 1
+    while candidate.exists():
+        candidate = segment.with_name(f"{segment.name}.torn-{offset}.{number}")
+        number += 1
+    return candidate
+
+
+def _recovery_record(segment: Path, moved: Path, reason: str) -> dict[str, Any]:
+    data = moved.read_bytes()
+    offset = int(moved.name.split(".torn-")[1].split(".")[0])
+    return {
+        "kind": "control",
+        "action": RECOVERY,
+        "subject": "audit-writer",
+        "segment": segment.name,
+        "offset": offset,
+        "dropped_bytes": len(data),
+        "dropped_sha256": hashlib.sha256(data).hexdigest(),
+        "quarantine": moved.name,
+        "reason": reason,
+    }
+
+
 class _Segment:
     """The active segment's open file and running state."""
 
@@ -231,45 +260,37 @@ class AuditLog:
         reader = SegmentReader(path)
         segment = _Segment(path, reader.header, self.next_seq)
         torn: AuditFormatError | None = None
+        recorded: set[str] = set()
         try:
             for item in reader.frames():
                 record = orjson.loads(item.body)
                 segment.index.add(item.offset, record)
                 segment.leaves.append(leaf_hash(item.body))
                 self.next_seq = record["seq"] + 1
+                if record.get("action") == RECOVERY:
+                    recorded.add(record["quarantine"])
         except AuditFormatError as error:
             torn = error
         valid = reader.data[: reader.valid_end]
         segment.file_hash.update(valid)
         segment.size = len(valid)
         segment.last_chain = reader.last_chain
+        reasons: dict[str, str] = {}
         if torn is not None:
-            quarantine = path.with_name(f"{path.name}.torn-{reader.valid_end}")
+            quarantine = _unused_name(path, reader.valid_end)
             write_durably(quarantine, reader.data[reader.valid_end :])
             with path.open("r+b") as file:
                 file.truncate(reader.valid_end)
                 os.fsync(file.fileno())
             log.warning("audit: %s; moved the tail to %s", torn, quarantine.name)
+            reasons[quarantine.name] = torn.message
         segment.fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-        if torn is not None:
-            self._pending.append(
-                (
-                    {
-                        "kind": "control",
-                        "action": "audit.recovery",
-                        "subject": "audit-writer",
-                        "segment": path.name,
-                        "offset": reader.valid_end,
-                        "dropped_bytes": len(reader.data) - reader.valid_end,
-                        "dropped_sha256": hashlib.sha256(
-                            reader.data[reader.valid_end :]
-                        ).hexdigest(),
-                        "quarantine": quarantine.name,
-                        "reason": torn.message,
-                    },
-                    Future(),
-                )
-            )
+        # Every tail moved aside gets its record, also one whose record a second crash
+        # lost before it was synced.
+        for moved in sorted(path.parent.glob(f"{path.name}.torn-*")):
+            if moved.name not in recorded:
+                reason = reasons.get(moved.name, "moved aside by a recovery whose record was lost")
+                self._pending.append((_recovery_record(path, moved, reason), Future()))
         return segment
 
     def _start_segment(self) -> _Segment:

@@ -19,6 +19,10 @@ HELM_VERSION="${HELM_VERSION:-v3.22.0}"
 # in their own tree that no published sdk version has (v1.21.4 does not compile
 # against sdk v0.21.0).
 VAULT_VERSION="${VAULT_VERSION:-v1.21.0}"
+# The S3 server for the audit log's WORM copy: Versity's gateway (Apache-2.0) speaks
+# the real S3 API, Object Lock in compliance mode included, keeps objects as plain
+# files, and builds from the module proxy with a plain `go install` (no replaces).
+VERSITYGW_VERSION="${VERSITYGW_VERSION:-v1.8.0}"
 
 CACHE="${PRIVATELLM_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/privatellm/testenv}"
 BIN="$CACHE/bin"
@@ -144,6 +148,15 @@ for r in mod.get("Replace") or []:
   stamp vault "$VAULT_VERSION"
 }
 
+build_versitygw() {
+  stamped versitygw "$VERSITYGW_VERSION" && { log "versitygw $VERSITYGW_VERSION cached"; return; }
+  log "versitygw $VERSITYGW_VERSION: building"
+  GOFLAGS=-buildvcs=false GOBIN="$BIN" go install -trimpath \
+    -ldflags "-s -w -X main.Version=$VERSITYGW_VERSION" \
+    "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION"
+  stamp versitygw "$VERSITYGW_VERSION"
+}
+
 main() {
   mkdir -p "$BIN"
   case "${1:-build}" in
@@ -155,6 +168,7 @@ main() {
       build_helm
       build_kubernetes
       build_vault
+      build_versitygw
       log "ready in $((SECONDS - start))s: $BIN"
       ;;
     *) echo "usage: $0 [build|path]" >&2; exit 2 ;;

@@ -2,9 +2,11 @@
 
 from .cluster import LocalCluster, Toolchain, ToolchainMissingError
 from .nodes import NodePlan, render_nodes
+from .s3 import DevS3
 from .vault import DevVault, enable_transit
 
 __all__ = [
+    "DevS3",
     "DevVault",
     "LocalCluster",
     "NodePlan",

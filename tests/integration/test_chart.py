@@ -50,6 +50,7 @@ EXPECTED_CLUSTER_RULES = (
     | triples(["policy"], ["poddisruptionbudgets"], MANAGE)
     | triples(["batch"], ["jobs"], MANAGE)
     | triples([""], ["secrets"], ("get", "create", "patch", "update"))
+    | triples([""], ["configmaps"], ("get", "create", "patch", "update"))
     | triples(
         ["cert-manager.io"], ["certificates", "issuers"], ("get", "create", "patch", "update")
     )

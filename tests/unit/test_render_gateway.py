@@ -14,6 +14,7 @@ from privatellm.gateway.config import GatewayConfig
 from privatellm.render.access_policy import policy_problems, resolved_models
 from privatellm.render.gateway import (
     GatewayInputs,
+    GatewayKeys,
     config_text,
     render_gateway,
     render_gateway_config,
@@ -74,10 +75,14 @@ def test_config_text_round_trips_and_is_stable() -> None:
     assert config_text(render_gateway_config(reordered)) == text
 
 
+KEYS = GatewayKeys(hash_key_b64="a2V5", audit_key_b64="YXVkaXQ=", audit_public_pem="PUBLIC")
+
+
 def test_gateway_objects_are_owned_by_every_model_and_spread_over_zones() -> None:
-    objects = {o["kind"]: o for o in render_gateway(INPUTS, "a2V5", "abc")}
+    objects = {o["kind"]: o for o in render_gateway(INPUTS, KEYS, "abc")}
     assert set(objects) == {
         "Secret",
+        "ConfigMap",
         "ServiceAccount",
         "Deployment",
         "Service",
@@ -103,10 +108,17 @@ def test_gateway_objects_are_owned_by_every_model_and_spread_over_zones() -> Non
     text = base64.b64decode(secret["data"]["gateway.yaml"]).decode()
     assert text == config_text(render_gateway_config(INPUTS))
     assert secret["data"]["hash.key"] == "a2V5"
+    # The audit log: each worker's records signed with the kept key, its public half
+    # published for auditors.
+    assert secret["data"]["audit.pem"] == KEYS.audit_key_b64
+    assert objects["ConfigMap"]["data"] == {"audit.pem.pub": "PUBLIC"}
+    args = container["args"]
+    assert "--audit-dir=/var/lib/privatellm/audit" in args
+    assert "--audit-signing-key=/etc/privatellm/gateway/audit.pem" in args
 
 
 def test_the_gateway_may_only_read_its_namespaces_endpoint_slices() -> None:
-    objects = {o["kind"]: o for o in render_gateway(INPUTS, "a2V5", "abc")}
+    objects = {o["kind"]: o for o in render_gateway(INPUTS, KEYS, "abc")}
     role, binding = objects["Role"], objects["RoleBinding"]
     assert role["metadata"]["namespace"] == "team"
     assert role["rules"] == [
@@ -124,8 +136,8 @@ def test_the_gateway_may_only_read_its_namespaces_endpoint_slices() -> None:
 
 def test_a_policy_change_does_not_touch_the_pod_template() -> None:
     changed = dataclasses.replace(INPUTS, policies=[access_policy("a", ["big"])])
-    before = {o["kind"]: o for o in render_gateway(INPUTS, "a2V5", "abc")}
-    after = {o["kind"]: o for o in render_gateway(changed, "a2V5", "abc")}
+    before = {o["kind"]: o for o in render_gateway(INPUTS, KEYS, "abc")}
+    after = {o["kind"]: o for o in render_gateway(changed, KEYS, "abc")}
     assert before["Deployment"] == after["Deployment"]
     assert before["Secret"] != after["Secret"]
 

@@ -89,9 +89,16 @@ class Signer:
 
     @classmethod
     def from_file(cls, path: Path) -> Signer:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        try:
+            return cls.from_pem(path.read_bytes())
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
+
+    @classmethod
+    def from_pem(cls, pem: bytes) -> Signer:
+        key = serialization.load_pem_private_key(pem, password=None)
         if not isinstance(key, Ed25519PrivateKey):
-            raise ValueError(f"{path} does not hold an Ed25519 private key")
+            raise ValueError("not an Ed25519 private key")
         return cls(key)
 
     def private_pem(self) -> bytes:

@@ -16,15 +16,18 @@ from typing import Any
 
 from privatellm.api import InferenceDeployment
 from privatellm.api.access import AccessPolicy
+from privatellm.audit import Signer
 from privatellm.kube.client import KINDS, Kube
 from privatellm.render.access_policy import policy_problems, resolved_models
 from privatellm.render.conditions import ConditionState, merge_conditions
 from privatellm.render.gateway import (
+    AUDIT_KEY_KEY,
     CONFIG_SECRET,
     GATEWAY_NAME,
     GATEWAY_TLS_SECRET,
     HASH_KEY_KEY,
     GatewayInputs,
+    GatewayKeys,
     render_gateway,
     render_gateway_certificate,
     render_gateway_tls_secret,
@@ -102,7 +105,7 @@ def reconcile_gateway(
             lambda: render_gateway_certificate(inputs),
             datetime.datetime.now(datetime.UTC),
         )
-        for manifest in render_gateway(inputs, _hash_key(kube, namespace), tls_revision):
+        for manifest in render_gateway(inputs, _gateway_keys(kube, namespace), tls_revision):
             kube.apply(manifest)
     if token_review_binding:
         _keep_token_review_access(kube, token_review_binding, namespace, bool(live_models))
@@ -159,10 +162,18 @@ def _keep_token_review_access(kube: Kube, binding: str, namespace: str, wanted: 
         kube.apply(render_token_review_binding(binding, subjects), live=live)
 
 
-def _hash_key(kube: Kube, namespace: str) -> str:
-    """The filters' hash key: kept once made, so tokens stay stable across reloads."""
-    live = secret_bytes(kube.get(SECRET, namespace, CONFIG_SECRET), HASH_KEY_KEY)
-    return base64.b64encode(live or secrets.token_bytes(32)).decode()
+def _gateway_keys(kube: Kube, namespace: str) -> GatewayKeys:
+    """The hash key and the audit signing key: kept once made, so that tokens stay
+    stable across reloads and one key signs every checkpoint of the namespace."""
+    live = kube.get(SECRET, namespace, CONFIG_SECRET)
+    hash_key = secret_bytes(live, HASH_KEY_KEY) or secrets.token_bytes(32)
+    audit_pem = secret_bytes(live, AUDIT_KEY_KEY)
+    signer = Signer.from_pem(audit_pem) if audit_pem else Signer.generate()
+    return GatewayKeys(
+        hash_key_b64=base64.b64encode(hash_key).decode(),
+        audit_key_b64=base64.b64encode(signer.private_pem()).decode(),
+        audit_public_pem=signer.public_pem().decode(),
+    )
 
 
 def _write_policy_status(

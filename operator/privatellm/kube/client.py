@@ -51,6 +51,7 @@ KINDS: dict[str, Kind] = {
         Kind("v1", "ServiceAccount", "serviceaccounts"),
         Kind("v1", "Service", "services"),
         Kind("v1", "Secret", "secrets"),
+        Kind("v1", "ConfigMap", "configmaps"),
         Kind("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
         Kind("v1", "Pod", "pods"),
         Kind("v1", "Event", "events"),

@@ -59,6 +59,12 @@ GATEWAY_NAME = "privatellm-gateway"
 CONFIG_SECRET = "privatellm-gateway-config"
 CONFIG_KEY = "gateway.yaml"
 HASH_KEY_KEY = "hash.key"
+AUDIT_KEY_KEY = "audit.pem"
+AUDIT_PUBLIC_KEY_KEY = "audit.pem.pub"
+# Auditors read the public key here to verify the gateways' logs; they need no Secret.
+AUDIT_PUBLIC_KEY_CONFIGMAP = "privatellm-audit-public-key"
+# A sealed segment can be shipped to WORM storage; the open one is at most this old.
+AUDIT_SEGMENT_SECONDS = 300
 GATEWAY_TLS_SECRET = "privatellm-gateway-tls"
 GATEWAY_PORT = 8443
 METRICS_PORT = 9090
@@ -67,6 +73,17 @@ TLS_DIR = "/etc/privatellm/tls"
 AUDIT_DIR = "/var/lib/privatellm/audit"
 # Two replicas over zones keep the door open through a zone outage and a rollout.
 GATEWAY_REPLICAS = 2
+
+
+@dataclass(frozen=True)
+class GatewayKeys:
+    """Keys the operator makes once per namespace and keeps across reconciles."""
+
+    # The filters' hash key (base64): the same value hashes alike in every replica.
+    hash_key_b64: str
+    # Ed25519 key (PEM, base64) signing the audit log's checkpoints, and its public half.
+    audit_key_b64: str
+    audit_public_pem: str
 
 
 @dataclass(frozen=True)
@@ -171,19 +188,29 @@ def _metadata(inputs: GatewayInputs, name: str) -> Manifest:
     }
 
 
-def render_config_secret(inputs: GatewayInputs, hash_key_b64: str) -> Manifest:
-    """The configuration Secret: it names API-key digests and protected customers.
-
-    `hash_key_b64` is the filters' hash key; it is kept from the live Secret so that
-    the same value hashes to the same token across replicas and reloads.
-    """
+def render_config_secret(inputs: GatewayInputs, keys: GatewayKeys) -> Manifest:
+    """The configuration Secret: API-key digests, protected customers, and the kept keys."""
     text = config_text(render_gateway_config(inputs))
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": _metadata(inputs, CONFIG_SECRET),
         "type": "Opaque",
-        "data": {CONFIG_KEY: base64.b64encode(text.encode()).decode(), HASH_KEY_KEY: hash_key_b64},
+        "data": {
+            CONFIG_KEY: base64.b64encode(text.encode()).decode(),
+            HASH_KEY_KEY: keys.hash_key_b64,
+            AUDIT_KEY_KEY: keys.audit_key_b64,
+        },
+    }
+
+
+def render_audit_public_key(inputs: GatewayInputs, keys: GatewayKeys) -> Manifest:
+    """The key that verifies the namespace's audit logs, readable without Secret access."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(inputs, AUDIT_PUBLIC_KEY_CONFIGMAP),
+        "data": {AUDIT_PUBLIC_KEY_KEY: keys.audit_public_pem},
     }
 
 
@@ -210,7 +237,10 @@ def render_gateway_deployment(inputs: GatewayInputs, tls_revision: str = "") -> 
         f"--hash-key-file={CONFIG_DIR}/{HASH_KEY_KEY}",
         f"--tls-cert={TLS_DIR}/tls.crt",
         f"--tls-key={TLS_DIR}/tls.key",
-        f"--audit-log={AUDIT_DIR}/events.jsonl",
+        # Each answer waits until its record is on disk (fdatasync, group commit).
+        f"--audit-dir={AUDIT_DIR}",
+        f"--audit-signing-key={CONFIG_DIR}/{AUDIT_KEY_KEY}",
+        f"--audit-segment-seconds={AUDIT_SEGMENT_SECONDS}",
     ]
     probe = {"httpGet": {"path": "/healthz", "port": "https", "scheme": "HTTPS"}}
     container = {
@@ -347,10 +377,11 @@ def render_gateway_role_binding(inputs: GatewayInputs) -> Manifest:
     }
 
 
-def render_gateway(inputs: GatewayInputs, hash_key_b64: str, tls_revision: str = "") -> list[Any]:
+def render_gateway(inputs: GatewayInputs, keys: GatewayKeys, tls_revision: str = "") -> list[Any]:
     """Every object of the namespace's gateway except its TLS Secret (issued separately)."""
     return [
-        render_config_secret(inputs, hash_key_b64),
+        render_config_secret(inputs, keys),
+        render_audit_public_key(inputs, keys),
         render_gateway_service_account(inputs),
         render_gateway_role(inputs),
         render_gateway_role_binding(inputs),

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 if TYPE_CHECKING:
+    from privatellm.audit import Checkpoint
     from privatellm.audit.query import AuditQuery
     from privatellm.keys.transit import TransitClient
 
@@ -58,6 +59,13 @@ def add_audit_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
         default=None,
         help="a head checkpoint published elsewhere (WORM store): detects removed segments",
     )
+    verify.add_argument(
+        "--worm-bucket",
+        default=None,
+        help="also compare with the log's WORM copy in this S3 bucket and its published "
+        "head (endpoint and credentials from AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, ...)",
+    )
+    verify.add_argument("--worm-prefix", default="audit")
     verify.add_argument("--format", choices=("table", "json"), default="table")
 
     query = actions.add_parser(
@@ -142,14 +150,19 @@ def _public_key(path: Path) -> Any:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from privatellm.audit import Checkpoint, verify_log
+    from privatellm.audit import Checkpoint, Problem, verify_log
 
     public_key = _public_key(args.public_key)
     head = Checkpoint.from_bytes(args.published_head.read_bytes()) if args.published_head else None
     failed = False
     for directory in args.dirs:
         _require_log(directory)
-        report = verify_log(directory, public_key, published_head=head)
+        published, stored = head, list[str]()
+        if args.worm_bucket:
+            published, stored = _worm_copy(directory, args.worm_bucket, args.worm_prefix)
+        report = verify_log(directory, public_key, published_head=published)
+        # What differs from the WORM copy: files altered or removed here since shipping.
+        report.problems.extend(Problem("worm", None, message) for message in stored)
         failed = failed or not report.ok
         if args.format == "json":
             print(
@@ -177,6 +190,19 @@ def _verify(args: argparse.Namespace) -> int:
         for notice in report.notices:
             print(f"  notice: {notice}")
     return 1 if failed else 0
+
+
+def _worm_copy(directory: Path, bucket: str, prefix: str) -> tuple[Checkpoint | None, list[str]]:
+    """The head published in WORM storage, and every difference from the stored copy."""
+    from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
+
+    from privatellm.audit.worm import S3Client, WormError, WormStore, compare_with_store
+
+    try:
+        store = WormStore.for_directory(S3Client(), bucket, directory, prefix=prefix)
+        return store.published_head(), compare_with_store(directory, store)
+    except (WormError, BotoCoreError, ClientError) as error:
+        raise UsageError(f"cannot read the WORM copy in {bucket}: {error}") from None
 
 
 def _require_log(directory: Path) -> None:

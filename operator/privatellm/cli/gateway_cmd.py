@@ -78,6 +78,13 @@ def add_gateway_parser(commands: argparse._SubParsersAction[argparse.ArgumentPar
         help="retention of records without a data class",
     )
     gateway.add_argument(
+        "--audit-worm-bucket",
+        default=None,
+        help="ship every sealed segment to this S3 bucket (Object Lock, compliance mode); "
+        "endpoint and credentials from AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, ...",
+    )
+    gateway.add_argument("--audit-worm-prefix", default="audit", help="key prefix in the bucket")
+    gateway.add_argument(
         "--metrics-port", type=int, default=0, help="serve Prometheus metrics here (0: off)"
     )
     gateway.add_argument(
@@ -154,7 +161,19 @@ def _open_sink(args: argparse.Namespace, index: int) -> AuditSink:
             ),
             retention=Retention.parse(args.audit_retention, args.audit_default_retention_days),
         )
-        return AuditLogSink(log, pod=os.environ.get("POD_NAME") or socket.gethostname())
+        shipper = None
+        if args.audit_worm_bucket:
+            from privatellm.audit.worm import S3Client, SegmentShipper, WormStore
+
+            store = WormStore.for_directory(
+                S3Client(), args.audit_worm_bucket, directory, prefix=args.audit_worm_prefix
+            )
+            shipper = SegmentShipper(store)
+            log.on_sealed = shipper
+            # Segments sealed while the store was out of reach are shipped first.
+            shipper.start(directory)
+        pod = os.environ.get("POD_NAME") or socket.gethostname()
+        return AuditLogSink(log, pod=pod, shipper=shipper)
     audit_log = args.audit_log
     if audit_log and several:
         audit_log = audit_log.with_name(f"{audit_log.name}.{index}")

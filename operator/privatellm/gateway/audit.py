@@ -17,12 +17,15 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import orjson
 
 from privatellm.audit import AuditLog, AuditLogClosedError
 from privatellm.audit.records import request_record
+
+if TYPE_CHECKING:
+    from privatellm.audit.worm import SegmentShipper
 
 log = logging.getLogger(__name__)
 
@@ -148,11 +151,18 @@ class JsonLinesSink:
 
 
 class AuditLogSink:
-    """Events into the tamper-evident audit log (privatellm.audit), durable on commit."""
+    """Events into the tamper-evident audit log (privatellm.audit), durable on commit.
 
-    def __init__(self, log: AuditLog, pod: str | None = None) -> None:
+    With a shipper, closing seals the open segment and waits (bounded) until every
+    sealed segment is in WORM storage, so a Pod that goes away leaves nothing behind.
+    """
+
+    def __init__(
+        self, log: AuditLog, pod: str | None = None, shipper: SegmentShipper | None = None
+    ) -> None:
         self.log = log
         self.pod = pod
+        self.shipper = shipper
 
     def emit(self, event: AuditEvent) -> None:
         self.control(request_record(event.as_dict(), self.pod))
@@ -169,7 +179,13 @@ class AuditLogSink:
         future.add_done_callback(_log_failure)
 
     def close(self) -> None:
+        if self.shipper is None:
+            self.log.close()
+            return
+        self.log.seal()
         self.log.close()
+        if not self.shipper.close():
+            log.error("audit: segments left unshipped; they ship when the log is next opened")
 
 
 def _log_failure(future: Future[int]) -> None:

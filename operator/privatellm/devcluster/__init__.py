@@ -1,4 +1,5 @@
-"""A local simulated cluster (real control plane, KWOK nodes) and a dev-mode Vault, for tests."""
+"""A local simulated cluster (real control plane, KWOK nodes), a dev-mode Vault and an S3
+server with Object Lock, for tests."""
 
 from .cluster import LocalCluster, Toolchain, ToolchainMissingError
 from .nodes import NodePlan, render_nodes

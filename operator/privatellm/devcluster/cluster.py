@@ -90,6 +90,13 @@ class Toolchain:
     def binary(self, name: str) -> str:
         return str(self.bin_dir / name)
 
+    def required(self, name: str) -> str:
+        """A binary that must exist; ToolchainMissingError (run `make testenv`) otherwise."""
+        path = self.bin_dir / name
+        if not path.exists():
+            raise ToolchainMissingError(f"missing {name} in {self.bin_dir}: run `make testenv`")
+        return str(path)
+
     def kwok_stages(self) -> list[Path]:
         version = (self.bin_dir / ".kwok.version").read_text().strip()
         root = self.cache / f"kwok-stages-{version}"
@@ -370,6 +377,18 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def stop_process_group(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """SIGTERM a child started in its own session, then SIGKILL it after `grace` seconds."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def _terminate(pid: int, grace: float = 10.0) -> None:

@@ -10,10 +10,8 @@ whoever can write the folders can change anything, as with any local disk.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -24,7 +22,7 @@ from pathlib import Path
 
 from privatellm.audit.worm import S3Client
 
-from .cluster import Toolchain, ToolchainMissingError, free_port
+from .cluster import Toolchain, free_port, stop_process_group
 
 VERSITYGW_BINARY = "versitygw"
 
@@ -57,12 +55,7 @@ class DevS3:
 
     def binary(self) -> str:
         """The server binary; ToolchainMissingError when the test environment lacks it."""
-        path = self.tools.bin_dir / VERSITYGW_BINARY
-        if not path.exists():
-            raise ToolchainMissingError(
-                f"missing {VERSITYGW_BINARY} in {self.tools.bin_dir}: run `make testenv`"
-            )
-        return str(path)
+        return self.tools.required(VERSITYGW_BINARY)
 
     def client(self, *, timeout: float = 10.0, max_attempts: int = 3) -> S3Client:
         """A client holding the root account's keys."""
@@ -151,14 +144,7 @@ class DevS3:
         process, self._process = self._process, None
         if process is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_process_group(process, grace)
         _log(f"stopped {self.endpoint}")
 
     def restart(self) -> None:

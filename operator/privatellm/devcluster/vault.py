@@ -10,9 +10,7 @@ simulates "Vault comes back empty", and why `start` mounts Transit again.
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +19,7 @@ from pathlib import Path
 
 from privatellm.keys.transit import VaultClient, VaultError
 
-from .cluster import Toolchain, ToolchainMissingError, free_port
+from .cluster import Toolchain, free_port, stop_process_group
 
 VAULT_BINARY = "vault"
 
@@ -59,12 +57,7 @@ class DevVault:
 
     def binary(self) -> str:
         """The server binary; ToolchainMissingError when the test environment lacks it."""
-        path = self.tools.bin_dir / VAULT_BINARY
-        if not path.exists():
-            raise ToolchainMissingError(
-                f"missing {VAULT_BINARY} in {self.tools.bin_dir}: run `make testenv`"
-            )
-        return str(path)
+        return self.tools.required(VAULT_BINARY)
 
     def client(self) -> VaultClient:
         """A client holding the root token."""
@@ -121,14 +114,7 @@ class DevVault:
         process, self._process = self._process, None
         if process is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_process_group(process, grace)
         _log(f"stopped {self.addr}")
 
     def restart(self) -> None:

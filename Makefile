@@ -60,6 +60,7 @@ bench: $(STAMP) testenv
 	$(BIN)/python -m tests.benchmarks.bench_gateway
 	scripts/bench-venv.sh presidio
 	$(BIN)/python -m tests.benchmarks.bench_filters
+	$(BIN)/python -m tests.benchmarks.bench_audit
 
 # The demo runs on $$KUBECONFIG when it is set, else on a local simulated cluster.
 # The operator runs in the background as a local process; `make demo-down` stops

@@ -117,9 +117,13 @@ def data(found: client.V1Secret | None, key: str) -> bytes:
 
 
 def revisions(cluster: Cluster, namespace: str, selector: str) -> set[str]:
-    """The TLS revision in the pod template of each Deployment `selector` matches."""
-    deployments = cluster.apps.list_namespaced_deployment(namespace, label_selector=selector).items
-    return {(d.spec.template.metadata.annotations or {}).get(REVISION, "") for d in deployments}
+    """The TLS revision in the pod template of each workload `selector` matches."""
+    apps = cluster.apps
+    workloads = [
+        *apps.list_namespaced_deployment(namespace, label_selector=selector).items,
+        *apps.list_namespaced_stateful_set(namespace, label_selector=selector).items,
+    ]
+    return {(w.spec.template.metadata.annotations or {}).get(REVISION, "") for w in workloads}
 
 
 def namespace_ca(cluster: Cluster, namespace: str) -> KeyPair:
@@ -198,7 +202,7 @@ def test_with_cert_manager_certificates_are_requested_and_their_serial_rolls_the
     gateway_serial = play_cert_manager(cluster, namespace, "privatellm-gateway-tls", GATEWAY)
     wait_until(
         lambda: revisions(cluster, namespace, GATEWAY_SELECTOR) == {gateway_serial},
-        what="the gateway's Deployment on the new serial",
+        what="the gateway's StatefulSet on the new serial",
     )
 
 

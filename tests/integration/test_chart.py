@@ -44,7 +44,7 @@ EXPECTED_CLUSTER_RULES = (
     | triples([GROUP], [f"{p}/status" for p in PLURALS], ("get", "patch", "update"))
     | triples([GROUP], ["inferencedeployments/finalizers"], ("update",))
     | triples([GROUP], ["inferencedeployments"], ("patch",))
-    | triples(["apps"], ["deployments"], MANAGE)
+    | triples(["apps"], ["deployments", "statefulsets"], MANAGE)
     | triples([""], ["services", "serviceaccounts", "persistentvolumeclaims"], MANAGE)
     | triples(["networking.k8s.io"], ["networkpolicies"], MANAGE)
     | triples(["policy"], ["poddisruptionbudgets"], MANAGE)

@@ -596,7 +596,7 @@ def test_the_namespace_gets_a_gateway_configured_from_its_policies(
     )
     pods = wait_until(pods_running, timeout=90, what="two running gateway Pods")
     assert len(zones_of(cluster, pods)) == 2, "the gateway's replicas share a zone"
-    deployment = cluster.apps.read_namespaced_deployment("privatellm-gateway", namespace)
+    deployment = cluster.apps.read_namespaced_stateful_set("privatellm-gateway", namespace)
     container = deployment.spec.template.spec.containers[0]
     assert container.security_context.allow_privilege_escalation is False
 
@@ -651,7 +651,7 @@ def test_the_namespace_gets_a_gateway_configured_from_its_policies(
         what="the corrected policy Ready",
     )
     assert fixed
-    deployment = cluster.apps.read_namespaced_deployment("privatellm-gateway", namespace)
+    deployment = cluster.apps.read_namespaced_stateful_set("privatellm-gateway", namespace)
     assert deployment.metadata.generation == generation
 
     # Each policy version the operator saw is on its audit record, once.

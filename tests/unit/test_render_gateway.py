@@ -84,7 +84,7 @@ def test_gateway_objects_are_owned_by_every_model_and_spread_over_zones() -> Non
         "Secret",
         "ConfigMap",
         "ServiceAccount",
-        "Deployment",
+        "StatefulSet",
         "Service",
         "PodDisruptionBudget",
         "NetworkPolicy",
@@ -95,9 +95,9 @@ def test_gateway_objects_are_owned_by_every_model_and_spread_over_zones() -> Non
         owners = obj["metadata"]["ownerReferences"]
         assert [o["uid"] for o in owners] == ["u1", "u2"]
         assert not any(o.get("controller") for o in owners)
-    deployment = objects["Deployment"]["spec"]
-    assert deployment["replicas"] >= 2
-    pod = deployment["template"]["spec"]
+    workload = objects["StatefulSet"]["spec"]
+    assert workload["replicas"] >= 2
+    pod = workload["template"]["spec"]
     [spread] = pod["topologySpreadConstraints"]
     assert spread["topologyKey"] == "topology.kubernetes.io/zone"
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -115,6 +115,12 @@ def test_gateway_objects_are_owned_by_every_model_and_spread_over_zones() -> Non
     args = container["args"]
     assert "--audit-dir=/var/lib/privatellm/audit" in args
     assert "--audit-signing-key=/etc/privatellm/gateway/audit.pem" in args
+    # Each replica's log is on a volume of its own, kept when the set goes.
+    [claim] = workload["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "audit"
+    assert {"name": "audit", "mountPath": "/var/lib/privatellm/audit"} in container["volumeMounts"]
+    assert "audit" not in [v["name"] for v in pod["volumes"]]
+    assert workload["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Retain"
 
 
 def test_the_gateway_may_only_read_its_namespaces_endpoint_slices() -> None:
@@ -138,7 +144,7 @@ def test_a_policy_change_does_not_touch_the_pod_template() -> None:
     changed = dataclasses.replace(INPUTS, policies=[access_policy("a", ["big"])])
     before = {o["kind"]: o for o in render_gateway(INPUTS, KEYS, "abc")}
     after = {o["kind"]: o for o in render_gateway(changed, KEYS, "abc")}
-    assert before["Deployment"] == after["Deployment"]
+    assert before["StatefulSet"] == after["StatefulSet"]
     assert before["Secret"] != after["Secret"]
 
 

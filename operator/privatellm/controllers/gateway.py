@@ -43,6 +43,7 @@ from .tls import ensure_certificate
 log = logging.getLogger(__name__)
 
 INFERENCE = KINDS["InferenceDeployment"]
+DEPLOYMENT = KINDS["Deployment"]
 ACCESS_POLICY = KINDS["AccessPolicy"]
 SECRET = KINDS["Secret"]
 CLUSTER_ROLE_BINDING = KINDS["ClusterRoleBinding"]
@@ -107,6 +108,9 @@ def reconcile_gateway(
         )
         for manifest in render_gateway(inputs, _gateway_keys(kube, namespace), tls_revision):
             kube.apply(manifest)
+        # Earlier releases ran the gateway as a Deployment, without audit volumes.
+        if kube.get(DEPLOYMENT, namespace, GATEWAY_NAME) is not None:
+            kube.delete(DEPLOYMENT, namespace, GATEWAY_NAME)
     if token_review_binding:
         _keep_token_review_access(kube, token_review_binding, namespace, bool(live_models))
     for raw, policy in zip(raw_policies, policies, strict=True):

@@ -58,6 +58,7 @@ KINDS: dict[str, Kind] = {
         Kind("v1", "Node", "nodes", namespaced=False),
         Kind("v1", "Namespace", "namespaces", namespaced=False),
         Kind("apps/v1", "Deployment", "deployments"),
+        Kind("apps/v1", "StatefulSet", "statefulsets"),
         Kind("batch/v1", "Job", "jobs"),
         Kind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
         Kind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),

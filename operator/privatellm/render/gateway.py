@@ -65,6 +65,7 @@ AUDIT_PUBLIC_KEY_KEY = "audit.pem.pub"
 AUDIT_PUBLIC_KEY_CONFIGMAP = "privatellm-audit-public-key"
 # A sealed segment can be shipped to WORM storage; the open one is at most this old.
 AUDIT_SEGMENT_SECONDS = 300
+AUDIT_VOLUME_SIZE = "10Gi"
 GATEWAY_TLS_SECRET = "privatellm-gateway-tls"
 GATEWAY_PORT = 8443
 METRICS_PORT = 9090
@@ -223,11 +224,14 @@ def render_gateway_service_account(inputs: GatewayInputs) -> Manifest:
     }
 
 
-def render_gateway_deployment(inputs: GatewayInputs, tls_revision: str = "") -> Manifest:
+def render_gateway_statefulset(inputs: GatewayInputs, tls_revision: str = "") -> Manifest:
     """The gateway's Pods: spread over zones, restricted, reading their config from a Secret.
 
-    The configuration is not part of the Pod template: the gateway reloads it when
-    the mounted Secret changes, so a policy change never restarts the door.
+    A StatefulSet, so that each replica's audit log lives on a volume of its own that
+    outlives the Pod and its node: an acknowledged record is never lost with them.
+    The volumes are kept when the set is deleted or scaled down. The configuration is
+    not part of the Pod template: the gateway reloads it when the mounted Secret
+    changes, so a policy change never restarts the door.
     """
     args = [
         "gateway",
@@ -268,12 +272,28 @@ def render_gateway_deployment(inputs: GatewayInputs, tls_revision: str = "") -> 
         template_meta["annotations"] = {"privatellm.io/tls-revision": tls_revision}
     return {
         "apiVersion": "apps/v1",
-        "kind": "Deployment",
+        "kind": "StatefulSet",
         "metadata": _metadata(inputs, GATEWAY_NAME),
         "spec": {
             "replicas": GATEWAY_REPLICAS,
+            "serviceName": GATEWAY_NAME,
+            # Replicas are peers: start and replace them together, not one by one.
+            "podManagementPolicy": "Parallel",
             "selector": {"matchLabels": _selector()},
-            "strategy": {"rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "updateStrategy": {"type": "RollingUpdate"},
+            "persistentVolumeClaimRetentionPolicy": {
+                "whenDeleted": "Retain",
+                "whenScaled": "Retain",
+            },
+            "volumeClaimTemplates": [
+                {
+                    "metadata": {"name": "audit", "labels": gateway_labels()},
+                    "spec": {
+                        "accessModes": ["ReadWriteOnce"],
+                        "resources": {"requests": {"storage": AUDIT_VOLUME_SIZE}},
+                    },
+                }
+            ],
             "template": {
                 "metadata": template_meta,
                 "spec": {
@@ -291,7 +311,6 @@ def render_gateway_deployment(inputs: GatewayInputs, tls_revision: str = "") -> 
                     "volumes": [
                         {"name": "config", "secret": {"secretName": CONFIG_SECRET}},
                         {"name": "tls", "secret": {"secretName": GATEWAY_TLS_SECRET}},
-                        empty_dir("audit"),
                         empty_dir("tmp"),
                     ],
                 },
@@ -385,7 +404,7 @@ def render_gateway(inputs: GatewayInputs, keys: GatewayKeys, tls_revision: str =
         render_gateway_service_account(inputs),
         render_gateway_role(inputs),
         render_gateway_role_binding(inputs),
-        render_gateway_deployment(inputs, tls_revision),
+        render_gateway_statefulset(inputs, tls_revision),
         render_gateway_service(inputs),
         render_gateway_pdb(inputs),
         render_gateway_network_policy(inputs),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -219,3 +220,35 @@ def test_retention_takes_the_longest_period_present() -> None:
         Retention.parse(["customer"])
     with pytest.raises(ValueError, match="positive"):
         Retention(0)
+
+
+def test_event_loop_waiters_get_their_numbers_and_failures(
+    log_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = AuditLog(log_dir, SIGNER, limits=SegmentLimits(records=50))
+
+    async def burst(start: int) -> list[int]:
+        return list(
+            await asyncio.gather(
+                *(log.append_durable(request(i)) for i in range(start, start + 120))
+            )
+        )
+
+    assert sorted(asyncio.run(burst(0))) == list(range(1, 121))
+
+    def broken_disk(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", broken_disk)
+
+    async def refused() -> None:
+        with pytest.raises(AuditLogClosedError, match="Input/output error"):
+            await log.append_durable(request(999))
+        # Once a write failed, nothing more is taken.
+        with pytest.raises(AuditLogClosedError, match="stopped after a failed write"):
+            await log.append_durable(request(1000))
+
+    asyncio.run(refused())
+    log.close()
+    monkeypatch.undo()
+    assert problems(log_dir) == []

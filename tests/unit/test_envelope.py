@@ -274,6 +274,23 @@ def test_data_key_expires_after_its_lifetime(
     assert keyring.datakeys_issued == 2
 
 
+def test_encrypt_cached_never_calls_the_keyring(
+    envelope: Envelope, keyring: LocalKeyring, clock: FakeClock
+) -> None:
+    assert envelope.encrypt_cached(b"x", CONTEXT) is None
+    assert keyring.datakeys_issued == 0
+    envelope.encrypt(b"x", CONTEXT)
+    cached = envelope.encrypt_cached(b"y", CONTEXT)
+    assert cached is not None and envelope.decrypt(cached, CONTEXT) == b"y"
+    # It counts as a use: the third record (use bound 3) is the last under this key.
+    assert envelope.encrypt_cached(b"z", CONTEXT) is not None
+    assert envelope.encrypt_cached(b"z", CONTEXT) is None
+    envelope.encrypt(b"x", CONTEXT)
+    clock.now += 60
+    assert envelope.encrypt_cached(b"z", CONTEXT) is None
+    assert keyring.datakeys_issued == 2
+
+
 def test_forget_data_keys_takes_a_new_key(envelope: Envelope, keyring: LocalKeyring) -> None:
     envelope.encrypt(b"x", CONTEXT)
     envelope.forget_data_keys()

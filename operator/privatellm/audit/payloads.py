@@ -43,6 +43,11 @@ class SubjectEnvelopes:
                 envelope = self._envelopes.setdefault(name, envelope)
         return envelope
 
+    def cached(self, subject: str) -> Envelope | None:
+        """The subject's Envelope if this process already has it (no Vault call)."""
+        with self._lock:
+            return self._envelopes.get(subject_key_name(subject))
+
     def seal(self, subject: str, context: RecordContext, record: bytes) -> bytes:
         envelope = self.envelope(subject)
         try:

@@ -19,6 +19,7 @@ file, not deleted, and an `audit.recovery` record saying so is appended.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import hashlib
 import logging
@@ -49,6 +50,9 @@ from .segment import (
 )
 
 log = logging.getLogger(__name__)
+
+# Who waits for a record: a thread (concurrent future) or an event loop (asyncio future).
+Waiter = Future[int] | asyncio.Future[int]
 
 
 class AuditLogClosedError(Exception):
@@ -173,7 +177,7 @@ class AuditLog:
             self._lock_file.close()
             raise AuditLogClosedError(f"{directory} is open in another writer") from None
         self.log_id = self._log_id()
-        self._pending: list[tuple[dict[str, Any], Future[int]]] = []
+        self._pending: list[tuple[dict[str, Any], Waiter]] = []
         self._cond = threading.Condition()
         self._closing = False
         self._failure: BaseException | None = None
@@ -189,16 +193,22 @@ class AuditLog:
     def append(self, record: dict[str, Any]) -> Future[int]:
         """Queue `record`; the future gives its sequence number once it is durable."""
         future: Future[int] = Future()
-        with self._cond:
-            if self._closing or self._failure is not None:
-                raise AuditLogClosedError(self._refusal())
-            self._pending.append((record, future))
-            self._cond.notify()
+        self._enqueue(record, future)
         return future
 
     async def append_durable(self, record: dict[str, Any]) -> int:
         """Append and wait, without blocking the event loop, until the record is durable."""
-        return await asyncio.wrap_future(self.append(record))
+        # An asyncio future: the writer wakes each loop once per batch, not per record.
+        waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._enqueue(record, waiter)
+        return await waiter
+
+    def _enqueue(self, record: dict[str, Any], waiter: Waiter) -> None:
+        with self._cond:
+            if self._closing or self._failure is not None:
+                raise AuditLogClosedError(self._refusal())
+            self._pending.append((record, waiter))
+            self._cond.notify()
 
     def append_sync(self, record: dict[str, Any], timeout: float | None = 30.0) -> int:
         return self.append(record).result(timeout)
@@ -348,7 +358,7 @@ class AuditLog:
         segment = self._segment
         return segment.index.count >= self.limits.records or segment.size >= self.limits.bytes
 
-    def _write(self, batch: list[tuple[dict[str, Any], Future[int]]]) -> None:
+    def _write(self, batch: list[tuple[dict[str, Any], Waiter]]) -> None:
         start = 0
         while start < len(batch):
             if self._full():
@@ -357,11 +367,11 @@ class AuditLog:
         if self._full():
             self._seal()
 
-    def _write_until_full(self, batch: list[tuple[dict[str, Any], Future[int]]], start: int) -> int:
+    def _write_until_full(self, batch: list[tuple[dict[str, Any], Waiter]], start: int) -> int:
         """Frame records from `start` until the segment is full; write, sync, resolve them."""
         segment = self._segment
         frames: list[bytes] = []
-        done: list[tuple[Future[int], int]] = []
+        done: list[tuple[Waiter, int | BaseException]] = []
         chain, offset, seq = segment.last_chain, segment.size, self.next_seq
         now = self.clock()
         position = start
@@ -388,9 +398,7 @@ class AuditLog:
         os.fdatasync(segment.fd)
         segment.file_hash.update(data)
         segment.size, segment.last_chain, self.next_seq = offset, chain, seq
-        for future, number in done:
-            if future.set_running_or_notify_cancel():
-                future.set_result(number)
+        settle(done)
         return position
 
     def _seal(self) -> None:
@@ -433,11 +441,36 @@ class AuditLog:
         if self.on_sealed is not None:
             self.on_sealed(SealedSegment(checkpoint, segment.path, index_path, checkpoint_path))
 
-    def _fail(self, error: Exception, batch: list[tuple[dict[str, Any], Future[int]]]) -> None:
+    def _fail(self, error: Exception, batch: list[tuple[dict[str, Any], Waiter]]) -> None:
         log.error("audit: writing failed, no more records are accepted: %s", error)
         with self._cond:
             self._failure = error
             pending, self._pending = self._pending, []
-        for _, future in batch + pending:
-            if not future.done() and future.set_running_or_notify_cancel():
-                future.set_exception(AuditLogClosedError(f"the record was not kept: {error}"))
+        refusal = AuditLogClosedError(f"the record was not kept: {error}")
+        settle([(waiter, refusal) for _, waiter in batch + pending])
+
+
+def settle(outcomes: list[tuple[Waiter, int | BaseException]]) -> None:
+    """Give each waiter its sequence number or error; each event loop is woken once."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[int], Any]]] = {}
+    for waiter, outcome in outcomes:
+        if isinstance(waiter, asyncio.Future):
+            by_loop.setdefault(waiter.get_loop(), []).append((waiter, outcome))
+        elif not waiter.done() and waiter.set_running_or_notify_cancel():
+            if isinstance(outcome, BaseException):
+                waiter.set_exception(outcome)
+            else:
+                waiter.set_result(outcome)
+    for loop, waiters in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop was closed: nobody waits
+            loop.call_soon_threadsafe(_settle_in_loop, waiters)
+
+
+def _settle_in_loop(waiters: list[tuple[asyncio.Future[int], Any]]) -> None:
+    for waiter, outcome in waiters:
+        if waiter.done():  # cancelled meanwhile
+            continue
+        if isinstance(outcome, BaseException):
+            waiter.set_exception(outcome)
+        else:
+            waiter.set_result(outcome)

@@ -237,15 +237,18 @@ class Envelope:
         with self._lock:
             self._data_key = None
 
+    def _usable(self, key: _DataKey | None, now: float) -> bool:
+        return (
+            key is not None
+            and now - key.created < self.max_key_age
+            and (key.uses < self.max_key_uses)
+        )
+
     def _take_data_key(self) -> _DataKey:
         with self._lock:
             now = self._clock()
             key = self._data_key
-            if (
-                key is None
-                or now - key.created >= self.max_key_age
-                or key.uses >= self.max_key_uses
-            ):
+            if key is None or not self._usable(key, now):
                 self._data_key = None
                 plaintext, wrapped = self.transit.datakey(self.key_name)
                 if len(plaintext) != DATA_KEY_BYTES:
@@ -261,7 +264,18 @@ class Envelope:
         Raises VaultUnavailableError (and returns nothing) when a data key is needed
         and Vault cannot be reached.
         """
-        key = self._take_data_key()
+        return self._seal(self._take_data_key(), plaintext, context)
+
+    def encrypt_cached(self, plaintext: bytes, context: RecordContext) -> bytes | None:
+        """Like `encrypt` with the cached data key; None (nothing done) when Vault is due."""
+        with self._lock:
+            key = self._data_key
+            if key is None or not self._usable(key, self._clock()):
+                return None
+            key.uses += 1
+        return self._seal(key, plaintext, context)
+
+    def _seal(self, key: _DataKey, plaintext: bytes, context: RecordContext) -> bytes:
         nonce = os.urandom(NONCE_BYTES)
         aad = context.associated_data(self.key_name)
         record = EnvelopeRecord(

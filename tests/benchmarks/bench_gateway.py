@@ -1,13 +1,14 @@
 """Gateway overhead: direct upstream, our gateway and LiteLLM's proxy, side by side with wrk.
 
 Starts the fake OpenAI upstream, then `privatellm gateway` (API key, an AccessPolicy,
-PII filters in and out, metering and audit events) and LiteLLM's proxy (one worker,
-a master key, its local regex content filter for PII) in front of it, and drives all
-three paths with wrk at each concurrency in turn: non-streaming chat completions with
-a 4 KiB prompt carrying an email address and a phone number. Reports requests/s, p50
-and p99, the latency each proxy adds over the direct path, and the throughput ratios,
-next to the product's targets. A path that cannot start is reported as such and the
-others still run; a run with errors is reported as failed, never as a fast run.
+PII filters in and out, metering and a durable audit record per request) and
+LiteLLM's proxy (one worker, a master key, its local regex content filter for PII)
+in front of it, and drives all three paths with wrk at each concurrency in turn:
+non-streaming chat completions with a 4 KiB prompt carrying an email address and a
+phone number. Reports requests/s, p50 and p99, the latency each proxy adds over the
+direct path, and the throughput ratios, next to the product's targets. A path that
+cannot start is reported as such and the others still run; a run with errors is
+reported as failed, never as a fast run.
 
 Run by `make bench` after `scripts/bench-tools.sh` (wrk) and `scripts/bench-venv.sh
 litellm` (LiteLLM in .bench/litellm).
@@ -38,12 +39,17 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
+import orjson
 import yaml
 
+from privatellm.audit import Signer, verify_log
+from privatellm.audit.segment import SegmentReader
 from privatellm.devcluster.cluster import free_port
 from privatellm.gateway.config import GatewayConfig
 
 from .report import write_section
+
+AUDIT_SIGNER = Signer.generate()
 
 SECTION = "gateway"
 ROOT = Path(__file__).resolve().parents[2]
@@ -311,8 +317,9 @@ class BenchPath:
     reply: str = ""
     server: Server | None = None
     completed: int = 0  # requests answered, warm-ups and the start check included
-    audit_log: Path | None = None
+    audit_dir: Path | None = None
     audit_events: int | None = None
+    audit_verified: bool | None = None
 
     @property
     def runnable(self) -> bool:
@@ -417,8 +424,13 @@ def start_gateway(
         port = free_port()
         command = [str(executable), "gateway", "--config", str(config_path)]
         command += ["--host", "127.0.0.1", "--port", str(port)]
-        path.audit_log = workdir / "audit.jsonl"
-        command += ["--audit-log", str(path.audit_log), "--workers", str(workers)]
+        # The production audit path: a durable, chained log per worker; each answer
+        # waits until its record is on disk.
+        path.audit_dir = workdir / "audit"
+        signing_key = workdir / "audit.pem"
+        signing_key.write_bytes(AUDIT_SIGNER.private_pem())
+        command += ["--audit-dir", str(path.audit_dir), "--audit-signing-key", str(signing_key)]
+        command += ["--workers", str(workers)]
         server = Server("gateway", command, workdir / "gateway.log", dict(os.environ))
         stack.callback(server.stop)
         path.server = server
@@ -646,7 +658,9 @@ What was comparable, and what was not:
   Our prompt-injection heuristics are off here, as LiteLLM has none; the
   filter benchmark below measures them.
 - **Metering and audit**: not comparable. Our gateway meters tokens and writes
-  one audit event per request (to `--audit-log`). LiteLLM records spend and
+  one record per request to its durable, hash-chained audit log (`--audit-dir`,
+  one log per worker), answering only once the record is on disk (fdatasync,
+  group commit). LiteLLM records spend and
   request logs only into its database, which this setup leaves out; it still
   runs its in-process logging and cost callbacks and writes uvicorn's access log
   line per request (left on, as shipped).
@@ -667,9 +681,10 @@ def report(
     problems = [problem_note(p.label, p.problem) for p in paths if p.problem]
     checks = [line for p in paths if (line := filter_check(p))]
     checks += [
-        f"{p.label}: {p.audit_events:,} audit events written for {p.completed:,} requests "
-        "completed (warm-ups and the start check included; requests cut off when a run ends "
-        "are audited too)"
+        f"{p.label}: {p.audit_events:,} request records in the audit logs for "
+        f"{p.completed:,} requests completed (warm-ups and the start check included; "
+        "requests cut off when a run ends are recorded too); "
+        f"`privatellm audit verify`: {'OK' if p.audit_verified else 'FAILED'}"
         for p in paths
         if p.audit_events is not None
     ]
@@ -703,8 +718,9 @@ Throughput of (b):
 {notes}
 
 (a) is wrk straight to the upstream, (b) wrk to `privatellm gateway` (API key,
-AccessPolicy allowing the model, PII filters in and out, metering, audit events
-to a file) and (c) wrk to LiteLLM's proxy.
+AccessPolicy allowing the model, PII filters in and out, metering, and each answer
+sent only once its record is on disk in the hash-chained audit log) and (c) wrk to
+LiteLLM's proxy.
 
 {COMPARABILITY}"""
 
@@ -770,13 +786,22 @@ def run(
                         results[(path.key, concurrency)] = measure(
                             path, workdir, concurrency, seconds, warmup
                         )
-        # Counted once the gateway has stopped and flushed its audit sink.
+        # Counted and verified once the gateway has stopped and closed its audit logs.
         for path in paths:
-            if path.audit_log is not None:
-                # One file per worker process: audit.jsonl.0, audit.jsonl.1, ...
-                logs = path.audit_log.parent.glob(path.audit_log.name + "*")
-                path.audit_events = sum(len(log.read_text().splitlines()) for log in logs)
+            if path.audit_dir is not None and path.audit_dir.exists():
+                path.audit_events, path.audit_verified = audit_requests(path.audit_dir)
     return paths, results
+
+
+def audit_requests(audit_dir: Path) -> tuple[int, bool]:
+    """Request records in every worker's log, and whether every log verifies."""
+    requests, verified = 0, True
+    for worker in sorted(audit_dir.iterdir()):
+        verified = verified and verify_log(worker, AUDIT_SIGNER.public_key).ok
+        for segment in sorted(worker.glob("*.log")):
+            kinds = (orjson.loads(f.body).get("kind") for f in SegmentReader(segment).frames())
+            requests += sum(kind == "request" for kind in kinds)
+    return requests, verified
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -768,6 +768,7 @@ def service_account_token(env: Env, name: str = "client", exp: float = START + 3
                 "system:serviceaccounts:team-a",
                 "system:authenticated",
             ],
+            "extra": {"authentication.kubernetes.io/pod-name": ["client-7d9f"]},
         },
         "audiences": ["https://kubernetes.default.svc"],
     }
@@ -785,6 +786,7 @@ def test_a_service_account_token_is_accepted_through_token_review(env: Env) -> N
         ),
         "serviceAccount",
         "team-a",
+        "client-7d9f",
     )
     assert env.provider.reviewer_tokens == ["gateway-token-1"]
 

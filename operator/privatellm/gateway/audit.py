@@ -44,6 +44,7 @@ class AuditEvent:
     groups: list[str] = field(default_factory=list)
     auth_method: str | None = None
     subject_namespace: str | None = None
+    subject_pod: str | None = None
     model: str | None = None
     served_by: str | None = None
     policy: str | None = None

@@ -80,6 +80,8 @@ class Identity:
     groups: frozenset[str]
     method: Literal["oidc", "apiKey", "serviceAccount"]
     namespace: str | None = None
+    # The client Pod, for ServiceAccount tokens bound to one.
+    pod: str | None = None
 
 
 class AuthError(Exception):
@@ -284,12 +286,14 @@ class OIDCVerifier:
         return oidc_user(claims, self.config)
 
 
-def service_account_identity(username: str, groups: frozenset[str]) -> Identity:
+def service_account_identity(
+    username: str, groups: frozenset[str], pod: str | None = None
+) -> Identity:
     """The Identity of a user the API server vouched for, if it is a ServiceAccount."""
     namespace, _, name = username.removeprefix(_SERVICE_ACCOUNT_PREFIX).partition(":")
     if not username.startswith(_SERVICE_ACCOUNT_PREFIX) or not namespace or not name or ":" in name:
         raise AuthError("token_review_denied", "the token does not belong to a ServiceAccount")
-    return Identity("ServiceAccount", name, groups, "serviceAccount", namespace)
+    return Identity("ServiceAccount", name, groups, "serviceAccount", namespace, pod)
 
 
 class Authenticator:
@@ -351,4 +355,4 @@ class Authenticator:
             raise AuthError("token_review_denied", str(error)) from None
         except TokenReviewUnavailableError as error:
             raise AuthError("auth_backend_unavailable", str(error)) from None
-        return service_account_identity(user.username, user.groups)
+        return service_account_identity(user.username, user.groups, user.pod)

@@ -333,6 +333,7 @@ class Gateway:
         event.subject_kind, event.subject = identity.kind, identity.name
         event.groups = sorted(identity.groups)
         event.auth_method, event.subject_namespace = identity.method, identity.namespace
+        event.subject_pod = identity.pod
         exchange.identity = identity
         return identity
 

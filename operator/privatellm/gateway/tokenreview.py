@@ -47,6 +47,12 @@ class ReviewedUser:
 
     username: str
     groups: frozenset[str]
+    # The Pod a bound ServiceAccount token was issued to, when the API server says so.
+    pod: str | None = None
+
+
+# Where the API server names the Pod a bound token belongs to.
+POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
 
 
 class TokenReviewDeniedError(Exception):
@@ -79,10 +85,13 @@ def reviewed_user(review: Any, audiences: tuple[str, ...]) -> ReviewedUser:
     username = user.get("username") if isinstance(user, dict) else None
     if not isinstance(username, str) or not username:
         raise TokenReviewDeniedError("the review names no user")
-    groups = user.get("groups") if isinstance(user, dict) else None
-    if not isinstance(groups, list):
-        return ReviewedUser(username, frozenset())
-    return ReviewedUser(username, frozenset(g for g in groups if isinstance(g, str)))
+    assert isinstance(user, dict)
+    groups = user.get("groups")
+    extra = user.get("extra")
+    pods = extra.get(POD_NAME_EXTRA) if isinstance(extra, dict) else None
+    pod = pods[0] if isinstance(pods, list) and pods and isinstance(pods[0], str) else None
+    names = frozenset(g for g in groups if isinstance(g, str)) if isinstance(groups, list) else None
+    return ReviewedUser(username, names or frozenset(), pod)
 
 
 class TokenReviewer:

@@ -155,9 +155,10 @@ def _verify(args: argparse.Namespace) -> int:
     public_key = _public_key(args.public_key)
     head = Checkpoint.from_bytes(args.published_head.read_bytes()) if args.published_head else None
     failed = False
+    stored: list[str]
     for directory in args.dirs:
         _require_log(directory)
-        published, stored = head, list[str]()
+        published, stored = head, []
         if args.worm_bucket:
             published, stored = _worm_copy(directory, args.worm_bucket, args.worm_prefix)
         report = verify_log(directory, public_key, published_head=published)

@@ -268,11 +268,14 @@ class Gateway:
                 GatewayError(error.status, error.reason, error.message), event.request_id
             )
         except asyncio.CancelledError:
-            # The server is stopping under this request: it is still recorded.
-            event.reason = "cancelled"
-            self._close_event(exchange, 499)
-            self.sink.emit(event)
-            self._count(event)
+            # The server is stopping under this request: it is still recorded, without
+            # waiting (the writer keeps what it was handed when it closes).
+            if not exchange.recorded:
+                exchange.recorded = True
+                event.reason = "cancelled"
+                self._close_event(exchange, 499)
+                self.sink.emit(event)
+                self._count(event)
             raise
         except Exception:
             log.exception("request %s failed in the gateway", event.request_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -252,3 +253,33 @@ def test_event_loop_waiters_get_their_numbers_and_failures(
     log.close()
     monkeypatch.undo()
     assert problems(log_dir) == []
+
+
+def test_expired_segments_are_pruned_once_allowed_and_the_chain_still_verifies(
+    log_dir: Path,
+) -> None:
+    now = [START]
+    shipped: set[int] = set()
+    log = AuditLog(
+        log_dir,
+        SIGNER,
+        limits=SegmentLimits(records=10),
+        retention=Retention(1),
+        prune=lambda checkpoint: checkpoint.segment in shipped,
+        clock=lambda: now[0],
+    )
+    for i in range(25):
+        log.append_sync(request(i))
+    now[0] = START + 2 * DAY
+    shipped.add(1)
+    log.seal()  # seals segment 3; segment 1 is expired and shipped, 2 is not shipped
+    log.close()
+    assert not (log_dir / "00000001.log").exists() and (log_dir / "00000001.ckpt").exists()
+    assert (log_dir / "00000002.log").exists()
+    report = verify_log(log_dir, SIGNER.public_key, now=now[0])
+    assert report.ok, report.problems
+    assert report.notices == ["00000001.log: removed after its retention period ended"]
+    removals = [
+        json.loads(frame.body) for frame in SegmentReader(log_dir / "00000004.log").frames()
+    ]
+    assert [(r["action"], r["segments"]) for r in removals] == [("audit.retention", [1])]

@@ -161,13 +161,18 @@ class AuditLog:
         limits: SegmentLimits | None = None,
         retention: Retention | None = None,
         on_sealed: Callable[[SealedSegment], None] | None = None,
+        prune: Callable[[Checkpoint], bool] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """With `prune`, sealed segments past their retention date for which it returns
+        True (say, once shipped to WORM storage) lose their data and index files, at open
+        and after each seal; their checkpoints stay, so the chain still verifies."""
         self.directory = directory
         self.signer = signer
         self.limits = limits or SegmentLimits()
         self.retention = retention or Retention()
         self.on_sealed = on_sealed
+        self.prune = prune
         self.clock = clock
         directory.mkdir(parents=True, exist_ok=True)
         self._lock_file = (directory / "LOCK").open("a")
@@ -185,6 +190,7 @@ class AuditLog:
         self.next_seq = 1
         self._checkpoint: Checkpoint | None = None
         self._segment = self._recover()
+        self._prune_expired()
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
 
@@ -440,6 +446,30 @@ class AuditLog:
         self._segment = self._start_segment()
         if self.on_sealed is not None:
             self.on_sealed(SealedSegment(checkpoint, segment.path, index_path, checkpoint_path))
+        self._prune_expired()
+
+    def _prune_expired(self) -> None:
+        if self.prune is None:
+            return
+        now, removed = self.clock(), []
+        for checkpoint in load_checkpoints(self.directory):
+            data = self.directory / f"{segment_name(checkpoint.segment)}.log"
+            if checkpoint.retain_until > now or not data.exists() or not self.prune(checkpoint):
+                continue
+            data.with_suffix(".idx").unlink(missing_ok=True)
+            data.unlink()
+            removed.append(checkpoint.segment)
+        if removed:
+            fsync_directory(self.directory)
+            log.info("audit: removed segments %s after their retention period", removed)
+            record = {
+                "kind": "control",
+                "action": "audit.retention",
+                "subject": "audit-writer",
+                "segments": removed,
+            }
+            with self._cond:
+                self._pending.append((record, Future()))
 
     def _fail(self, error: Exception, batch: list[tuple[dict[str, Any], Waiter]]) -> None:
         log.error("audit: writing failed, no more records are accepted: %s", error)

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from aiohttp import web
     from opentelemetry.trace import Tracer
 
+    from privatellm.audit import AuditLog
+    from privatellm.audit.worm import SegmentShipper
     from privatellm.gateway.audit import AuditSink, JsonLinesSink
     from privatellm.gateway.server import Gateway
 
@@ -76,6 +78,12 @@ def add_gateway_parser(commands: argparse._SubParsersAction[argparse.ArgumentPar
         type=float,
         default=365.0,
         help="retention of records without a data class",
+    )
+    gateway.add_argument(
+        "--audit-prune-expired",
+        action="store_true",
+        help="remove segments past their retention date (once shipped, with a WORM bucket); "
+        "their signed checkpoints stay",
     )
     gateway.add_argument(
         "--audit-worm-bucket",
@@ -148,36 +156,52 @@ def _open_sink(args: argparse.Namespace, index: int) -> AuditSink:
 
     several = args.workers > 1
     if args.audit_dir:
-        from privatellm.audit import AuditLog, Signer
-        from privatellm.audit.retention import Retention
-        from privatellm.audit.writer import SegmentLimits
-
         directory = args.audit_dir / f"worker-{index}" if several else args.audit_dir
-        log = AuditLog(
-            directory,
-            Signer.from_file(args.audit_signing_key),
-            limits=SegmentLimits(
-                records=args.audit_segment_records, seconds=args.audit_segment_seconds
-            ),
-            retention=Retention.parse(args.audit_retention, args.audit_default_retention_days),
-        )
-        shipper = None
-        if args.audit_worm_bucket:
-            from privatellm.audit.worm import S3Client, SegmentShipper, WormStore
-
-            store = WormStore.for_directory(
-                S3Client(), args.audit_worm_bucket, directory, prefix=args.audit_worm_prefix
-            )
-            shipper = SegmentShipper(store)
-            log.on_sealed = shipper
-            # Segments sealed while the store was out of reach are shipped first.
-            shipper.start(directory)
+        log, shipper = _open_audit_log(args, directory)
         pod = os.environ.get("POD_NAME") or socket.gethostname()
         return AuditLogSink(log, pod=pod, shipper=shipper)
     audit_log = args.audit_log
     if audit_log and several:
         audit_log = audit_log.with_name(f"{audit_log.name}.{index}")
     return JsonLinesSink.append_to(audit_log) if audit_log else JsonLinesSink(sys.stdout)
+
+
+def _open_audit_log(
+    args: argparse.Namespace, directory: Path
+) -> tuple[AuditLog, SegmentShipper | None]:
+    """The worker's audit log and, with a WORM bucket, the shipper of its sealed segments."""
+    from privatellm.audit import AuditLog, Checkpoint, Signer
+    from privatellm.audit.retention import Retention
+    from privatellm.audit.writer import SegmentLimits
+
+    shipper: SegmentShipper | None = None
+
+    def may_prune(checkpoint: Checkpoint) -> bool:
+        # With a WORM copy, a segment goes only once it is safely there.
+        if not args.audit_worm_bucket:
+            return True
+        return shipper is not None and checkpoint.segment <= shipper.shipped_through()
+
+    log = AuditLog(
+        directory,
+        Signer.from_file(args.audit_signing_key),
+        limits=SegmentLimits(
+            records=args.audit_segment_records, seconds=args.audit_segment_seconds
+        ),
+        retention=Retention.parse(args.audit_retention, args.audit_default_retention_days),
+        prune=may_prune if args.audit_prune_expired else None,
+    )
+    if args.audit_worm_bucket:
+        from privatellm.audit.worm import S3Client, SegmentShipper, WormStore
+
+        store = WormStore.for_directory(
+            S3Client(), args.audit_worm_bucket, directory, prefix=args.audit_worm_prefix
+        )
+        shipper = SegmentShipper(store)
+        log.on_sealed = shipper
+        # Segments sealed while the store was out of reach are shipped first.
+        shipper.start(directory)
+    return log, shipper
 
 
 def _fork_workers(workers: int) -> tuple[int, list[int]]:

@@ -245,6 +245,7 @@ def render_gateway_statefulset(inputs: GatewayInputs, tls_revision: str = "") ->
         f"--audit-dir={AUDIT_DIR}",
         f"--audit-signing-key={CONFIG_DIR}/{AUDIT_KEY_KEY}",
         f"--audit-segment-seconds={AUDIT_SEGMENT_SECONDS}",
+        "--audit-prune-expired",
     ]
     probe = {"httpGet": {"path": "/healthz", "port": "https", "scheme": "HTTPS"}}
     container = {

@@ -411,27 +411,48 @@ def litellm_config(upstream_url: str, master_key: str) -> dict[str, Any]:
 
 
 def start_gateway(
-    stack: contextlib.ExitStack, workdir: Path, upstream_url: str, body: bytes, workers: int
+    stack: contextlib.ExitStack,
+    workdir: Path,
+    upstream_url: str,
+    body: bytes,
+    workers: int,
+    durable: bool = True,
 ) -> BenchPath:
-    """Path (b): `privatellm gateway` in front of the upstream."""
-    path = BenchPath("b", "(b) privatellm gateway", api_key="pllm-" + secrets.token_hex(16))
+    """Path (b): `privatellm gateway` in front of the upstream, with its durable audit log.
+
+    Not `durable`, path (b'): the same gateway writing its audit events to a JSON-lines
+    file without fsync, to show what durability costs.
+    """
+    key, label = (
+        ("b", "(b) privatellm gateway")
+        if durable
+        else (
+            "b'",
+            "(b') the same, audit to a file without fsync",
+        )
+    )
+    path = BenchPath(key, label, api_key="pllm-" + secrets.token_hex(16))
+    name = "gateway" if durable else "gateway-file-audit"
     try:
         config = gateway_config(upstream_url, path.api_key)
         GatewayConfig.model_validate(config)
-        config_path = workdir / "gateway.yaml"
+        config_path = workdir / f"{name}.yaml"
         config_path.write_text(yaml.safe_dump(config))
         executable = Path(sys.executable).with_name("privatellm")
         port = free_port()
         command = [str(executable), "gateway", "--config", str(config_path)]
-        command += ["--host", "127.0.0.1", "--port", str(port)]
-        # The production audit path: a durable, chained log per worker; each answer
-        # waits until its record is on disk.
-        path.audit_dir = workdir / "audit"
-        signing_key = workdir / "audit.pem"
-        signing_key.write_bytes(AUDIT_SIGNER.private_pem())
-        command += ["--audit-dir", str(path.audit_dir), "--audit-signing-key", str(signing_key)]
-        command += ["--workers", str(workers)]
-        server = Server("gateway", command, workdir / "gateway.log", dict(os.environ))
+        command += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+        if durable:
+            # The production audit path: a durable, chained log per worker; each answer
+            # waits until its record is on disk.
+            path.audit_dir = workdir / "audit"
+            signing_key = workdir / "audit.pem"
+            signing_key.write_bytes(AUDIT_SIGNER.private_pem())
+            command += ["--audit-dir", str(path.audit_dir)]
+            command += ["--audit-signing-key", str(signing_key)]
+        else:
+            command += ["--audit-log", str(workdir / "audit.jsonl")]
+        server = Server(name, command, workdir / f"{name}.log", dict(os.environ))
         stack.callback(server.stop)
         path.server = server
         server.start()
@@ -517,6 +538,22 @@ def best_rate(results: Results, key: str, concurrencies: Sequence[int]) -> float
     """The highest error-free throughput of a path over the concurrencies."""
     rates = [r.rate for c in concurrencies if (r := good(results, key, c)) is not None]
     return max(rates) if rates else None
+
+
+def durability_cost(results: Results, concurrencies: Sequence[int]) -> str:
+    """What answering only after the audit record is on disk costs: (b) against (b')."""
+    durable, file = good(results, "b", 1), good(results, "b'", 1)
+    best, best_file = (
+        best_rate(results, "b", concurrencies),
+        best_rate(results, "b'", concurrencies),
+    )
+    if not (durable and file and best and best_file):
+        return ""
+    return (
+        "what the durable audit costs, (b) against (b'): "
+        f"{durable.p50_ms - file.p50_ms:+.2f} ms p50 and {durable.p99_ms - file.p99_ms:+.2f} ms "
+        f"p99 at concurrency 1; best throughput {best / best_file:.0%} of (b')'s"
+    )
 
 
 def result_rows(paths: Sequence[BenchPath], results: Results, concurrencies: Sequence[int]) -> str:
@@ -688,6 +725,8 @@ def report(
         for p in paths
         if p.audit_events is not None
     ]
+    if cost := durability_cost(results, concurrencies):
+        checks.append(cost)
     notes = "\n".join(problems + [f"- {c}" for c in checks])
     return f"""## Gateway overhead
 
@@ -719,8 +758,9 @@ Throughput of (b):
 
 (a) is wrk straight to the upstream, (b) wrk to `privatellm gateway` (API key,
 AccessPolicy allowing the model, PII filters in and out, metering, and each answer
-sent only once its record is on disk in the hash-chained audit log) and (c) wrk to
-LiteLLM's proxy.
+sent only once its record is on disk in the hash-chained audit log), (b') the same
+gateway writing its audit events to a file without fsync, and (c) wrk to LiteLLM's
+proxy. The targets are checked on (b).
 
 {COMPARABILITY}"""
 
@@ -776,6 +816,7 @@ def run(
             direct.reply = REPLY
             paths = [direct]
             paths.append(start_gateway(stack, workdir, upstream_url, body, workers))
+            paths.append(start_gateway(stack, workdir, upstream_url, body, workers, False))
             paths.append(start_litellm(stack, workdir, upstream_url, body, workers))
             for path in paths:
                 if path.problem:

@@ -283,3 +283,31 @@ def test_expired_segments_are_pruned_once_allowed_and_the_chain_still_verifies(
         json.loads(frame.body) for frame in SegmentReader(log_dir / "00000004.log").frames()
     ]
     assert [(r["action"], r["segments"]) for r in removals] == [("audit.retention", [1])]
+
+
+def test_a_batch_being_written_is_a_notice_while_the_writer_is_live(log_dir: Path) -> None:
+    from privatellm.audit.query import AuditQuery, query_log
+
+    write(log_dir, 30)
+    path = log_dir / "00000001.log"
+    last = offsets(path)[-1]
+    log = AuditLog(log_dir, SIGNER, limits=SegmentLimits(records=50))
+    try:
+        # What a reader may see while a batch is half on disk: a record cut short.
+        with path.open("ab") as file:
+            file.write(b"\x00\x00\x01\x00partial")
+        report = verify_log(log_dir, SIGNER.public_key, now=NOW)
+        assert report.ok, report.problems
+        assert report.notices == [
+            f"00000001.log: a batch is being written at offset {path.stat().st_size - 11}; "
+            "its records are not acknowledged yet and are not included"
+        ]
+        found = query_log(log_dir, SIGNER.public_key, AuditQuery(), now=NOW)
+        assert len(found.records) == 30 and "being written" in found.notices[0]
+    finally:
+        log.close()
+    # Without a live writer the same bytes are a truncated tail: a problem.
+    assert problems(log_dir) == [
+        f"00000001.log at offset {path.stat().st_size - 11}: truncated frame (11 bytes)"
+    ]
+    assert last < path.stat().st_size - 11

@@ -21,9 +21,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .checkpoint import Checkpoint
 from .index import SegmentIndex
-from .segment import CHAIN_BREAK, AuditFormatError, SegmentReader, segment_name
-from .verify import Problem, VerifyReport, verify_checkpoints, verify_segment_files
-from .writer import load_checkpoints, read_log_id
+from .segment import SegmentReader, genesis, segment_name
+from .verify import (
+    Problem,
+    VerifyReport,
+    verify_checkpoints,
+    verify_records,
+    verify_segment_files,
+)
+from .writer import load_checkpoints, read_log_id, writer_is_live
 
 _LENGTH_BYTES = 4
 
@@ -108,6 +114,7 @@ def query_log(
     result.records.extend(_active_matches(directory, checkpoints, query, report, result))
     if report.problems:
         raise AuditIntegrityError(report.problems)
+    result.notices.extend(report.notices)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -145,7 +152,11 @@ def _active_matches(
     report: VerifyReport,
     result: QueryResult,
 ) -> Iterator[dict[str, Any]]:
+    """The open segment has no checkpoint yet: every record in it is walked and checked."""
     sealed = {c.segment for c in checkpoints}
+    last = checkpoints[-1] if checkpoints else None
+    seq = last.first_seq + last.count if last else 1
+    chain = bytes.fromhex(last.last_chain) if last else genesis(read_log_id(directory))
     for path in sorted(directory.glob("*.log")):
         if int(path.stem) in sealed:
             continue
@@ -153,17 +164,10 @@ def _active_matches(
             report.problem(path.name, None, "an unsealed segment that is not the newest one")
             continue
         bodies: list[bytes] = []
-        try:
-            reader = SegmentReader(path)
-            expected = bytes.fromhex(checkpoints[-1].last_chain) if checkpoints else None
-            if expected is not None and reader.header.prev_chain != expected:
-                report.problem(path.name, 0, "header does not continue the chain before it")
-            for item in reader.frames(strict=False):
-                if not item.follows:
-                    report.problem(path.name, item.offset, CHAIN_BREAK)
-                bodies.append(item.body)
-        except AuditFormatError as error:
-            report.problem(path.name, error.offset, error.message)
+        live = writer_is_live(directory)
+        verify_records(
+            path, path.read_bytes(), seq, chain, report, being_written=live, bodies=bodies
+        )
         result.segments_read += 1 if bodies else 0
         yield from _matching(bodies, query)
 

@@ -47,6 +47,10 @@ class AuditFormatError(Exception):
         super().__init__(f"{segment} at offset {offset}: {message}")
 
 
+class TruncatedTailError(AuditFormatError):
+    """The file ends inside a record: a crash mid-write, or a batch being written now."""
+
+
 def segment_name(number: int) -> str:
     return f"{number:08d}"
 
@@ -124,13 +128,13 @@ class SegmentReader:
         sha256 = hashlib.sha256
         while offset < size:
             if size - offset < FRAME_OVERHEAD:
-                raise AuditFormatError(name, offset, f"truncated frame ({size - offset} bytes)")
+                raise TruncatedTailError(name, offset, f"truncated frame ({size - offset} bytes)")
             (length,) = unpack(data, offset)
             end = offset + 4 + length
             if length == 0 or length > MAX_BODY_BYTES:
                 raise AuditFormatError(name, offset, f"impossible record length {length}")
             if end + HASH_BYTES > size:
-                raise AuditFormatError(
+                raise TruncatedTailError(
                     name, offset, f"truncated record: {length} bytes announced, file ends first"
                 )
             body = data[offset + 4 : end]

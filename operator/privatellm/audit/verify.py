@@ -20,8 +20,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .checkpoint import Checkpoint, key_id
 from .merkle import leaf_hash, merkle_root
-from .segment import CHAIN_BREAK, AuditFormatError, SegmentReader, genesis, segment_name
-from .writer import RECOVERY, load_checkpoints, read_log_id
+from .segment import (
+    CHAIN_BREAK,
+    AuditFormatError,
+    SegmentReader,
+    TruncatedTailError,
+    genesis,
+    segment_name,
+)
+from .writer import RECOVERY, load_checkpoints, read_log_id, writer_is_live
 
 
 @dataclass(frozen=True)
@@ -114,9 +121,21 @@ def verify_segment_files(directory: Path, checkpoint: Checkpoint, report: Verify
 
 
 def verify_records(
-    path: Path, data: bytes, first_seq: int, prev_chain: bytes, report: VerifyReport
+    path: Path,
+    data: bytes,
+    first_seq: int,
+    prev_chain: bytes,
+    report: VerifyReport,
+    *,
+    being_written: bool = False,
+    bodies: list[bytes] | None = None,
 ) -> tuple[int, bytes, list[bytes]]:
-    """Walk a segment's records; (count, last chain hash, leaf hashes). Breaks are reported."""
+    """Walk a segment's records; (count, last chain hash, leaf hashes). Breaks are reported.
+
+    `being_written`: the open segment of a log whose writer is live, so a record cut
+    short at the end is a batch still being written (not yet acknowledged): a notice.
+    With `bodies`, every record body is appended to it.
+    """
     try:
         reader = SegmentReader(path, data)
     except AuditFormatError as error:
@@ -145,6 +164,16 @@ def verify_records(
                     f"{record['offset']} of {record['segment']} to {record['quarantine']}"
                 )
             leaves.append(leaf_hash(item.body))
+            if bodies is not None:
+                bodies.append(item.body)
+    except TruncatedTailError as error:
+        if not being_written:
+            report.problem(path.name, error.offset, error.message)
+        else:
+            report.notices.append(
+                f"{path.name}: a batch is being written at offset {error.offset}; "
+                "its records are not acknowledged yet and are not included"
+            )
     except AuditFormatError as error:
         report.problem(path.name, error.offset, error.message)
     report.records += len(leaves)
@@ -198,7 +227,7 @@ def verify_log(
         report.segments += 1
         data = path.read_bytes()
         report.bytes += len(data)
-        verify_records(path, data, seq, chain, report)
+        verify_records(path, data, seq, chain, report, being_written=writer_is_live(directory))
     report.head = checkpoints[-1] if checkpoints else None
     if published_head is not None:
         _compare_head(published_head, checkpoints, report)

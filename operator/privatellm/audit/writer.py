@@ -101,6 +101,20 @@ def read_log_id(directory: Path) -> uuid.UUID:
     return uuid.UUID((directory / "LOG_ID").read_text().strip())
 
 
+def writer_is_live(directory: Path) -> bool:
+    """Whether a writer holds the log open now (its lock is taken)."""
+    try:
+        with (directory / "LOCK").open("rb") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    except FileNotFoundError:
+        pass
+    return False
+
+
 def load_checkpoints(directory: Path) -> list[Checkpoint]:
     return [Checkpoint.from_bytes(p.read_bytes()) for p in sorted(directory.glob("*.ckpt"))]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ import yaml
 from kubernetes import client
 
 from privatellm.api import GROUP, KINDS
+from privatellm.audit import Signer
 from privatellm.devcluster import Toolchain
 from privatellm.devcluster.nodes import GPU_RESOURCE
 
@@ -146,6 +148,32 @@ def test_cluster_role_grants_exactly_the_expected_rules(helm_binary: str) -> Non
     assert bindings[binding_name]["roleRef"]["name"] == "system:auth-delegator"
     assert "subjects" not in bindings[binding_name]
     assert not [o for o in objects if o["kind"] in ("Role", "RoleBinding")]
+
+
+def test_the_operator_keeps_an_audit_log_signed_with_a_key_made_once(helm_binary: str) -> None:
+    objects = render(helm_binary)
+    secret, claim = only(objects, "Secret"), only(objects, "PersistentVolumeClaim")
+    for kept in (secret, claim):
+        assert kept["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    # The key Helm makes is one the audit log can sign with.
+    signer = Signer.from_pem(base64.b64decode(secret["data"]["audit.pem"]))
+    assert len(signer.key_id) == 16
+    pod = only(objects, "Deployment")["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    assert "--audit-dir=/var/lib/privatellm/audit" in args
+    assert "--audit-signing-key=/etc/privatellm/audit/audit.pem" in args
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["audit"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert volumes["audit-key"]["secret"]["secretName"] == secret["metadata"]["name"]
+    assert pod["securityContext"]["fsGroup"] == 65532
+
+    off = render(helm_binary, "audit.enabled=false")
+    assert not [o for o in off if o["kind"] in ("Secret", "PersistentVolumeClaim")]
+    assert not [
+        a
+        for a in only(off, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+        if a.startswith("--audit")
+    ]
 
 
 @pytest.mark.parametrize(

@@ -79,8 +79,9 @@ def operator(
         "BAO_ADDR": vault.addr,
         "PRIVATELLM_VAULT_ROLE": "privatellm-operator",
         "PRIVATELLM_VAULT_JWT_FILE": str(jwt_file),
-        # As the chart's Deployment sets it.
+        # As the chart's Deployment sets them.
         "PRIVATELLM_GATEWAY_TOKENREVIEW_BINDING": token_review_binding(),
+        "POD_NAMESPACE": OPERATOR_NAMESPACE,
     }
     # Vault reviews each login with the token being checked (no reviewer JWT configured).
     binding = "privatellm-under-test-vault-review"
@@ -669,6 +670,11 @@ def test_the_namespace_gets_a_gateway_configured_from_its_policies(
         ]
         return mine if len(mine) >= 3 else None
 
+    # Auditors find the key that verifies the operator's log next to the operator.
+    published = cluster.core.read_namespaced_config_map(
+        "privatellm-operator-audit-public-key", OPERATOR_NAMESPACE
+    )
+    assert published.data["audit.pem.pub"] == OPERATOR_AUDIT_SIGNER.public_pem().decode()
     assert wait_until(policy_records, timeout=30, what="the policy changes on record") == [
         ("policy.change", "AccessPolicy/team", 1),
         ("policy.change", "AccessPolicy/typo", 1),

@@ -26,6 +26,7 @@ from privatellm.audit import AuditLog, Signer
 from privatellm.audit.records import policy_change_record
 from privatellm.keys.transit import VaultClient, vault_client_from_env
 from privatellm.kube.client import Kube, new_api_client
+from privatellm.render.audit import render_operator_audit_public_key
 from privatellm.render.inference_status import NodeView
 from privatellm.render.meta import INFERENCE_DEPLOYMENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL
 
@@ -165,9 +166,12 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         resync_seconds=float(options.get("resync_seconds", 60)),
     )
     if options.get("audit_dir"):
-        runtime.audit = AuditLog(
-            Path(options["audit_dir"]), Signer.from_file(Path(options["audit_signing_key"]))
-        )
+        signer = Signer.from_file(Path(options["audit_signing_key"]))
+        runtime.audit = AuditLog(Path(options["audit_dir"]), signer)
+        # Published next to the operator, so auditors can verify its log.
+        if namespace := os.environ.get("POD_NAMESPACE"):
+            public_key = render_operator_audit_public_key(namespace, signer.public_pem().decode())
+            await asyncio.to_thread(runtime.kube.apply, public_key)
     memo.runtime = runtime
     if options.get("metrics_port"):
         prometheus_client.start_http_server(int(options["metrics_port"]))

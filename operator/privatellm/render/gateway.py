@@ -33,6 +33,7 @@ from privatellm.gateway.config import (
 from privatellm.keys.tenancy import gateway_policy_name, key_name
 from privatellm.keys.tls import service_names
 
+from .audit import render_public_key_configmap
 from .certmanager import render_certificate
 from .engine import SERVING_PORT
 from .meta import (
@@ -60,7 +61,6 @@ CONFIG_SECRET = "privatellm-gateway-config"
 CONFIG_KEY = "gateway.yaml"
 HASH_KEY_KEY = "hash.key"
 AUDIT_KEY_KEY = "audit.pem"
-AUDIT_PUBLIC_KEY_KEY = "audit.pem.pub"
 # Auditors read the public key here to verify the gateways' logs; they need no Secret.
 AUDIT_PUBLIC_KEY_CONFIGMAP = "privatellm-audit-public-key"
 # A sealed segment can be shipped to WORM storage; the open one is at most this old.
@@ -207,12 +207,8 @@ def render_config_secret(inputs: GatewayInputs, keys: GatewayKeys) -> Manifest:
 
 def render_audit_public_key(inputs: GatewayInputs, keys: GatewayKeys) -> Manifest:
     """The key that verifies the namespace's audit logs, readable without Secret access."""
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": _metadata(inputs, AUDIT_PUBLIC_KEY_CONFIGMAP),
-        "data": {AUDIT_PUBLIC_KEY_KEY: keys.audit_public_pem},
-    }
+    metadata = _metadata(inputs, AUDIT_PUBLIC_KEY_CONFIGMAP)
+    return render_public_key_configmap(metadata, keys.audit_public_pem)
 
 
 def render_gateway_service_account(inputs: GatewayInputs) -> Manifest:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -83,6 +84,20 @@ def test_a_stopping_gateway_ships_its_log_and_verify_compares_with_the_copy(
     out = capsys.readouterr().out
     # Each worker sealed its open segment on SIGTERM: everything is in the WORM copy.
     assert out.count(": OK: ") == 2
+
+    # An auditor without access to the gateways works on copies from the bucket.
+    copies = tmp_path / "copies"
+    assert main(["audit", "fetch", "--worm-bucket", BUCKET, "--out", str(copies)]) == 0
+    fetched = sorted(copies.iterdir())
+    assert len(fetched) == 2
+    capsys.readouterr()
+    public = ["--public-key", f"{signing_key}.pub"]
+    assert main(["audit", "verify", *map(str, fetched), *public]) == 0
+    assert capsys.readouterr().out.count(": OK: ") == 2
+    assert main(["audit", "query", *map(str, fetched), *public, "--format", "json"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    requests = [r for r in records if r["kind"] == "request"]
+    assert len(requests) == 21  # the first request that found the gateway up, then 20
 
     # Someone removes the newest sealed segment of one worker, checkpoint and all, and
     # the open segment after it: the log alone still looks whole, its WORM copy shows

@@ -470,6 +470,24 @@ class WormStore:
     def read_checkpoint(self, version: ObjectVersion) -> Checkpoint:
         return Checkpoint.from_bytes(self.client.get(self.bucket, version.key, version.version_id))
 
+    def fetch(self, directory: Path) -> int:
+        """Copy the log's sealed segments, as first written, into `directory`; how many.
+
+        The copy verifies and answers queries like the original (its open segment,
+        never shipped, is not in it), so auditors need no access to the gateways.
+        """
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "LOG_ID").write_text(f"{self.log_id}\n")
+        names = set()
+        for key, versions in self.inventory().items():
+            name = key[len(self.prefix) :]
+            if name.endswith((".log", ".idx", ".ckpt")) and name.split(".")[0].isdigit():
+                first = versions[-1]
+                data = self.client.get(self.bucket, first.key, first.version_id)
+                (directory / name).write_bytes(data)
+                names.add(name.split(".")[0])
+        return len(names)
+
     def shipped_segments(self) -> set[int]:
         """The segments whose checkpoint is stored (one listing; no object is read)."""
         return set(self.checkpoint_keys(self.inventory()))
@@ -658,6 +676,13 @@ class SegmentShipper:
             self._pending.pop(number, None)
             self.last_error = None
             self._cond.notify_all()
+
+
+def stored_logs(client: S3Client, bucket: str, prefix: str = "audit") -> list[str]:
+    """The ids of the logs that have objects under `prefix` in `bucket`."""
+    root = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+    ids = {key[len(root) :].split("/", 1)[0] for key in client.versions(bucket, root)}
+    return sorted(i for i in ids if i)
 
 
 def compare_with_store(directory: Path, store: WormStore, *, now: float | None = None) -> list[str]:

@@ -92,6 +92,16 @@ def add_audit_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
     _add_access_log_arguments(query)
     query.add_argument("--format", choices=("table", "json", "csv"), default="table")
 
+    fetch = actions.add_parser(
+        "fetch",
+        help="copy logs from their WORM bucket (endpoint and credentials from "
+        "AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, ...) to verify and query them here",
+    )
+    fetch.add_argument("--worm-bucket", required=True)
+    fetch.add_argument("--worm-prefix", default="audit")
+    fetch.add_argument("--log-id", action="append", default=[], help="only this log (repeatable)")
+    fetch.add_argument("--out", type=Path, required=True, help="one folder per log goes here")
+
     erase = actions.add_parser(
         "erase",
         help="crypto-shred one subject's stored prompts and responses (delete its key in "
@@ -116,6 +126,8 @@ def run_audit(args: argparse.Namespace) -> int:
             return _verify(args)
         if args.audit_command == "query":
             return _query(args)
+        if args.audit_command == "fetch":
+            return _fetch(args)
         return _erase(args)
     except UsageError as error:
         print(f"audit: {error}", file=sys.stderr)
@@ -204,6 +216,23 @@ def _worm_copy(directory: Path, bucket: str, prefix: str) -> tuple[Checkpoint | 
         return store.published_head(), compare_with_store(directory, store)
     except (WormError, BotoCoreError, ClientError) as error:
         raise UsageError(f"cannot read the WORM copy in {bucket}: {error}") from None
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from privatellm.audit.worm import S3Client, WormStore, stored_logs
+
+    client = S3Client()
+    try:
+        log_ids = args.log_id or stored_logs(client, args.worm_bucket, args.worm_prefix)
+        for log_id in log_ids:
+            store = WormStore(client, args.worm_bucket, log_id, prefix=args.worm_prefix)
+            count = store.fetch(args.out / log_id)
+            print(f"{args.out / log_id}: {count} sealed segments")
+    except (BotoCoreError, ClientError) as error:
+        raise UsageError(f"cannot read {args.worm_bucket}: {error}") from None
+    return 0
 
 
 def _require_log(directory: Path) -> None:

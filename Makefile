@@ -9,6 +9,7 @@ TESTENV_BIN := $(shell scripts/testenv.sh path)
 DEVCLUSTER := .devcluster
 DEMO_NAMESPACE := privatellm-demo
 OPERATOR_PID := $(DEVCLUSTER)/operator.pid
+AUDIT_KEY := $(DEVCLUSTER)/audit.pem
 
 .PHONY: all test unit integration lint crds check-crds testenv chart demo demo-down bench clean
 
@@ -75,8 +76,10 @@ demo: $(STAMP) testenv
 	  kubectl create namespace $(DEMO_NAMESPACE) --dry-run=client -o yaml | kubectl apply -f - >/dev/null; \
 	  kubectl apply -n $(DEMO_NAMESPACE) -f examples/; \
 	  mkdir -p $(DEVCLUSTER); \
+	  if [[ ! -f $(AUDIT_KEY) ]]; then $(BIN)/privatellm audit keygen --out $(AUDIT_KEY) >/dev/null; fi; \
 	  if ! kill -0 "$$(cat $(OPERATOR_PID) 2>/dev/null)" 2>/dev/null; then \
-	    setsid $(BIN)/privatellm operator > $(DEVCLUSTER)/operator.log 2>&1 & echo $$! > $(OPERATOR_PID); \
+	    setsid $(BIN)/privatellm operator --audit-dir $(DEVCLUSTER)/audit --audit-signing-key $(AUDIT_KEY) \
+	      > $(DEVCLUSTER)/operator.log 2>&1 & echo $$! > $(OPERATOR_PID); \
 	  fi; \
 	  echo "operator running (pid $$(cat $(OPERATOR_PID)), log $(DEVCLUSTER)/operator.log)"; \
 	  kubectl wait --for=condition=Ready --timeout=180s -n $(DEMO_NAMESPACE) inferencedeployment/llama-70b inferencedeployment/llama-8b; \
@@ -84,6 +87,8 @@ demo: $(STAMP) testenv
 	  echo; kubectl get pods -n $(DEMO_NAMESPACE) -l app.kubernetes.io/component=inference-server \
 	    -L privatellm.io/zone -o wide; \
 	  echo; kubectl get events -n $(DEMO_NAMESPACE) --field-selector involvedObject.kind=InferenceDeployment; \
+	  echo; echo "The operator's audit trail of policy changes (verified before it is shown):"; \
+	  $(BIN)/privatellm audit query $(DEVCLUSTER)/audit --public-key $(AUDIT_KEY).pub || true; \
 	  echo; echo "KUBECONFIG=$$KUBECONFIG"; \
 	  echo "Stop the operator and the local cluster with: make demo-down"
 

@@ -30,7 +30,9 @@ TABLE_COLUMNS = (
     "subject",
     "auth_method",
     "source_ip",
+    "namespace",
     "model",
+    "target",
     "data_classes",
     "decision",
     "reason",
@@ -418,6 +420,8 @@ def _cell(record: dict[str, Any], column: str) -> str:
         moment = dt.datetime.fromtimestamp(record.get("time", 0.0), dt.UTC)
         return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
     if column == "tokens":
+        if record.get("kind") == "control":
+            return ""
         return f"{record.get('prompt_tokens', 0)}/{record.get('completion_tokens', 0)}"
     if column == "reason" and record.get("kind") == "control":
         return str(record.get("action", ""))

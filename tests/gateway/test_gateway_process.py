@@ -7,8 +7,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import yaml
@@ -17,20 +15,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from privatellm.devcluster.cluster import free_port
-from tests.gateway.conftest import ALICE_KEY, base_config, gateway_stack, upstream
+from tests.gateway.conftest import base_config, gateway_stack, upstream
 from tests.support.fake_openai import FakeOpenAI
-
-
-def _chat(url: str) -> int:
-    body = json.dumps({"model": "llama", "messages": [{"role": "user", "content": "hi"}]})
-    request = urllib.request.Request(
-        url + "/v1/chat/completions",
-        data=body.encode(),
-        headers={"Authorization": f"Bearer {ALICE_KEY}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        status: int = response.status
-        return status
+from tests.support.gateway_client import chat, first_answer
 
 
 def test_two_workers_serve_and_every_event_is_on_disk_after_sigterm(tmp_path: Path) -> None:
@@ -45,15 +32,8 @@ def test_two_workers_serve_and_every_event_is_on_disk_after_sigterm(tmp_path: Pa
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         try:
             url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    _chat(url)
-                    break
-                except OSError:
-                    assert time.monotonic() < deadline, "the gateway did not start"
-                    time.sleep(0.2)
-            statuses = [_chat(url) for _ in range(40)]
+            first_answer(url)
+            statuses = [chat(url) for _ in range(40)]
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=30)

@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,8 +18,8 @@ from privatellm.cli.main import main
 from privatellm.devcluster import DevS3
 from privatellm.devcluster.cluster import Toolchain, default_cache, free_port
 from tests.gateway.conftest import base_config
-from tests.gateway.test_gateway_process import _chat
 from tests.support.fake_openai import FakeOpenAI
+from tests.support.gateway_client import chat, first_answer
 
 BUCKET = "gateway-audit"
 
@@ -52,15 +51,9 @@ def _serve(tmp_path: Path, s3: DevS3, signing_key: Path, requests: int) -> None:
                 command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **s3.env()}
             )
         try:
-            url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 30
-            while True:
-                try:
-                    _chat(url)
-                    break
-                except OSError:
-                    assert time.monotonic() < deadline, "the gateway did not start"
-                    time.sleep(0.2)
-            assert [_chat(url) for _ in range(requests)] == [200] * requests
+            url = f"http://127.0.0.1:{port}"
+            first_answer(url)
+            assert [chat(url) for _ in range(requests)] == [200] * requests
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=60)

@@ -311,3 +311,21 @@ def test_a_batch_being_written_is_a_notice_while_the_writer_is_live(log_dir: Pat
         f"00000001.log at offset {path.stat().st_size - 11}: truncated frame (11 bytes)"
     ]
     assert last < path.stat().st_size - 11
+
+
+def test_a_record_that_cannot_be_kept_is_refused_alone(log_dir: Path) -> None:
+    from privatellm.audit.segment import MAX_BODY_BYTES
+    from privatellm.audit.writer import AuditRecordError
+
+    log = AuditLog(log_dir, SIGNER)
+    try:
+        assert log.append_sync(request(0)) == 1
+        with pytest.raises(AuditRecordError, match="cannot be encoded"):
+            log.append_sync({**request(1), "bad": object()})
+        with pytest.raises(AuditRecordError, match="at most"):
+            log.append_sync({**request(2), "prompt_record": "x" * MAX_BODY_BYTES})
+        # The log goes on, with no gap in the numbering.
+        assert log.append_sync(request(3)) == 2
+    finally:
+        log.close()
+    assert problems(log_dir) == []

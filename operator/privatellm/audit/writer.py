@@ -40,6 +40,7 @@ from .index import SegmentIndex
 from .merkle import leaf_hash, merkle_root
 from .retention import Retention
 from .segment import (
+    MAX_BODY_BYTES,
     AuditFormatError,
     SegmentHeader,
     SegmentReader,
@@ -57,6 +58,10 @@ Waiter = Future[int] | asyncio.Future[int]
 
 class AuditLogClosedError(Exception):
     """The log is closed, or stopped after a failed write: the record was not kept."""
+
+
+class AuditRecordError(Exception):
+    """This record cannot be kept (too large, or not JSON); the log goes on."""
 
 
 @dataclass(frozen=True)
@@ -397,9 +402,18 @@ class AuditLog:
         position = start
         sha256, index, leaves = hashlib.sha256, segment.index, segment.leaves
         for record, future in batch[start:]:
+            position += 1
             record["seq"] = seq
             record.setdefault("time", now)
-            body = canonical(record)
+            try:
+                body = canonical(record)
+            except TypeError as error:  # a value JSON cannot hold: refuse this record only
+                done.append((future, AuditRecordError(f"the record cannot be encoded: {error}")))
+                continue
+            if len(body) > MAX_BODY_BYTES:
+                refusal = f"the record is {len(body)} bytes; at most {MAX_BODY_BYTES} are kept"
+                done.append((future, AuditRecordError(refusal)))
+                continue
             chain = sha256(chain + body).digest()
             framed = frame(body, chain)
             frames.append(framed)
@@ -408,7 +422,6 @@ class AuditLog:
             done.append((future, seq))
             offset += len(framed)
             seq += 1
-            position += 1
             if index.count >= self.limits.records or offset >= self.limits.bytes:
                 break
         data = b"".join(frames)

@@ -118,7 +118,13 @@ class EncryptionSettings(ApiModel):
 class Limits(ApiModel):
     """Bounds that protect the gateway itself."""
 
-    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_body_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        # A sealed prompt and its answer, base64, must fit one audit record (16 MiB).
+        le=4 * 1024 * 1024,
+        description="Larger request bodies get 413.",
+    )
     upstream_connect_seconds: float = Field(default=2.0, gt=0)
     upstream_total_seconds: float = Field(default=600.0, gt=0)
     client_read_seconds: float = Field(

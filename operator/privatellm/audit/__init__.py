@@ -7,6 +7,9 @@ Layout of a log directory:
     00000001.log        a segment: header, then framed records (see segment.py)
     00000001.idx        its index by subject, model and data class (when sealed)
     00000001.ckpt       its signed checkpoint (when sealed)
+    00000002.log.torn-N bytes a crash left after the last intact record, moved aside
+
+See docs/audit.md for the whole design.
 """
 
 from .checkpoint import Checkpoint, Signer, load_public_key

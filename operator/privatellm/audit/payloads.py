@@ -1,7 +1,7 @@
 """Per-subject keys around stored payloads, so one subject's payloads can be erased.
 
-The gateway seals a prompt or response under the model's Transit key (issue of
-who may read model traffic); the result is sealed again under a Transit key of
+The gateway seals a prompt or response under the model's Transit key (which
+decides who may read model traffic); the result is sealed again under a Transit key of
 the subject's own (`audit-subject-<hash>`). Deleting that key in Vault makes
 every stored payload of the subject unreadable (crypto-shredding, GDPR Art. 17)
 while the records themselves, and so the hash chain, stay as they are.

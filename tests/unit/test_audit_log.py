@@ -329,3 +329,14 @@ def test_a_record_that_cannot_be_kept_is_refused_alone(log_dir: Path) -> None:
     finally:
         log.close()
     assert problems(log_dir) == []
+
+
+def test_the_merkle_frontier_gives_the_root_of_every_prefix() -> None:
+    from privatellm.audit.merkle import MerkleFrontier
+
+    leaves = [leaf_hash(i.to_bytes(2, "big")) for i in range(300)]
+    frontier = MerkleFrontier()
+    assert frontier.root() == merkle_root([])
+    for count, leaf in enumerate(leaves, start=1):
+        frontier.add(leaf)
+        assert frontier.root() == merkle_root(leaves[:count]), count

@@ -37,7 +37,7 @@ import orjson
 
 from .checkpoint import Checkpoint, Signer
 from .index import SegmentIndex
-from .merkle import leaf_hash, merkle_root
+from .merkle import MerkleFrontier, leaf_hash
 from .retention import Retention
 from .segment import (
     MAX_BODY_BYTES,
@@ -161,7 +161,8 @@ class _Segment:
         self.header = header
         self.first_seq = first_seq
         self.index = SegmentIndex()
-        self.leaves: list[bytes] = []
+        # The Merkle root so far, so sealing needs no pass over the records.
+        self.merkle = MerkleFrontier()
         self.file_hash = hashlib.sha256()
         self.size = 0
         self.last_chain = header.prev_chain
@@ -208,6 +209,7 @@ class AuditLog:
         self._seal_waiters: list[threading.Event] = []
         self.next_seq = 1
         self._checkpoint: Checkpoint | None = None
+        self._kept: list[Checkpoint] = []
         self._segment = self._recover()
         self._prune_expired()
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
@@ -282,6 +284,10 @@ class AuditLog:
         if self._checkpoint is not None:
             self.next_seq = self._checkpoint.first_seq + self._checkpoint.count
         sealed = {c.segment for c in checkpoints}
+        # Sealed segments still on disk: what retention may remove later.
+        self._kept = [
+            c for c in checkpoints if (self.directory / f"{segment_name(c.segment)}.log").exists()
+        ]
         unsealed = [p for p in segments if int(p.stem) not in sealed]
         if len(unsealed) > 1 or (unsealed and int(unsealed[0].stem) != len(checkpoints) + 1):
             raise AuditFormatError(
@@ -300,7 +306,7 @@ class AuditLog:
             for item in reader.frames():
                 record = orjson.loads(item.body)
                 segment.index.add(item.offset, record)
-                segment.leaves.append(leaf_hash(item.body))
+                segment.merkle.add(leaf_hash(item.body))
                 self.next_seq = record["seq"] + 1
                 if record.get("action") == RECOVERY:
                     recorded.add(record["quarantine"])
@@ -400,7 +406,7 @@ class AuditLog:
         chain, offset, seq = segment.last_chain, segment.size, self.next_seq
         now = self.clock()
         position = start
-        sha256, index, leaves = hashlib.sha256, segment.index, segment.leaves
+        sha256, index, merkle = hashlib.sha256, segment.index, segment.merkle
         for record, future in batch[start:]:
             position += 1
             record["seq"] = seq
@@ -418,7 +424,7 @@ class AuditLog:
             framed = frame(body, chain)
             frames.append(framed)
             index.add(offset, record)
-            leaves.append(leaf_hash(body))
+            merkle.add(leaf_hash(body))
             done.append((future, seq))
             offset += len(framed)
             seq += 1
@@ -452,7 +458,7 @@ class AuditLog:
                 max_time=segment.index.max_time,
                 prev_chain=segment.header.prev_chain.hex(),
                 last_chain=segment.last_chain.hex(),
-                merkle_root=merkle_root(segment.leaves).hex(),
+                merkle_root=segment.merkle.root().hex(),
                 file_sha256=segment.file_hash.hexdigest(),
                 file_size=segment.size,
                 index_sha256=hashlib.sha256(index_bytes).hexdigest(),
@@ -470,6 +476,7 @@ class AuditLog:
         os.close(segment.fd)
         segment.fd = -1
         self._checkpoint = checkpoint
+        self._kept.append(checkpoint)
         self._segment = self._start_segment()
         if self.on_sealed is not None:
             self.on_sealed(SealedSegment(checkpoint, segment.path, index_path, checkpoint_path))
@@ -478,14 +485,16 @@ class AuditLog:
     def _prune_expired(self) -> None:
         if self.prune is None:
             return
-        now, removed = self.clock(), []
-        for checkpoint in load_checkpoints(self.directory):
-            data = self.directory / f"{segment_name(checkpoint.segment)}.log"
-            if checkpoint.retain_until > now or not data.exists() or not self.prune(checkpoint):
+        now, removed, kept = self.clock(), [], []
+        for checkpoint in self._kept:
+            if checkpoint.retain_until > now or not self.prune(checkpoint):
+                kept.append(checkpoint)
                 continue
+            data = self.directory / f"{segment_name(checkpoint.segment)}.log"
             data.with_suffix(".idx").unlink(missing_ok=True)
-            data.unlink()
+            data.unlink(missing_ok=True)
             removed.append(checkpoint.segment)
+        self._kept = kept
         if removed:
             fsync_directory(self.directory)
             log.info("audit: removed segments %s after their retention period", removed)

@@ -6,6 +6,8 @@ import asyncio
 import csv
 import io
 import json
+import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -169,3 +171,28 @@ def test_no_answer_without_a_record(tmp_path: Path, keys: tuple[Path, Path]) -> 
                 assert "audit_unavailable" in events[-2] and events[-1] == "data: [DONE]"
 
     asyncio.run(go())
+
+
+def test_the_answer_waits_until_the_record_is_on_disk(
+    tmp_path: Path, keys: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While fdatasync has not returned, the client has no answer; then it has."""
+    private, _ = keys
+    disk_done = threading.Event()
+    real_fdatasync = os.fdatasync
+
+    def slow_disk(fd: int) -> None:
+        disk_done.wait(10)
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", slow_disk)
+
+    async def scenario(stack: Any) -> None:
+        request = asyncio.ensure_future(stack.chat("hello"))
+        await asyncio.sleep(0.5)
+        assert not request.done(), "answered before the record was on disk"
+        disk_done.set()
+        status, _ = await asyncio.wait_for(request, 10)
+        assert status == 200
+
+    run_requests(tmp_path / "log", private, scenario)

@@ -167,6 +167,15 @@ def test_the_operator_keeps_an_audit_log_signed_with_a_key_made_once(helm_binary
     assert volumes["audit-key"]["secret"]["secretName"] == secret["metadata"]["name"]
     assert pod["securityContext"]["fsGroup"] == 65532
 
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert "PRIVATELLM_AUDIT_WORM_BUCKET" not in env
+    shipped = render(helm_binary, "audit.worm.bucket=audit-worm", "audit.worm.endpoint=http://s3")
+    container = only(shipped, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["PRIVATELLM_AUDIT_WORM_BUCKET"] == "audit-worm"
+    assert env["PRIVATELLM_AUDIT_WORM_PREFIX"] == "audit"
+    assert env["PRIVATELLM_AUDIT_WORM_ENDPOINT"] == "http://s3"
+
     off = render(helm_binary, "audit.enabled=false")
     assert not [o for o in off if o["kind"] in ("Secret", "PersistentVolumeClaim")]
     assert not [

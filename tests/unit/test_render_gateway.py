@@ -13,6 +13,7 @@ from privatellm.api.access import AccessPolicy
 from privatellm.gateway.config import GatewayConfig
 from privatellm.render.access_policy import policy_problems, resolved_models
 from privatellm.render.gateway import (
+    AuditShipping,
     GatewayInputs,
     GatewayKeys,
     config_text,
@@ -174,3 +175,36 @@ def test_token_review_subjects_add_and_remove_only_this_namespace() -> None:
     assert added == [other, mine]
     assert token_review_subjects(added, "team", wanted=True) == added
     assert token_review_subjects(added, "team", wanted=False) == [other]
+
+
+def test_gateways_ship_sealed_audit_segments_where_the_platform_says() -> None:
+    shipping = AuditShipping("audit-worm", "team-logs", "https://s3.example.com")
+    shipped = dataclasses.replace(INPUTS, audit_shipping=shipping)
+    container = {o["kind"]: o for o in render_gateway(shipped, KEYS, "abc")}["StatefulSet"]["spec"][
+        "template"
+    ]["spec"]["containers"][0]
+    assert "--audit-worm-bucket=audit-worm" in container["args"]
+    assert "--audit-worm-prefix=team-logs" in container["args"]
+    assert container["env"] == [{"name": "AWS_ENDPOINT_URL_S3", "value": "https://s3.example.com"}]
+    assert container["envFrom"] == [
+        {"secretRef": {"name": "privatellm-audit-shipping", "optional": True}}
+    ]
+    plain = {o["kind"]: o for o in render_gateway(INPUTS, KEYS, "abc")}["StatefulSet"]
+    container = plain["spec"]["template"]["spec"]["containers"][0]
+    assert "env" not in container and "envFrom" not in container
+    assert not [a for a in container["args"] if a.startswith("--audit-worm")]
+
+
+def test_the_shipping_settings_come_from_the_operators_environment() -> None:
+    from privatellm.controllers.gateway import audit_shipping_from_env
+
+    assert audit_shipping_from_env({}) is None
+    assert audit_shipping_from_env({"PRIVATELLM_AUDIT_WORM_BUCKET": ""}) is None
+    assert audit_shipping_from_env({"PRIVATELLM_AUDIT_WORM_BUCKET": "b"}) == AuditShipping("b")
+    assert audit_shipping_from_env(
+        {
+            "PRIVATELLM_AUDIT_WORM_BUCKET": "b",
+            "PRIVATELLM_AUDIT_WORM_PREFIX": "p",
+            "PRIVATELLM_AUDIT_WORM_ENDPOINT": "http://s3:9000",
+        }
+    ) == AuditShipping("b", "p", "http://s3:9000")

@@ -12,6 +12,7 @@ import datetime
 import logging
 import os
 import secrets
+from collections.abc import Mapping
 from typing import Any
 
 from privatellm.api import InferenceDeployment
@@ -26,6 +27,7 @@ from privatellm.render.gateway import (
     GATEWAY_NAME,
     GATEWAY_TLS_SECRET,
     HASH_KEY_KEY,
+    AuditShipping,
     GatewayInputs,
     GatewayKeys,
     render_gateway,
@@ -49,6 +51,20 @@ SECRET = KINDS["Secret"]
 CLUSTER_ROLE_BINDING = KINDS["ClusterRoleBinding"]
 # Set by the chart: the ClusterRoleBinding that lets gateways call TokenReview.
 TOKEN_REVIEW_BINDING_ENV = "PRIVATELLM_GATEWAY_TOKENREVIEW_BINDING"
+# Set by the chart: where gateways ship sealed audit segments (empty bucket: nowhere).
+AUDIT_BUCKET_ENV = "PRIVATELLM_AUDIT_WORM_BUCKET"
+AUDIT_PREFIX_ENV = "PRIVATELLM_AUDIT_WORM_PREFIX"
+AUDIT_ENDPOINT_ENV = "PRIVATELLM_AUDIT_WORM_ENDPOINT"
+
+
+def audit_shipping_from_env(environ: Mapping[str, str]) -> AuditShipping | None:
+    bucket = environ.get(AUDIT_BUCKET_ENV, "")
+    if not bucket:
+        return None
+    prefix = environ.get(AUDIT_PREFIX_ENV) or "audit"
+    return AuditShipping(bucket, prefix, environ.get(AUDIT_ENDPOINT_ENV, ""))
+
+
 API_KEY_DIGEST = "sha256"
 PROTECTED_ENTITIES_KEY = "entities"
 DEFAULT_IMAGE = "ghcr.io/privatellm/privatellm:0.1.0"
@@ -64,6 +80,7 @@ def reconcile_gateway(
     namespace: str,
     vault_addr: str | None = None,
     token_review_binding: str | None = None,
+    audit_shipping: AuditShipping | None = None,
 ) -> None:
     """Render and apply the namespace's gateway; write each AccessPolicy's status.
 
@@ -96,6 +113,7 @@ def reconcile_gateway(
             api_keys=api_keys,
             protected_entities=protected,
             vault_addr=vault_addr,
+            audit_shipping=audit_shipping,
         )
         tls_revision = ensure_certificate(
             kube,

@@ -120,7 +120,8 @@ def _reconcile_model(runtime: Runtime, key: Key) -> None:
 def _reconcile_gateway(runtime: Runtime, key: Key) -> None:
     vault_addr = runtime.vault.addr if runtime.vault is not None else None
     binding = os.environ.get(gateway.TOKEN_REVIEW_BINDING_ENV)
-    gateway.reconcile_gateway(runtime.kube, key[0], vault_addr, binding)
+    shipping = gateway.audit_shipping_from_env(os.environ)
+    gateway.reconcile_gateway(runtime.kube, key[0], vault_addr, binding, shipping)
 
 
 async def _worker(

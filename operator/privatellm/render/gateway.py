@@ -66,6 +66,8 @@ AUDIT_PUBLIC_KEY_CONFIGMAP = "privatellm-audit-public-key"
 # A sealed segment can be shipped to WORM storage; the open one is at most this old.
 AUDIT_SEGMENT_SECONDS = 300
 AUDIT_VOLUME_SIZE = "10Gi"
+# Credentials for the WORM bucket, made by the namespace's owners (AWS_* variables).
+AUDIT_SHIPPING_SECRET = "privatellm-audit-shipping"
 GATEWAY_TLS_SECRET = "privatellm-gateway-tls"
 GATEWAY_PORT = 8443
 METRICS_PORT = 9090
@@ -88,6 +90,16 @@ class GatewayKeys:
 
 
 @dataclass(frozen=True)
+class AuditShipping:
+    """Where gateways ship sealed audit segments (S3 with Object Lock); the platform's choice."""
+
+    bucket: str
+    prefix: str = "audit"
+    # S3 endpoint URL; empty: the AWS default for the credentials' region.
+    endpoint: str = ""
+
+
+@dataclass(frozen=True)
 class GatewayInputs:
     """What the namespace's gateway is rendered from."""
 
@@ -100,6 +112,7 @@ class GatewayInputs:
     oidc: OIDCSettings | None = None
     # The operator's Vault, when it has one: the gateway then seals every payload.
     vault_addr: str | None = None
+    audit_shipping: AuditShipping | None = None
 
 
 def gateway_labels() -> dict[str, str]:
@@ -244,7 +257,7 @@ def render_gateway_statefulset(inputs: GatewayInputs, tls_revision: str = "") ->
         "--audit-prune-expired",
     ]
     probe = {"httpGet": {"path": "/healthz", "port": "https", "scheme": "HTTPS"}}
-    container = {
+    container: Manifest = {
         "name": "gateway",
         "image": inputs.image,
         "args": args,
@@ -263,6 +276,8 @@ def render_gateway_statefulset(inputs: GatewayInputs, tls_revision: str = "") ->
             {"name": "tmp", "mountPath": "/tmp"},
         ],
     }
+    if inputs.audit_shipping is not None:
+        _ship_audit(container, inputs.audit_shipping)
     template_meta: Manifest = {"labels": gateway_labels()}
     if tls_revision:
         # The listener reads its certificate at start; a new one needs new Pods.
@@ -314,6 +329,18 @@ def render_gateway_statefulset(inputs: GatewayInputs, tls_revision: str = "") ->
             },
         },
     }
+
+
+def _ship_audit(container: Manifest, shipping: AuditShipping) -> None:
+    container["args"] += [
+        f"--audit-worm-bucket={shipping.bucket}",
+        f"--audit-worm-prefix={shipping.prefix}",
+    ]
+    if shipping.endpoint:
+        container["env"] = [{"name": "AWS_ENDPOINT_URL_S3", "value": shipping.endpoint}]
+    # The namespace's own credentials for the bucket (AWS_ACCESS_KEY_ID, ...). Without
+    # them the gateway still serves; its sealed segments wait on its volume.
+    container["envFrom"] = [{"secretRef": {"name": AUDIT_SHIPPING_SECRET, "optional": True}}]
 
 
 def render_gateway_service(inputs: GatewayInputs) -> Manifest:

@@ -147,18 +147,3 @@ class SegmentReader:
             offset = end + HASH_BYTES
             self.valid_end, self.last_chain = offset, chain
 
-
-def read_record(path: Path, offset: int) -> tuple[bytes, bytes]:
-    """The (body, chain hash) of the frame at `offset`, read without the rest of the file."""
-    with path.open("rb") as file:
-        file.seek(offset)
-        head = file.read(4)
-        if len(head) < 4:
-            raise AuditFormatError(path.name, offset, "no record at this offset")
-        (length,) = _LENGTH.unpack(head)
-        if length == 0 or length > MAX_BODY_BYTES:
-            raise AuditFormatError(path.name, offset, f"impossible record length {length}")
-        rest = file.read(length + HASH_BYTES)
-    if len(rest) < length + HASH_BYTES:
-        raise AuditFormatError(path.name, offset, "truncated record")
-    return rest[:length], rest[length:]

@@ -124,10 +124,13 @@ def reconcile_gateway(
             lambda: render_gateway_certificate(inputs),
             datetime.datetime.now(datetime.UTC),
         )
-        for manifest in render_gateway(inputs, _gateway_keys(kube, namespace), tls_revision):
-            kube.apply(manifest)
-        # Earlier releases ran the gateway as a Deployment, without audit volumes.
-        if kube.get(DEPLOYMENT, namespace, GATEWAY_NAME) is not None:
+        wrote = {
+            manifest["kind"]: kube.apply(manifest)
+            for manifest in render_gateway(inputs, _gateway_keys(kube, namespace), tls_revision)
+        }
+        # Earlier releases ran the gateway as a Deployment, without audit volumes; it goes
+        # when its StatefulSet is written, so steady reconciles do not look for it.
+        if wrote["StatefulSet"] and kube.get(DEPLOYMENT, namespace, GATEWAY_NAME) is not None:
             kube.delete(DEPLOYMENT, namespace, GATEWAY_NAME)
     if token_review_binding:
         _keep_token_review_access(kube, token_review_binding, namespace, bool(live_models))

@@ -20,14 +20,12 @@ from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 
 from privatellm.audit import AuditLog, Signer, verify_log
 from privatellm.audit.retention import Retention
+from privatellm.audit.s3 import COMPLIANCE, S3Client, error_code
 from privatellm.audit.worm import (
-    COMPLIANCE,
-    S3Client,
     SegmentShipper,
     WormConflictError,
     WormStore,
     compare_with_store,
-    error_code,
     retention_date,
     sealed_segments,
 )

@@ -20,20 +20,22 @@ from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 
 from privatellm.audit import AuditLog, Signer
 from privatellm.audit.retention import DAY, Retention
-from privatellm.audit.worm import (
+from privatellm.audit.s3 import (
     COMPLIANCE,
     ObjectInfo,
     ObjectVersion,
     S3Client,
+    error_code,
+    sha256_from_checksum,
+)
+from privatellm.audit.worm import (
     SegmentShipper,
     WormConflictError,
     WormStore,
     compare_with_store,
-    error_code,
     log_prefix,
     retention_date,
     sealed_segments,
-    sha256_from_checksum,
 )
 from privatellm.audit.writer import SealedSegment, SegmentLimits, load_checkpoints
 

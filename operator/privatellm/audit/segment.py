@@ -146,4 +146,3 @@ class SegmentReader:
             previous = chain
             offset = end + HASH_BYTES
             self.valid_end, self.last_chain = offset, chain
-

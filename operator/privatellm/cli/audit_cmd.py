@@ -211,7 +211,8 @@ def _worm_copy(directory: Path, bucket: str, prefix: str) -> tuple[Checkpoint | 
     """The head published in WORM storage, and every difference from the stored copy."""
     from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
 
-    from privatellm.audit.worm import S3Client, WormError, WormStore, compare_with_store
+    from privatellm.audit.s3 import S3Client
+    from privatellm.audit.worm import WormError, WormStore, compare_with_store
 
     try:
         store = WormStore.for_directory(S3Client(), bucket, directory, prefix=prefix)
@@ -223,7 +224,8 @@ def _worm_copy(directory: Path, bucket: str, prefix: str) -> tuple[Checkpoint | 
 def _fetch(args: argparse.Namespace) -> int:
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from privatellm.audit.worm import S3Client, WormStore, stored_logs
+    from privatellm.audit.s3 import S3Client
+    from privatellm.audit.worm import WormStore, stored_logs
 
     client = S3Client()
     try:

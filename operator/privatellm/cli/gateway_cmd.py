@@ -192,7 +192,8 @@ def _open_audit_log(
         prune=may_prune if args.audit_prune_expired else None,
     )
     if args.audit_worm_bucket:
-        from privatellm.audit.worm import S3Client, SegmentShipper, WormStore
+        from privatellm.audit.s3 import S3Client
+        from privatellm.audit.worm import SegmentShipper, WormStore
 
         store = WormStore.for_directory(
             S3Client(), args.audit_worm_bucket, directory, prefix=args.audit_worm_prefix

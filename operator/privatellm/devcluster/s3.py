@@ -20,7 +20,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from privatellm.audit.worm import S3Client
+from privatellm.audit.s3 import S3Client
 
 from .cluster import Toolchain, free_port, stop_process_group
 

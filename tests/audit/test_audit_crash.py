@@ -31,8 +31,9 @@ import orjson
 import pytest
 
 from privatellm.audit import AuditLog, Signer, verify_log
+from privatellm.audit.files import load_checkpoints
 from privatellm.audit.segment import FRAME_OVERHEAD, AuditFormatError, SegmentReader
-from privatellm.audit.writer import SegmentLimits, load_checkpoints
+from privatellm.audit.writer import SegmentLimits
 
 ROOT = Path(__file__).resolve().parents[2]
 SEGMENT_RECORDS = 64

@@ -19,6 +19,7 @@ import pytest
 from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 
 from privatellm.audit import AuditLog, Signer, verify_log
+from privatellm.audit.files import load_checkpoints
 from privatellm.audit.retention import Retention
 from privatellm.audit.s3 import COMPLIANCE, S3Client, error_code
 from privatellm.audit.worm import (
@@ -29,7 +30,7 @@ from privatellm.audit.worm import (
     retention_date,
     sealed_segments,
 )
-from privatellm.audit.writer import SegmentLimits, load_checkpoints
+from privatellm.audit.writer import SegmentLimits
 from privatellm.devcluster import DevS3
 from privatellm.devcluster.cluster import Toolchain, default_cache
 

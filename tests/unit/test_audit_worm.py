@@ -19,6 +19,7 @@ import pytest
 from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 
 from privatellm.audit import AuditLog, Signer
+from privatellm.audit.files import load_checkpoints
 from privatellm.audit.retention import DAY, Retention
 from privatellm.audit.s3 import (
     COMPLIANCE,
@@ -37,7 +38,7 @@ from privatellm.audit.worm import (
     retention_date,
     sealed_segments,
 )
-from privatellm.audit.writer import SealedSegment, SegmentLimits, load_checkpoints
+from privatellm.audit.writer import SealedSegment, SegmentLimits
 
 SIGNER = Signer.generate()
 

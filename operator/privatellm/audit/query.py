@@ -20,6 +20,7 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .checkpoint import Checkpoint
+from .files import load_checkpoints, read_log_id, writer_is_live
 from .index import SegmentIndex
 from .segment import SegmentReader, genesis, segment_name
 from .verify import (
@@ -29,7 +30,6 @@ from .verify import (
     verify_records,
     verify_segment_files,
 )
-from .writer import load_checkpoints, read_log_id, writer_is_live
 
 _LENGTH_BYTES = 4
 

@@ -11,6 +11,8 @@ from typing import Any
 
 REQUEST = "request"
 CONTROL = "control"
+# What the writer records when it moved a crash's torn tail aside.
+RECOVERY = "audit.recovery"
 # A distinct key for prompt hashes, so they never equal the filters' `hash` action output.
 _PROMPT_HASH_CONTEXT = b"privatellm.io/audit/prompt-hash/v1"
 

@@ -19,7 +19,9 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .checkpoint import Checkpoint, key_id
+from .files import load_checkpoints, read_log_id, writer_is_live
 from .merkle import leaf_hash, merkle_root
+from .records import RECOVERY
 from .segment import (
     CHAIN_BREAK,
     AuditFormatError,
@@ -28,7 +30,6 @@ from .segment import (
     genesis,
     segment_name,
 )
-from .writer import RECOVERY, load_checkpoints, read_log_id, writer_is_live
 
 
 @dataclass(frozen=True)

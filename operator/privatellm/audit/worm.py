@@ -39,9 +39,10 @@ from pathlib import Path
 from typing import Protocol
 
 from .checkpoint import Checkpoint
+from .files import load_checkpoints, read_log_id
 from .s3 import COMPLIANCE, ObjectInfo, ObjectVersion, S3Client, error_code
 from .segment import segment_name
-from .writer import SealedSegment, load_checkpoints, read_log_id
+from .writer import SealedSegment
 
 log = logging.getLogger(__name__)
 

@@ -5,6 +5,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The compiled PII scanner (Rust, built with cargo through maturin).
+NATIVE := native/pii_scan
+NATIVE_STAMP := $(VENV)/.native
+READY := $(NATIVE_STAMP)
 TESTENV_BIN := $(shell scripts/testenv.sh path)
 DEVCLUSTER := .devcluster
 DEMO_NAMESPACE := privatellm-demo
@@ -21,27 +25,32 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-venv: $(STAMP)
+$(NATIVE_STAMP): $(STAMP) $(NATIVE)/Cargo.toml $(NATIVE)/pyproject.toml $(NATIVE)/privatellm_pii_scan.pyi $(wildcard $(NATIVE)/src/*.rs)
+	@command -v cargo >/dev/null || { echo "cargo is needed to build $(NATIVE): install Rust (rustup.rs)" >&2; exit 1; }
+	$(BIN)/pip install --quiet ./$(NATIVE)
+	touch $@
+
+venv: $(READY)
 
 testenv:
 	scripts/testenv.sh build
 
-crds: $(STAMP)
+crds: $(READY)
 	$(BIN)/privatellm crds
 
-check-crds: $(STAMP)
+check-crds: $(READY)
 	$(BIN)/privatellm crds --check
 
-lint: $(STAMP)
+lint: $(READY)
 	$(BIN)/ruff check operator tests
 	$(BIN)/ruff format --check operator tests
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-unit: $(STAMP)
+unit: $(READY)
 	$(BIN)/pytest tests/unit tests/gateway tests/audit
 
-integration: $(STAMP) testenv
+integration: $(READY) testenv
 	$(BIN)/pytest tests/integration
 
 # The one command CI and newcomers run: lint, then unit and integration tests.
@@ -52,7 +61,7 @@ chart: testenv
 	$(TESTENV_BIN)/helm lint charts/privatellm
 
 # Benchmarks start their own simulated cluster and write docs/benchmarks.md.
-bench: $(STAMP) testenv
+bench: $(READY) testenv
 	$(BIN)/python -m tests.benchmarks.bench_envelope --records 10000
 	$(BIN)/python -m tests.benchmarks.bench_operator --count 200
 	scripts/bench-tools.sh
@@ -66,7 +75,7 @@ bench: $(STAMP) testenv
 # The demo runs on $$KUBECONFIG when it is set, else on a local simulated cluster.
 # The operator runs in the background as a local process; `make demo-down` stops
 # it (and the local cluster).
-demo: $(STAMP) testenv
+demo: $(READY) testenv
 	@if [[ -z "$$KUBECONFIG" ]]; then $(BIN)/privatellm dev-cluster up --dir $(DEVCLUSTER); fi
 	@export KUBECONFIG="$${KUBECONFIG:-$(CURDIR)/$(DEVCLUSTER)/kubeconfig}"; \
 	  export PATH="$(TESTENV_BIN):$$PATH"; \
@@ -92,7 +101,7 @@ demo: $(STAMP) testenv
 	  echo; echo "KUBECONFIG=$$KUBECONFIG"; \
 	  echo "Stop the operator and the local cluster with: make demo-down"
 
-demo-down: $(STAMP)
+demo-down: $(READY)
 	@if [[ -f $(OPERATOR_PID) ]]; then kill "$$(cat $(OPERATOR_PID))" 2>/dev/null || true; rm -f $(OPERATOR_PID); fi
 	$(BIN)/privatellm dev-cluster down --dir $(DEVCLUSTER)
 

@@ -84,7 +84,9 @@ class Detector:
     lowered: the pattern runs on lower-cased text; keywords: one of them (lower case)
     occurs in every match, so the scan skips the pattern when none does; trigger: a
     pattern shared with other detectors that finds where they can start; gate: a
-    cheap fact about the text (see _GATES) without which the detector cannot match.
+    cheap fact about the text (see _GATES) without which the detector cannot match;
+    native: the rule in the compiled scanner (privatellm_pii_scan) that confirms a match
+    as `locate` does, None for detectors only Python runs.
     """
 
     entity: str
@@ -98,6 +100,7 @@ class Detector:
     keywords: tuple[str, ...] = ()
     trigger: re.Pattern[str] | None = None
     gate: str | None = None
+    native: str | None = None
 
 
 def lower_same_length(text: str) -> str:
@@ -169,6 +172,7 @@ EMAIL = Detector(
     reach=1 + 100 + 1,
     back=64 + 1,
     gate="at",
+    native="email",
 )
 
 # --- phone -------------------------------------------------------------------
@@ -217,7 +221,14 @@ def _locate_phone(match: re.Match[str]) -> Span | None:
 
 
 PHONE = Detector(
-    "phone", _PHONE, _locate_phone, reach=64, back=2, trigger=NUMBER_TRIGGER, gate="number"
+    "phone",
+    _PHONE,
+    _locate_phone,
+    reach=64,
+    back=2,
+    trigger=NUMBER_TRIGGER,
+    gate="number",
+    native="phone",
 )
 
 # --- payment card ------------------------------------------------------------
@@ -238,7 +249,14 @@ def _locate_card(match: re.Match[str]) -> Span | None:
 
 
 PAYMENT_CARD = Detector(
-    "paymentCard", _CARD, _locate_card, reach=29, back=2, trigger=NUMBER_TRIGGER, gate="number"
+    "paymentCard",
+    _CARD,
+    _locate_card,
+    reach=29,
+    back=2,
+    trigger=NUMBER_TRIGGER,
+    gate="number",
+    native="paymentCard",
 )
 
 # --- national identifiers ----------------------------------------------------
@@ -256,7 +274,14 @@ def _locate_us_ssn(match: re.Match[str]) -> Span | None:
 
 
 US_SSN = Detector(
-    "usSSN", _US_SSN, _locate_us_ssn, reach=14, back=2, trigger=NUMBER_TRIGGER, gate="number"
+    "usSSN",
+    _US_SSN,
+    _locate_us_ssn,
+    reach=14,
+    back=2,
+    trigger=NUMBER_TRIGGER,
+    gate="number",
+    native="usSSN",
 )
 
 _UK_NINO = re.compile(
@@ -271,7 +296,13 @@ def _locate_uk_nino(match: re.Match[str]) -> Span | None:
 
 
 UK_NINO = Detector(
-    "ukNINO", _UK_NINO, _locate_uk_nino, reach=14, trigger=CAPITALS_TRIGGER, gate="capitals"
+    "ukNINO",
+    _UK_NINO,
+    _locate_uk_nino,
+    reach=14,
+    trigger=CAPITALS_TRIGGER,
+    gate="capitals",
+    native="ukNINO",
 )
 
 _NL_BSN = re.compile(
@@ -285,7 +316,14 @@ def _locate_nl_bsn(match: re.Match[str]) -> Span | None:
 
 
 NL_BSN = Detector(
-    "nlBSN", _NL_BSN, _locate_nl_bsn, reach=14, back=2, trigger=NUMBER_TRIGGER, gate="number"
+    "nlBSN",
+    _NL_BSN,
+    _locate_nl_bsn,
+    reach=14,
+    back=2,
+    trigger=NUMBER_TRIGGER,
+    gate="number",
+    native="nlBSN",
 )
 
 _DE_TAX_ID = re.compile(
@@ -306,6 +344,7 @@ DE_TAX_ID = Detector(
     back=2,
     trigger=NUMBER_TRIGGER,
     gate="number",
+    native="deTaxID",
 )
 
 # --- IBAN --------------------------------------------------------------------
@@ -334,7 +373,15 @@ def _locate_iban(match: re.Match[str]) -> Span | None:
     return None
 
 
-IBAN = Detector("iban", _IBAN, _locate_iban, reach=66, trigger=CAPITALS_TRIGGER, gate="capitals")
+IBAN = Detector(
+    "iban",
+    _IBAN,
+    _locate_iban,
+    reach=66,
+    trigger=CAPITALS_TRIGGER,
+    gate="capitals",
+    native="iban",
+)
 
 # --- IP addresses ------------------------------------------------------------
 
@@ -347,7 +394,15 @@ def _locate_ipv4(match: re.Match[str]) -> Span | None:
     return match.span() if ipv4_valid(match.group()) else None
 
 
-IPV4 = Detector("ipAddress", _IPV4, _locate_ipv4, reach=17, trigger=NUMBER_TRIGGER, gate="number")
+IPV4 = Detector(
+    "ipAddress",
+    _IPV4,
+    _locate_ipv4,
+    reach=17,
+    trigger=NUMBER_TRIGGER,
+    gate="number",
+    native="ipv4",
+)
 
 _IPV6_LEAD = re.compile(r"[0-9A-Fa-f]{1,4}\Z")
 _IPV6_BODY = re.compile(
@@ -373,7 +428,13 @@ def _locate_ipv6(match: re.Match[str]) -> Span | None:
 
 
 IPV6 = Detector(
-    "ipAddress", re.compile(r":(?=[0-9A-Fa-f:])"), _locate_ipv6, reach=58, back=6, gate="colon"
+    "ipAddress",
+    re.compile(r":(?=[0-9A-Fa-f:])"),
+    _locate_ipv6,
+    reach=58,
+    back=6,
+    gate="colon",
+    native="ipv6",
 )
 
 # --- date of birth -----------------------------------------------------------
@@ -443,6 +504,7 @@ DATE_OF_BIRTH = Detector(
     lowered=True,
     gate="digit",
     keywords=("birth", "born", "dob", "d.o.b", "geb", "né", "naissance", "naci"),
+    native="dateOfBirth",
 )
 
 # --- secrets -----------------------------------------------------------------
@@ -488,19 +550,33 @@ def _locate_token(match: re.Match[str]) -> Span | None:
     return None
 
 
-SECRET_TOKEN = Detector("secret", _TOKEN, _locate_token, within_runs=True, gate="long_run")
+SECRET_TOKEN = Detector(
+    "secret", _TOKEN, _locate_token, within_runs=True, gate="long_run", native="secretToken"
+)
 
 _JWT = re.compile(
     r"eyJ(?<![A-Za-z0-9_.\-]...)[A-Za-z0-9_\-]{5,}\.eyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]{10,}"
     r"(?![A-Za-z0-9+/=_\-])"
 )
 SECRET_JWT = Detector(
-    "secret", _JWT, lambda match: match.span(), within_runs=True, back=1, gate="long_run"
+    "secret",
+    _JWT,
+    lambda match: match.span(),
+    within_runs=True,
+    back=1,
+    gate="long_run",
+    native="whole",
 )
 
 _PRIVATE_KEY = re.compile(r"-----BEGIN (?:[A-Z0-9]{1,12} ){0,3}PRIVATE KEY(?: BLOCK)?-----")
 SECRET_PRIVATE_KEY = Detector(
-    "secret", _PRIVATE_KEY, lambda match: match.span(), reach=72, back=0, gate="dashes"
+    "secret",
+    _PRIVATE_KEY,
+    lambda match: match.span(),
+    reach=72,
+    back=0,
+    gate="dashes",
+    native="whole",
 )
 
 # In the order that breaks ties between candidates with the same span.
@@ -523,6 +599,11 @@ PII_DETECTORS: tuple[Detector, ...] = (
 
 
 # --- scanning ----------------------------------------------------------------
+
+try:
+    from privatellm_pii_scan import NativeScanner
+except ImportError:  # not built here: Python runs every detector, with the same results
+    NativeScanner = None  # type: ignore[assignment,misc]
 
 
 def _byte_map(classes: dict[str, str]) -> bytes:
@@ -578,10 +659,62 @@ def trailing_run_start(text: str) -> int:
     return start
 
 
-class Scanner:
-    """Runs a fixed set of detectors; candidates do not depend on where a scan begins."""
+NativeSpec = tuple[str, str, bool, bool, str | None, str, int, int, bool, list[str]]
 
-    def __init__(self, detectors: Sequence[Detector]) -> None:
+
+def _native_spec(detector: Detector) -> NativeSpec:
+    """What the compiled scanner needs of a detector, in the order it takes them."""
+    flags = detector.pattern.flags
+    return (
+        detector.native or "",
+        detector.pattern.pattern,
+        bool(flags & re.VERBOSE),
+        not flags & re.ASCII,
+        None if detector.trigger is None else detector.trigger.pattern,
+        detector.gate or "",
+        detector.back,
+        detector.lead,
+        detector.lowered,
+        list(detector.keywords),
+    )
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How Python runs some detectors: families behind shared triggers, then the rest."""
+
+    families: tuple[tuple[re.Pattern[str], str | None, int, tuple[tuple[int, Detector], ...]], ...]
+    alone: tuple[tuple[int, Detector], ...]
+    gates: frozenset[str]
+
+    @classmethod
+    def of(cls, ranked: Sequence[tuple[int, Detector]]) -> _Plan:
+        families: dict[re.Pattern[str], list[tuple[int, Detector]]] = {}
+        alone: list[tuple[int, Detector]] = []
+        for rank, detector in ranked:
+            if detector.trigger is None:
+                alone.append((rank, detector))
+            else:
+                families.setdefault(detector.trigger, []).append((rank, detector))
+        return cls(
+            tuple(
+                (trigger, members[0][1].gate, max(d.back for _, d in members), tuple(members))
+                for trigger, members in families.items()
+            ),
+            tuple(alone),
+            frozenset(d.gate for _, d in ranked if d.gate is not None),
+        )
+
+
+class Scanner:
+    """Runs a fixed set of detectors; candidates do not depend on where a scan begins.
+
+    Detectors with a `native` rule run in the compiled scanner when it is installed
+    (the same candidates, found faster); the others, and texts the compiled scanner
+    cannot take (lone surrogates), run in Python.
+    """
+
+    def __init__(self, detectors: Sequence[Detector], compiled: bool = True) -> None:
         self.detectors = tuple(detectors)
         bounded = [d for d in self.detectors if not d.within_runs]
         # Candidates starting before len(text) - horizon are final once text grows.
@@ -589,24 +722,47 @@ class Scanner:
         # Characters before a scan's start that the scan reads.
         self.context = max((d.back + d.lead for d in self.detectors), default=0)
         self.uses_runs = any(d.within_runs for d in self.detectors)
-        self._gates = {d.gate for d in self.detectors if d.gate is not None}
-        families: dict[re.Pattern[str], list[tuple[int, Detector]]] = {}
-        self._alone: list[tuple[int, Detector]] = []
-        for rank, detector in enumerate(self.detectors):
-            if detector.trigger is None:
-                self._alone.append((rank, detector))
-            else:
-                families.setdefault(detector.trigger, []).append((rank, detector))
-        self._families = tuple(
-            (trigger, members[0][1].gate, max(d.back for _, d in members), tuple(members))
-            for trigger, members in families.items()
-        )
+        ranked = list(enumerate(self.detectors))
+        self._everything = _Plan.of(ranked)
+        self._python = self._everything
+        self._native: NativeScanner | None = None
+        self._native_ranks: tuple[int, ...] = ()
+        compiled_ones = [(rank, d) for rank, d in ranked if d.native is not None]
+        if compiled and NativeScanner is not None and compiled_ones:
+            specs = [_native_spec(d) for _, d in compiled_ones]
+            self._native = NativeScanner(specs, self.context)
+            self._native_ranks = tuple(rank for rank, _ in compiled_ones)
+            self._python = _Plan.of([(rank, d) for rank, d in ranked if d.native is None])
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the compiled scanner runs this scanner's PII detectors."""
+        return self._native is not None
 
     def scan(self, text: str, begin: int = 0, end: int | None = None) -> list[Candidate]:
         """Candidates whose span starts in [begin, end), sorted by start, longest first."""
+        found: list[Candidate] = []
+        plan = self._python
+        if self._native is not None:
+            try:
+                hits = self._native.scan(text, begin, end)
+            except UnicodeEncodeError:
+                plan = self._everything
+            else:
+                ranks, detectors = self._native_ranks, self.detectors
+                found = [
+                    Candidate(detectors[ranks[i]].entity, start, stop, ranks[i])
+                    for i, start, stop in hits
+                ]
+        if plan.families or plan.alone:
+            found += self._scan_python(plan, text, begin, end)
+        found.sort(key=lambda c: (c.start, -c.end, c.rank))
+        return found
+
+    def _scan_python(self, plan: _Plan, text: str, begin: int, end: int | None) -> list[Candidate]:
         stop = len(text) if end is None else end
         found: list[Candidate] = []
-        passed = open_gates(text[max(0, begin - self.context) :], self._gates)
+        passed = open_gates(text[max(0, begin - self.context) :], plan.gates)
         passed.add("")
 
         def keep(rank: int, detector: Detector, match: re.Match[str]) -> None:
@@ -614,7 +770,7 @@ class Scanner:
             if span is not None and begin <= span[0] < stop:
                 found.append(Candidate(detector.entity, span[0], span[1], rank))
 
-        for trigger, gate, back, members in self._families:
+        for trigger, gate, back, members in plan.families:
             if (gate or "") not in passed:
                 continue
             position = begin
@@ -628,7 +784,7 @@ class Scanner:
                         keep(rank, detector, match)
                 position = at + 1
         lowered: str | None = None
-        for rank, detector in self._alone:
+        for rank, detector in plan.alone:
             if (detector.gate or "") not in passed:
                 continue
             subject = text
@@ -648,7 +804,6 @@ class Scanner:
                     break
                 keep(rank, detector, match)
                 position = match.start() + 1
-        found.sort(key=lambda c: (c.start, -c.end, c.rank))
         return found
 
 

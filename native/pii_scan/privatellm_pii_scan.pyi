@@ -1,0 +1,8 @@
+# The compiled PII scanner: see src/lib.rs.
+
+Spec = tuple[str, str, bool, bool, str | None, str, int, int, bool, list[str]]
+
+class NativeScanner:
+    def __init__(self, specs: list[Spec], context: int) -> None: ...
+    def scan(self, text: str, begin: int = 0, end: int | None = None) -> list[tuple[int, int, int]]:
+        """(detector index, start, end) of each candidate starting in [begin, end)."""

@@ -1,0 +1,1003 @@
+//! The PII detectors of `privatellm.filters.detectors`, compiled.
+//!
+//! Python keeps the definitions: it passes each detector's pattern, trigger, gate
+//! and reach here, and this module runs the same scan (`Scanner.scan`) with PCRE2
+//! and the confirmation rules written again in Rust. Offsets in and out are code
+//! points, as in Python; inside, everything works on UTF-8 byte offsets.
+//! `tests/unit/test_pii_native.py` checks that both scans agree.
+
+use std::borrow::Cow;
+
+use pcre2::bytes::{CaptureLocations, Regex, RegexBuilder};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+type Span = (usize, usize);
+
+// --- compiling ---------------------------------------------------------------
+
+/// A pattern compiled twice: for ASCII texts, where byte and character offsets
+/// agree and no UTF-8 check runs on each call, and for all other texts.
+struct Pattern {
+    ascii: Regex,
+    utf: Regex,
+}
+
+impl Pattern {
+    fn new(pattern: &str, verbose: bool, unicode: bool) -> PyResult<Self> {
+        // Python's [^\W\d_] (a letter) reads as PCRE2's \w without digits and
+        // underscore, but PCRE2's \w also takes combining marks; name the categories.
+        let pattern = pattern.replace(r"[^\W\d_]", r"[\p{L}\p{Nl}\p{No}]");
+        let build = |utf: bool| {
+            RegexBuilder::new()
+                .utf(utf)
+                .ucp(utf && unicode)
+                .extended(verbose)
+                .jit_if_available(true)
+                .build(&pattern)
+                .map_err(|e| PyValueError::new_err(format!("pattern {pattern:?}: {e}")))
+        };
+        Ok(Pattern { ascii: build(false)?, utf: build(true)? })
+    }
+
+    /// Anchored at the start offset, like Python's `pattern.match(text, pos)`.
+    fn anchored(pattern: &str, verbose: bool, unicode: bool) -> PyResult<Self> {
+        Pattern::new(&format!(r"\G(?:{pattern})"), verbose, unicode)
+    }
+
+    fn fixed(pattern: &str) -> Self {
+        Pattern::new(pattern, false, false).expect("a fixed pattern compiles")
+    }
+
+    fn on(&self, ascii: bool) -> &Regex {
+        if ascii { &self.ascii } else { &self.utf }
+    }
+}
+
+fn group_index(pattern: &Pattern, name: &str) -> PyResult<usize> {
+    let regex = &pattern.utf;
+    regex
+        .capture_names()
+        .iter()
+        .position(|n| n.as_deref() == Some(name))
+        .ok_or_else(|| PyValueError::new_err(format!("no group {name:?} in {}", regex.as_str())))
+}
+
+// --- checksums (privatellm.filters.checksums) ---------------------------------
+
+const IBAN_LENGTHS: &[(&str, usize)] = &[
+    ("AD", 24), ("AE", 23), ("AL", 28), ("AT", 20), ("AZ", 28), ("BA", 20), ("BE", 16),
+    ("BG", 22), ("BH", 22), ("BI", 27), ("BR", 29), ("BY", 28), ("CH", 21), ("CR", 22),
+    ("CY", 28), ("CZ", 24), ("DE", 22), ("DJ", 27), ("DK", 18), ("DO", 28), ("EE", 20),
+    ("EG", 29), ("ES", 24), ("FI", 18), ("FK", 18), ("FO", 18), ("FR", 27), ("GB", 22),
+    ("GE", 22), ("GI", 23), ("GL", 18), ("GR", 27), ("GT", 28), ("HR", 21), ("HU", 28),
+    ("IE", 22), ("IL", 23), ("IQ", 23), ("IS", 26), ("IT", 27), ("JO", 30), ("KW", 30),
+    ("KZ", 20), ("LB", 28), ("LC", 32), ("LI", 21), ("LT", 20), ("LU", 20), ("LV", 21),
+    ("LY", 25), ("MC", 27), ("MD", 24), ("ME", 22), ("MK", 19), ("MN", 20), ("MR", 27),
+    ("MT", 31), ("MU", 30), ("NI", 28), ("NL", 18), ("NO", 15), ("OM", 23), ("PK", 24),
+    ("PL", 28), ("PS", 29), ("PT", 25), ("QA", 29), ("RO", 24), ("RS", 22), ("RU", 33),
+    ("SA", 24), ("SC", 31), ("SD", 18), ("SE", 24), ("SI", 19), ("SK", 24), ("SM", 27),
+    ("SO", 23), ("ST", 25), ("SV", 28), ("TL", 23), ("TN", 24), ("TR", 26), ("UA", 29),
+    ("VA", 22), ("VG", 24), ("XK", 20), ("YE", 30),
+];
+
+fn iban_length(country: &[u8]) -> Option<usize> {
+    IBAN_LENGTHS.iter().find(|(c, _)| c.as_bytes() == country).map(|&(_, n)| n)
+}
+
+/// (lowest prefix, highest prefix, shortest and longest length) of the card schemes.
+const CARD_ISSUERS: &[(u32, u32, &[usize])] = &[
+    (4, 4, &[13, 16, 19]),
+    (51, 55, &[16]),
+    (2221, 2720, &[16]),
+    (34, 34, &[15]),
+    (37, 37, &[15]),
+    (300, 305, &[14, 16, 17, 18, 19]),
+    (36, 36, &[14, 16, 17, 18, 19]),
+    (38, 39, &[16, 17, 18, 19]),
+    (6011, 6011, &[16, 17, 18, 19]),
+    (644, 649, &[16, 17, 18, 19]),
+    (65, 65, &[16, 17, 18, 19]),
+    (3528, 3589, &[16, 17, 18, 19]),
+    (62, 62, &[16, 17, 18, 19]),
+    (50, 50, &[13, 14, 15, 16, 17, 18, 19]),
+    (56, 58, &[13, 14, 15, 16, 17, 18, 19]),
+    (63, 63, &[13, 14, 15, 16, 17, 18, 19]),
+    (67, 67, &[13, 14, 15, 16, 17, 18, 19]),
+];
+
+fn all_digits(s: &[u8]) -> bool {
+    !s.is_empty() && s.iter().all(u8::is_ascii_digit)
+}
+
+fn number(s: &[u8]) -> u64 {
+    s.iter().fold(0u64, |n, d| n.saturating_mul(10).saturating_add(u64::from(d - b'0')))
+}
+
+fn luhn_valid(digits: &[u8]) -> bool {
+    let total: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, d)| {
+            let d = u32::from(d - b'0');
+            if i % 2 == 1 {
+                if d > 4 { 2 * d - 9 } else { 2 * d }
+            } else {
+                d
+            }
+        })
+        .sum();
+    total % 10 == 0
+}
+
+fn payment_card_valid(digits: &[u8]) -> bool {
+    if !(13..=19).contains(&digits.len()) {
+        return false;
+    }
+    let issuer = CARD_ISSUERS.iter().any(|&(low, high, lengths)| {
+        let width = low.to_string().len();
+        let prefix = number(&digits[..width]) as u32;
+        lengths.contains(&digits.len()) && low <= prefix && prefix <= high
+    });
+    issuer && luhn_valid(digits)
+}
+
+fn iban_valid(iban: &[u8]) -> bool {
+    if iban.len() < 4 || iban_length(&iban[..2]) != Some(iban.len()) || !all_digits(&iban[2..4]) {
+        return false;
+    }
+    if !(2..=98).contains(&number(&iban[2..4])) {
+        return false;
+    }
+    if !iban.iter().all(|c| c.is_ascii_digit() || c.is_ascii_uppercase()) {
+        return false;
+    }
+    let mut remainder = 0u32;
+    for &c in iban[4..].iter().chain(&iban[..4]) {
+        remainder = if c.is_ascii_digit() {
+            (remainder * 10 + u32::from(c - b'0')) % 97
+        } else {
+            (remainder * 100 + u32::from(c - b'A') + 10) % 97
+        };
+    }
+    remainder == 1
+}
+
+fn us_ssn_valid(area: &[u8], group: &[u8], serial: &[u8]) -> bool {
+    area != b"000" && area != b"666" && area[0] != b'9' && group != b"00" && serial != b"0000"
+}
+
+fn uk_nino_valid(nino: &[u8]) -> bool {
+    if nino.len() != 9 || !all_digits(&nino[2..8]) || !b"ABCD".contains(&nino[8]) {
+        return false;
+    }
+    let (first, second) = (nino[0], nino[1]);
+    !b"DFIQUV".contains(&first)
+        && !b"DFIOQUV".contains(&second)
+        && first.is_ascii_alphabetic()
+        && second.is_ascii_alphabetic()
+        && !matches!(&nino[..2], b"BG" | b"GB" | b"KN" | b"NK" | b"NT" | b"TN" | b"ZZ")
+}
+
+fn nl_bsn_valid(digits: &[u8]) -> bool {
+    if digits.len() != 9 || digits.iter().all(|&d| d == b'0') {
+        return false;
+    }
+    let total: i64 = digits[..8]
+        .iter()
+        .zip((2..=9).rev())
+        .map(|(d, weight)| i64::from(d - b'0') * weight)
+        .sum();
+    (total - i64::from(digits[8] - b'0')).rem_euclid(11) == 0
+}
+
+fn iso7064_mod11_10_check_digit(digits: &[u8]) -> u32 {
+    let mut product = 10;
+    for d in digits {
+        let total = match (u32::from(d - b'0') + product) % 10 {
+            0 => 10,
+            t => t,
+        };
+        product = (total * 2) % 11;
+    }
+    (11 - product) % 10
+}
+
+fn de_tax_id_valid(digits: &[u8]) -> bool {
+    if digits.len() != 11 || digits[0] == b'0' {
+        return false;
+    }
+    let body = &digits[..10];
+    let mut counts = [0u8; 10];
+    for d in body {
+        counts[usize::from(d - b'0')] += 1;
+    }
+    let distinct = counts.iter().filter(|&&n| n > 0).count();
+    if distinct == 8 {
+        if counts.iter().max() != Some(&3) {
+            return false;
+        }
+        if body.windows(3).any(|w| w[0] == w[1] && w[1] == w[2]) {
+            return false;
+        }
+    } else if distinct != 9 {
+        return false;
+    }
+    iso7064_mod11_10_check_digit(body) == u32::from(digits[10] - b'0')
+}
+
+fn ipv4_valid(text: &[u8]) -> bool {
+    let parts: Vec<&[u8]> = text.split(|&c| c == b'.').collect();
+    parts.len() == 4
+        && parts.iter().all(|p| {
+            all_digits(p) && p.len() <= 3 && number(p) <= 255 && (p == b"0" || p[0] != b'0')
+        })
+}
+
+fn hextet_valid(part: &[u8]) -> bool {
+    !part.is_empty() && part.len() <= 4 && part.iter().all(u8::is_ascii_hexdigit)
+}
+
+/// Python's `ipaddress.IPv6Address` rules, step by step.
+fn ipv6_valid(text: &[u8]) -> bool {
+    let mut parts: Vec<&[u8]> = text.split(|&c| c == b':').collect();
+    if parts.len() < 3 {
+        return false;
+    }
+    if parts[parts.len() - 1].contains(&b'.') {
+        // An IPv4 address at the end stands for the last two hextets.
+        if !ipv4_valid(parts.pop().expect("a last part")) {
+            return false;
+        }
+        parts.extend([b"0".as_slice(), b"0".as_slice()]);
+    }
+    if parts.len() > 9 {
+        return false;
+    }
+    let mut skip = None;
+    for (i, part) in parts.iter().enumerate().take(parts.len() - 1).skip(1) {
+        if part.is_empty() {
+            if skip.is_some() {
+                return false;
+            }
+            skip = Some(i);
+        }
+    }
+    let (hi, lo) = match skip {
+        Some(skip) => {
+            let (mut hi, mut lo) = (skip, parts.len() - skip - 1);
+            if parts[0].is_empty() {
+                hi -= 1;
+                if hi > 0 {
+                    return false;
+                }
+            }
+            if parts[parts.len() - 1].is_empty() {
+                lo -= 1;
+                if lo > 0 {
+                    return false;
+                }
+            }
+            // "::" stands for one hextet at least.
+            if hi + lo > 7 {
+                return false;
+            }
+            (hi, lo)
+        }
+        None => {
+            if parts.len() != 8 || parts[0].is_empty() || parts[7].is_empty() {
+                return false;
+            }
+            (8, 0)
+        }
+    };
+    parts[..hi].iter().chain(&parts[parts.len() - lo..]).all(|p| hextet_valid(p))
+}
+
+fn shannon_entropy(text: &[u8]) -> f64 {
+    // Counted in order of first appearance, as Python's Counter does, so the sum
+    // rounds the same way.
+    let mut order: Vec<u8> = Vec::new();
+    let mut counts = [0usize; 256];
+    for &c in text {
+        if counts[usize::from(c)] == 0 {
+            order.push(c);
+        }
+        counts[usize::from(c)] += 1;
+    }
+    let length = text.len() as f64;
+    let total = order.iter().fold(0.0, |sum, &c| {
+        let p = counts[usize::from(c)] as f64 / length;
+        sum + p * p.log2()
+    });
+    -total
+}
+
+// --- text helpers --------------------------------------------------------------
+
+/// (end offset, digits so far) at each end of a digit group, longest first.
+fn group_prefixes(text: &[u8]) -> Vec<(usize, Vec<u8>)> {
+    let mut prefixes = Vec::new();
+    let mut digits = Vec::new();
+    let mut i = 0;
+    while i < text.len() {
+        if text[i].is_ascii_digit() {
+            while i < text.len() && text[i].is_ascii_digit() {
+                digits.push(text[i]);
+                i += 1;
+            }
+            prefixes.push((i, digits.clone()));
+        } else {
+            i += 1;
+        }
+    }
+    prefixes.reverse();
+    prefixes
+}
+
+fn digits_of(text: &[u8]) -> Vec<u8> {
+    text.iter().copied().filter(u8::is_ascii_digit).collect()
+}
+
+fn count_of(haystack: &[u8], needle: &[u8]) -> usize {
+    let (mut count, mut at) = (0, 0);
+    while at + needle.len() <= haystack.len() {
+        if &haystack[at..at + needle.len()] == needle {
+            count += 1;
+            at += needle.len();
+        } else {
+            at += 1;
+        }
+    }
+    count
+}
+
+/// The character that ends at byte offset `at` (there is one when at > 0).
+fn char_before(text: &str, at: usize) -> char {
+    text[..at].chars().next_back().expect("a character before a positive offset")
+}
+
+/// Python's `str.isalnum()` for one character: letters and numbers of any kind.
+fn is_alnum(c: char) -> bool {
+    c.is_alphanumeric()
+}
+
+fn lower_same_length(text: &str) -> String {
+    if text.is_ascii() {
+        return text.to_ascii_lowercase();
+    }
+    let mut lower = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c == '\u{130}' {
+            lower.push('i');
+        } else {
+            lower.extend(c.to_lowercase());
+        }
+    }
+    lower
+}
+
+/// Byte offset <-> code point index of one text; the identity for ASCII.
+struct Offsets {
+    /// Byte offset of each code point index, plus the length; empty for ASCII.
+    bytes_of: Vec<usize>,
+    len_bytes: usize,
+}
+
+impl Offsets {
+    fn identity(len: usize) -> Self {
+        Offsets { bytes_of: Vec::new(), len_bytes: len }
+    }
+
+    fn new(text: &str, ascii: bool) -> Self {
+        let bytes_of = if ascii {
+            Vec::new()
+        } else {
+            text.char_indices().map(|(i, _)| i).chain([text.len()]).collect()
+        };
+        Offsets { bytes_of, len_bytes: text.len() }
+    }
+
+    fn byte(&self, index: usize) -> usize {
+        if self.bytes_of.is_empty() {
+            index.min(self.len_bytes)
+        } else {
+            self.bytes_of[index.min(self.bytes_of.len() - 1)]
+        }
+    }
+
+    fn index(&self, byte: usize) -> usize {
+        if self.bytes_of.is_empty() {
+            byte
+        } else {
+            self.bytes_of.partition_point(|&b| b < byte)
+        }
+    }
+}
+
+// --- detectors -----------------------------------------------------------------
+
+#[derive(Clone, Copy, PartialEq)]
+enum Gate {
+    Open,
+    Number,
+    Capitals,
+    Digit,
+    At,
+    Colon,
+    Dashes,
+    LongRun,
+}
+
+impl Gate {
+    fn parse(name: &str) -> PyResult<Gate> {
+        Ok(match name {
+            "" => Gate::Open,
+            "number" => Gate::Number,
+            "capitals" => Gate::Capitals,
+            "digit" => Gate::Digit,
+            "at" => Gate::At,
+            "colon" => Gate::Colon,
+            "dashes" => Gate::Dashes,
+            "long_run" => Gate::LongRun,
+            _ => return Err(PyValueError::new_err(format!("unknown gate {name:?}"))),
+        })
+    }
+
+    /// Whether a text can hold a match of the detectors this gate guards.
+    fn passes(self, raw: &[u8]) -> bool {
+        match self {
+            Gate::Open => true,
+            Gate::Number => has_run(raw, NUMBERISH, 7),
+            Gate::Capitals => has_capitals_then_digits(raw),
+            Gate::Digit => raw.iter().any(u8::is_ascii_digit),
+            Gate::At => raw.contains(&b'@'),
+            Gate::Colon => raw.contains(&b':'),
+            Gate::Dashes => has_run(raw, DASH, 5),
+            Gate::LongRun => has_run(raw, RUN, 20),
+        }
+    }
+}
+
+// Classes of bytes that gates look for runs of.
+const NUMBERISH: u8 = 1; // [0-9 ().+/-]: what NUMBER_TRIGGER reads
+const RUN: u8 = 2; // RUN_CHARS: machine tokens
+const DASH: u8 = 4;
+
+const CLASSES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        let mut bits = 0;
+        if b.is_ascii_digit() || matches!(b, b' ' | b'(' | b')' | b'.' | b'+' | b'-' | b'/') {
+            bits |= NUMBERISH;
+        }
+        if b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'_' | b'.' | b'-') {
+            bits |= RUN;
+        }
+        if b == b'-' {
+            bits |= DASH;
+        }
+        table[c] = bits;
+        c += 1;
+    }
+    table
+};
+
+/// Whether `raw` holds `len` bytes of class `bit` in a row. A window is checked
+/// from its end backwards; the first byte outside the class moves the next window
+/// past it, so prose costs about one look per `len` bytes.
+fn has_run(raw: &[u8], bit: u8, len: usize) -> bool {
+    let mut end = len;
+    while end <= raw.len() {
+        let start = end - len;
+        let mut at = end;
+        while at > start && CLASSES[usize::from(raw[at - 1])] & bit != 0 {
+            at -= 1;
+        }
+        if at == start {
+            return true;
+        }
+        end = at + len;
+    }
+    false
+}
+
+/// Two capitals, maybe a space, then two digits: where CAPITALS_TRIGGER can match.
+fn has_capitals_then_digits(raw: &[u8]) -> bool {
+    let mut from = 0;
+    while let Some(offset) = raw[from..].iter().position(u8::is_ascii_digit) {
+        let at = from + offset;
+        if raw.get(at + 1).is_some_and(u8::is_ascii_digit) {
+            let before = &raw[..at];
+            let capitals = |s: &[u8]| s.len() >= 2 && s[s.len() - 2..].iter().all(u8::is_ascii_uppercase);
+            if capitals(before) || (before.ends_with(b" ") && capitals(&before[..before.len() - 1])) {
+                return true;
+            }
+        }
+        from = at + 1;
+    }
+    false
+}
+
+enum Kind {
+    Email { domain: Pattern },
+    Phone { shapes: Vec<(usize, usize, usize)>, trunk: usize, date_shaped: Pattern },
+    Card,
+    UsSsn { area: usize, group: usize, serial: usize },
+    UkNino,
+    NlBsn,
+    DeTaxId,
+    Iban,
+    Ipv4,
+    Ipv6 { body: Pattern },
+    DateOfBirth { date: usize },
+    Token { known_keys: Pattern },
+    Whole,
+}
+
+struct Detector {
+    kind: Kind,
+    /// Searches (a detector alone) or matches at a trigger's hit (a family member).
+    pattern: Pattern,
+    back: usize,
+    lead: usize,
+    lowered: bool,
+    keywords: Vec<String>,
+    gate: Gate,
+    needs_groups: bool,
+}
+
+struct Family {
+    trigger: Pattern,
+    gate: Gate,
+    back: usize,
+    members: Vec<usize>,
+}
+
+fn kind_of(name: &str, pattern: &Pattern) -> PyResult<Kind> {
+    Ok(match name {
+        "email" => Kind::Email {
+            domain: Pattern::fixed(r"\G[A-Za-z0-9](?:[A-Za-z0-9.\-]{0,98}[A-Za-z0-9])?(?![A-Za-z0-9\-])"),
+        },
+        "phone" => {
+            let limits = [("intl", 8, 15), ("intl00", 10, 17), ("trunk", 9, 11), ("paren", 9, 11), ("nanp", 10, 10), ("es", 9, 9)];
+            let mut shapes = Vec::new();
+            for (shape, low, high) in limits {
+                shapes.push((group_index(pattern, shape)?, low, high));
+            }
+            Kind::Phone {
+                shapes,
+                trunk: group_index(pattern, "trunk")?,
+                date_shaped: Pattern::fixed(r"\G(?:0?[1-9]|[12][0-9]|3[01])([./\-])(?:0?[1-9]|1[0-2])\1[0-9]{2,4}"),
+            }
+        }
+        "paymentCard" => Kind::Card,
+        "usSSN" => Kind::UsSsn {
+            area: group_index(pattern, "area")?,
+            group: group_index(pattern, "group")?,
+            serial: group_index(pattern, "serial")?,
+        },
+        "ukNINO" => Kind::UkNino,
+        "nlBSN" => Kind::NlBsn,
+        "deTaxID" => Kind::DeTaxId,
+        "iban" => Kind::Iban,
+        "ipv4" => Kind::Ipv4,
+        "ipv6" => Kind::Ipv6 {
+            body: Pattern::fixed(
+                r"\G[0-9A-Fa-f:]{2,39}(?:(?<=:)[0-9]{1,3}(?:\.[0-9]{1,3}){3})?(?![0-9A-Za-z_:]|\.[0-9])",
+            ),
+        },
+        "dateOfBirth" => Kind::DateOfBirth { date: group_index(pattern, "date")? },
+        "secretToken" => Kind::Token {
+            known_keys: Pattern::fixed(
+                r"\G(?:(?:AKIA|ASIA)[A-Z0-9]{16}|gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,}|xox[abposr]-[A-Za-z0-9\-]{10,}|[sr]k_live_[A-Za-z0-9]{24,}|AIza[A-Za-z0-9_\-]{35})",
+            ),
+        },
+        "whole" => Kind::Whole,
+        _ => return Err(PyValueError::new_err(format!("unknown detector kind {name:?}"))),
+    })
+}
+
+fn is_high_entropy(token: &[u8]) -> bool {
+    if !(token.iter().any(u8::is_ascii_lowercase) && token.iter().any(u8::is_ascii_uppercase)) {
+        return false;
+    }
+    let class = |c: u8| match c {
+        b'a'..=b'z' => 0,
+        b'A'..=b'Z' => 1,
+        b'0'..=b'9' => 2,
+        _ => 3,
+    };
+    let switches = token.windows(2).filter(|w| class(w[0]) != class(w[1])).count();
+    if (switches as f64) < 0.35 * (token.len() - 1) as f64 {
+        return false;
+    }
+    let threshold = f64::min(4.0, 0.8 * (token.len() as f64).log2());
+    shannon_entropy(token) >= threshold
+}
+
+fn locate_email(text: &str, ascii: bool, at: usize, domain: &Pattern) -> Option<Span> {
+    let bytes = text.as_bytes();
+    let is_local = |c: u8| c.is_ascii_alphanumeric() || b"._%+-".contains(&c);
+    let mut run = at;
+    while run > 0 && is_local(bytes[run - 1]) && at - run < 64 {
+        run -= 1;
+    }
+    if run == at || (run > 0 && is_local(bytes[run - 1])) {
+        return None;
+    }
+    let mut start = run;
+    while bytes[start] == b'.' {
+        start += 1;
+    }
+    if start == at || bytes[at - 1] == b'.' || bytes[start..at].windows(2).any(|w| w == b"..") {
+        return None;
+    }
+    let found = domain.on(ascii).find_at(bytes, at + 1).ok()??;
+    let labels: Vec<&[u8]> = found.as_bytes().split(|&c| c == b'.').collect();
+    let last = labels[labels.len() - 1];
+    if labels.len() < 2 || last.len() < 2 || !last.iter().all(u8::is_ascii_alphabetic) {
+        return None;
+    }
+    let label_ok = |l: &[u8]| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l[0].is_ascii_alphanumeric()
+            && l[l.len() - 1].is_ascii_alphanumeric()
+            && l.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'-')
+    };
+    labels.iter().all(|l| label_ok(l)).then_some((start, found.end()))
+}
+
+fn locate_phone(
+    matched: &[u8],
+    start: usize,
+    (shape, low, high): (usize, usize, usize),
+    trunk: usize,
+    date_shaped: &Pattern,
+) -> Option<Span> {
+    if shape == trunk && date_shaped.ascii.is_match(matched).unwrap_or(false) {
+        return None;
+    }
+    for (end, digits) in group_prefixes(matched) {
+        // "+31 (0)20 ...": the trunk 0 in brackets is not dialled from abroad
+        let count = digits.len() - count_of(&matched[..end], b"(0)");
+        if low <= count && count <= high {
+            return Some((start, start + end));
+        }
+    }
+    None
+}
+
+fn locate_iban(text: &[u8], start: usize, matched: &[u8]) -> Option<Span> {
+    let expected = iban_length(&matched[..2])?;
+    let mut count = 0;
+    for (offset, &c) in matched.iter().enumerate() {
+        if c != b' ' {
+            count += 1;
+        }
+        if count == expected {
+            let end = start + offset + 1;
+            if text.get(end).is_some_and(|&c| c.is_ascii_alphanumeric() || c == b'_') {
+                return None;
+            }
+            let compact: Vec<u8> = matched[..=offset].iter().copied().filter(|&c| c != b' ').collect();
+            return iban_valid(&compact).then_some((start, end));
+        }
+    }
+    None
+}
+
+fn locate_ipv6(text: &str, ascii: bool, colon: usize, body: &Pattern) -> Option<Span> {
+    let bytes = text.as_bytes();
+    let mut start = colon;
+    while start > 0 && colon - start < 4 && bytes[start - 1].is_ascii_hexdigit() {
+        start -= 1;
+    }
+    // The text is ASCII here, other characters mapped to ALNUM or OTHER.
+    if start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || b":._\x01".contains(&bytes[start - 1])) {
+        return None;
+    }
+    let found = body.on(ascii).find_at(bytes, start).ok()??;
+    let mut address = found.as_bytes();
+    if address.ends_with(b":") && !address.ends_with(b"::") {
+        address = &address[..address.len() - 1];
+    }
+    if count_of(address, b":") < 2 || !ipv6_valid(address) {
+        return None;
+    }
+    Some((start, start + address.len()))
+}
+
+fn plausible_date(date: &str) -> bool {
+    let numbers: Vec<u64> = date
+        .as_bytes()
+        .split(|c| !c.is_ascii_digit())
+        .filter(|n| !n.is_empty())
+        .map(number)
+        .collect();
+    let first_alpha = date.chars().next().is_some_and(char::is_alphabetic);
+    if numbers.len() == 3 && !first_alpha && !date.contains(' ') {
+        let (mut first, second) = (numbers[0], numbers[1]);
+        if numbers[0] >= 1900 {
+            first = numbers[2];
+        }
+        return ((1..=31).contains(&first) && (1..=12).contains(&second))
+            || ((1..=31).contains(&second) && (1..=12).contains(&first));
+    }
+    numbers.first().is_some_and(|n| (1..=31).contains(n))
+}
+
+impl Detector {
+    /// Confirms a match of this detector's pattern: its span in `subject`'s bytes.
+    fn locate(
+        &self,
+        subject: &str,
+        ascii: bool,
+        span: Span,
+        groups: Option<&CaptureLocations>,
+    ) -> Option<Span> {
+        let bytes = subject.as_bytes();
+        let (start, end) = span;
+        let matched = &bytes[start..end];
+        let group_span = |i: usize| groups.and_then(|g| g.get(i));
+        let group = |i: usize| group_span(i).map_or(b"".as_slice(), |(s, e)| &bytes[s..e]);
+        match &self.kind {
+            Kind::Email { domain } => locate_email(subject, ascii, start, domain),
+            Kind::Phone { shapes, trunk, date_shaped } => {
+                let shape = shapes.iter().find(|(g, _, _)| group_span(*g).is_some())?;
+                locate_phone(matched, start, *shape, *trunk, date_shaped)
+            }
+            Kind::Card => group_prefixes(matched)
+                .into_iter()
+                .find(|(_, digits)| payment_card_valid(digits))
+                .map(|(prefix_end, _)| (start, start + prefix_end)),
+            Kind::UsSsn { area, group: g, serial } => {
+                let area: Vec<u8> = [matched[0]].iter().chain(group(*area)).copied().collect();
+                us_ssn_valid(&area, group(*g), group(*serial)).then_some(span)
+            }
+            Kind::UkNino => {
+                let compact: Vec<u8> = matched.iter().copied().filter(|&c| c != b' ').collect();
+                uk_nino_valid(&compact).then_some(span)
+            }
+            Kind::NlBsn => nl_bsn_valid(&digits_of(matched)).then_some(span),
+            Kind::DeTaxId => de_tax_id_valid(&digits_of(matched)).then_some(span),
+            Kind::Iban => locate_iban(bytes, start, matched),
+            Kind::Ipv4 => ipv4_valid(matched).then_some(span),
+            Kind::Ipv6 { body } => locate_ipv6(subject, ascii, start, body),
+            Kind::DateOfBirth { date } => {
+                if start > 0 {
+                    let before = char_before(subject, start);
+                    if is_alnum(before) || before == '_' {
+                        return None;
+                    }
+                }
+                let (s, e) = group_span(*date)?;
+                plausible_date(&subject[s..e]).then_some((s, e))
+            }
+            Kind::Token { known_keys } => {
+                let known = known_keys.ascii.is_match(matched).unwrap_or(false);
+                (known || is_high_entropy(matched)).then_some(span)
+            }
+            Kind::Whole => Some(span),
+        }
+    }
+}
+
+// --- the scan ----------------------------------------------------------------------
+
+/// The PII detectors of one Python `Scanner`, compiled.
+#[pyclass(frozen)]
+struct NativeScanner {
+    detectors: Vec<Detector>,
+    families: Vec<Family>,
+    alone: Vec<usize>,
+    context: usize,
+}
+
+type Spec = (String, String, bool, bool, Option<String>, String, usize, usize, bool, Vec<String>);
+
+#[pymethods]
+impl NativeScanner {
+    /// One spec per detector: (kind, pattern, verbose, unicode, trigger or None,
+    /// gate or "", back, lead, lowered, keywords); `context` as in `Scanner`.
+    #[new]
+    fn new(specs: Vec<Spec>, context: usize) -> PyResult<Self> {
+        let mut detectors = Vec::new();
+        let mut families: Vec<(String, Family)> = Vec::new();
+        let mut alone = Vec::new();
+        for (index, spec) in specs.into_iter().enumerate() {
+            let (kind, pattern, verbose, unicode, trigger, gate, back, lead, lowered, keywords) = spec;
+            let gate = Gate::parse(&gate)?;
+            if !lowered {
+                reads_ascii_only(&pattern)?;
+                if let Some(trigger) = &trigger {
+                    reads_ascii_only(trigger)?;
+                }
+            }
+            let compiled = if trigger.is_some() {
+                Pattern::anchored(&pattern, verbose, unicode)?
+            } else {
+                Pattern::new(&pattern, verbose, unicode)?
+            };
+            let kind = kind_of(&kind, &compiled)?;
+            let needs_groups = matches!(kind, Kind::Phone { .. } | Kind::UsSsn { .. } | Kind::DateOfBirth { .. });
+            detectors.push(Detector { kind, pattern: compiled, back, lead, lowered, keywords, gate, needs_groups });
+            match trigger {
+                None => alone.push(index),
+                Some(source) => match families.iter_mut().find(|(s, _)| *s == source) {
+                    Some((_, family)) => {
+                        family.back = family.back.max(back);
+                        family.members.push(index);
+                    }
+                    None => {
+                        let trigger = Pattern::new(&source, false, false)?;
+                        families.push((source, Family { trigger, gate, back, members: vec![index] }));
+                    }
+                },
+            }
+        }
+        let families = families.into_iter().map(|(_, family)| family).collect();
+        Ok(NativeScanner { detectors, families, alone, context })
+    }
+
+    /// (detector index, start, end) of each candidate whose span starts in
+    /// [begin, end), in code points; in no particular order.
+    #[pyo3(signature = (text, begin=0, end=None))]
+    fn scan(&self, text: &str, begin: usize, end: Option<usize>) -> Vec<(usize, usize, usize)> {
+        // Every detector but the lowered ones reads ASCII only, so it runs on the
+        // text with each other character replaced by one byte: byte offsets are
+        // then code point offsets, and the patterns run without UTF-8 checks.
+        let ascii = text.is_ascii();
+        let mapped: Cow<'_, str> = if ascii { Cow::Borrowed(text) } else { Cow::Owned(one_byte_per_char(text)) };
+        let bytes = mapped.as_bytes();
+        let stop = end.unwrap_or(bytes.len());
+        let gated = &bytes[begin.saturating_sub(self.context).min(bytes.len())..];
+        let mut gates: Vec<(Gate, bool)> = Vec::new();
+        let mut passes = |gate: Gate| match gates.iter().find(|(g, _)| *g == gate) {
+            Some(&(_, open)) => open,
+            None => {
+                let open = gate.passes(gated);
+                gates.push((gate, open));
+                open
+            }
+        };
+        let identity = Offsets::identity(bytes.len());
+        let mut found = Vec::new();
+
+        for family in &self.families {
+            if !passes(family.gate) {
+                continue;
+            }
+            let mut groups: Vec<Option<CaptureLocations>> = family
+                .members
+                .iter()
+                .map(|&i| {
+                    let detector = &self.detectors[i];
+                    detector.needs_groups.then(|| detector.pattern.ascii.capture_locations())
+                })
+                .collect();
+            let mut position = begin.min(bytes.len());
+            while let Ok(Some(hit)) = family.trigger.ascii.find_at(bytes, position) {
+                let at = hit.start();
+                if at >= stop + family.back {
+                    break;
+                }
+                for (slot, &i) in family.members.iter().enumerate() {
+                    let detector = &self.detectors[i];
+                    if at >= stop + detector.back {
+                        continue;
+                    }
+                    if let Some((Some(span), _)) = next_match(detector, &mapped, true, at, groups[slot].as_mut()) {
+                        keep(&identity, i, span, begin, stop, &mut found);
+                    }
+                }
+                position = at + 1;
+            }
+        }
+
+        let mut lowered: Option<(String, Offsets, bool)> = None;
+        for &i in &self.alone {
+            let detector = &self.detectors[i];
+            if !passes(detector.gate) {
+                continue;
+            }
+            let first = begin.saturating_sub(detector.lead);
+            let (subject, offsets, subject_ascii) = if detector.lowered || !detector.keywords.is_empty() {
+                let (lower, offsets, lower_ascii) = lowered.get_or_insert_with(|| {
+                    let lower = lower_same_length(text);
+                    let lower_ascii = lower.is_ascii();
+                    let offsets = Offsets::new(&lower, lower_ascii);
+                    (lower, offsets, lower_ascii)
+                });
+                let window = &lower[offsets.byte(first)..];
+                if !detector.keywords.is_empty() && !detector.keywords.iter().any(|k| window.contains(k.as_str())) {
+                    continue;
+                }
+                if detector.lowered {
+                    (lower.as_str(), &*offsets, *lower_ascii)
+                } else {
+                    (&*mapped, &identity, true)
+                }
+            } else {
+                (&*mapped, &identity, true)
+            };
+            let mut groups = detector.needs_groups.then(|| detector.pattern.on(subject_ascii).capture_locations());
+            let last_start = stop + detector.back;
+            let mut position = offsets.byte(first);
+            while position <= subject.len() {
+                let Some((span, found_at)) = next_match(detector, subject, subject_ascii, position, groups.as_mut()) else {
+                    break;
+                };
+                if offsets.index(found_at) >= last_start {
+                    break;
+                }
+                if let Some(span) = span {
+                    keep(offsets, i, span, begin, stop, &mut found);
+                }
+                position = found_at + subject[found_at..].chars().next().map_or(1, char::len_utf8);
+            }
+        }
+        found
+    }
+}
+
+/// `text` with each non-ASCII character replaced by one control byte: ALNUM when
+/// Python's `str.isalnum()` holds for it, OTHER when not. Neither is in any class
+/// a non-lowered pattern names, and `.` takes each as one character, as before.
+fn one_byte_per_char(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_ascii() { c } else if is_alnum(c) { ALNUM } else { OTHER })
+        .collect()
+}
+
+const ALNUM: char = '\u{1}';
+const OTHER: char = '\u{2}';
+
+/// Refuses a pattern that could tell characters outside ASCII apart: the scan
+/// runs it on text where each of them is one placeholder byte.
+fn reads_ascii_only(pattern: &str) -> PyResult<()> {
+    let unicode_escape = ["\\w", "\\W", "\\d", "\\D", "\\s", "\\S", "\\b", "\\B", "\\p", "\\P"]
+        .iter()
+        .any(|escape| pattern.contains(escape));
+    if !pattern.is_ascii() || unicode_escape {
+        return Err(PyValueError::new_err(format!(
+            "pattern {pattern:?} reads characters outside ASCII: only a lowered detector may"
+        )));
+    }
+    Ok(())
+}
+
+/// The next match of `detector` from `position` (at `position` for a family
+/// member, whose pattern is anchored): (its confirmed span, where it starts).
+fn next_match(
+    detector: &Detector,
+    subject: &str,
+    ascii: bool,
+    position: usize,
+    groups: Option<&mut CaptureLocations>,
+) -> Option<(Option<Span>, usize)> {
+    let bytes = subject.as_bytes();
+    let pattern = detector.pattern.on(ascii);
+    let (found, groups) = match groups {
+        Some(locs) => (pattern.captures_read_at(locs, bytes, position).ok()??, Some(&*locs)),
+        None => (pattern.find_at(bytes, position).ok()??, None),
+    };
+    Some((detector.locate(subject, ascii, (found.start(), found.end()), groups), found.start()))
+}
+
+fn keep(offsets: &Offsets, index: usize, span: Span, begin: usize, stop: usize, found: &mut Vec<(usize, usize, usize)>) {
+    let start = offsets.index(span.0);
+    if begin <= start && start < stop {
+        found.push((index, start, offsets.index(span.1)));
+    }
+}
+
+#[pymodule]
+fn privatellm_pii_scan(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add_class::<NativeScanner>()?;
+    Ok(())
+}

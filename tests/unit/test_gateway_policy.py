@@ -17,11 +17,11 @@ from privatellm.gateway.openai import (
     validate_request,
 )
 from privatellm.gateway.policy import (
-    QuotaTracker,
     authorize,
     effective_inbound,
     effective_outbound,
 )
+from privatellm.gateway.quotas import QuotaTracker
 
 ALICE = Identity("User", "alice@example.com", frozenset({"analysts"}), "oidc")
 ROBOT = Identity("ServiceAccount", "batch", frozenset(), "serviceAccount", "jobs")
@@ -108,6 +108,21 @@ def test_token_quotas_count_what_finished_requests_used() -> None:
     tracker.record_tokens("k", quotas, 60, t + 60)
     assert tracker.check("k", quotas, t + 120) == "quota_exceeded:tokens_per_day"
     assert tracker.check("k", quotas, t + 86400) is None  # a new day
+
+
+def test_other_replicas_counts_add_to_this_ones_in_the_same_window() -> None:
+    quotas = quotas_of(requestsPerMinute=3)
+    tracker = QuotaTracker()
+    t = 1_000_020.0
+    minute = int(t // 60)
+    tracker.set_others("b", [["k", "req", minute, 2], ["k", "req", minute - 1, 50]])
+    assert tracker.check("k", quotas, t) is None  # 2 there + 0 here: the last one
+    assert tracker.check("k", quotas, t) == "rate_limited:requests_per_minute"
+    assert tracker.own_counts() == [("k", "req", minute, 1)]  # only what this one admitted
+    tracker.keep_others(["c"])  # b left the set
+    assert tracker.count(("k", "req", minute)) == 1
+    with pytest.raises(ValueError):
+        tracker.set_others("b", [["k", "req", "not a window", 1]])
 
 
 def test_entities_inherit_their_data_class_action() -> None:

@@ -124,6 +124,26 @@ def test_gateway_objects_are_owned_by_every_model_and_spread_over_zones() -> Non
     assert workload["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Retain"
 
 
+def test_replicas_count_quotas_together_over_a_port_only_gateways_reach() -> None:
+    objects = {o["kind"]: o for o in render_gateway(INPUTS, KEYS, "abc")}
+    sharing = render_gateway_config(INPUTS).quota_sharing
+    assert sharing is not None
+    # Peers are the ready endpoints of the gateway's own Service, checked by the name
+    # in their certificates.
+    assert sharing.service == objects["Service"]["metadata"]["name"] == "privatellm-gateway"
+    assert sharing.server_name == "privatellm-gateway.team.svc"
+    container = objects["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]
+    assert f"--peer-port={sharing.port}" in container["args"]
+    assert {"name": "peers", "containerPort": sharing.port, "protocol": "TCP"} in container["ports"]
+    pod_ip = {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
+    assert pod_ip in container["env"]
+    rules = objects["NetworkPolicy"]["spec"]["ingress"]
+    [peer_rule] = [r for r in rules if r["ports"][0]["port"] == sharing.port]
+    selector = objects["StatefulSet"]["spec"]["selector"]
+    assert peer_rule["from"] == [{"podSelector": selector}]
+    assert all("from" not in r for r in rules if r is not peer_rule)
+
+
 def test_the_gateway_may_only_read_its_namespaces_endpoint_slices() -> None:
     objects = {o["kind"]: o for o in render_gateway(INPUTS, KEYS, "abc")}
     role, binding = objects["Role"], objects["RoleBinding"]
@@ -185,13 +205,14 @@ def test_gateways_ship_sealed_audit_segments_where_the_platform_says() -> None:
     ]["spec"]["containers"][0]
     assert "--audit-worm-bucket=audit-worm" in container["args"]
     assert "--audit-worm-prefix=team-logs" in container["args"]
-    assert container["env"] == [{"name": "AWS_ENDPOINT_URL_S3", "value": "https://s3.example.com"}]
+    assert {"name": "AWS_ENDPOINT_URL_S3", "value": "https://s3.example.com"} in container["env"]
     assert container["envFrom"] == [
         {"secretRef": {"name": "privatellm-audit-shipping", "optional": True}}
     ]
     plain = {o["kind"]: o for o in render_gateway(INPUTS, KEYS, "abc")}["StatefulSet"]
     container = plain["spec"]["template"]["spec"]["containers"][0]
-    assert "env" not in container and "envFrom" not in container
+    assert "envFrom" not in container
+    assert not any(e["name"].startswith("AWS_") for e in container["env"])
     assert not [a for a in container["args"] if a.startswith("--audit-worm")]
 
 

@@ -96,6 +96,12 @@ def add_gateway_parser(commands: argparse._SubParsersAction[argparse.ArgumentPar
         "--metrics-port", type=int, default=0, help="serve Prometheus metrics here (0: off)"
     )
     gateway.add_argument(
+        "--peer-port",
+        type=int,
+        default=0,
+        help="serve this replica's quota counts to the other replicas here (0: off)",
+    )
+    gateway.add_argument(
         "--hash-key-file",
         type=Path,
         default=None,
@@ -138,7 +144,14 @@ def run_gateway(args: argparse.Namespace) -> int:
     hash_key = args.hash_key_file.read_bytes() if args.hash_key_file else secrets.token_bytes(32)
     index, children = _fork_workers(max(1, args.workers))
     sink = _open_sink(args, index)
-    gateway = Gateway(config, sink, hash_key=hash_key, tracer=_tracer(args.trace_log))
+    gateway = Gateway(
+        config,
+        sink,
+        hash_key=hash_key,
+        tracer=_tracer(args.trace_log),
+        # The Pod's IP (downward API): a replica is not its own quota peer.
+        own_address=os.environ.get("POD_IP") or None,
+    )
     app = gateway.app()
     app.cleanup_ctx.append(ConfigWatcher(gateway, args.config).run)
     if isinstance(sink, JsonLinesSink):
@@ -288,6 +301,13 @@ async def _serve(
         await metrics_runner.setup()
         await web.TCPSite(metrics_runner, args.host, args.metrics_port).start()
         runners.append(metrics_runner)
+    if args.peer_port:
+        peer_runner = web.AppRunner(gateway.peer_app(), access_log=None, shutdown_timeout=1)
+        await peer_runner.setup()
+        await web.TCPSite(
+            peer_runner, args.host, args.peer_port, ssl_context=ssl_context, reuse_port=True
+        ).start()
+        runners.append(peer_runner)
     print(f"gateway listening on {args.host}:{args.port}", flush=True)
     await stop.wait()
     # Kubernetes signals only the first process; the other workers drain with it.

@@ -79,6 +79,25 @@ class DiscoverySettings(ApiModel):
     )
 
 
+class QuotaSharing(ApiModel):
+    """Gateway replicas that add each other's quota counts to their own (see quotas.py)."""
+
+    service: str | None = Field(
+        default=None,
+        description="Find the other replicas as this Service's ready endpoints (needs discovery).",
+    )
+    port: int = Field(default=8444, ge=1, le=65535, description="The replicas' peer port.")
+    peers: list[str] = Field(
+        default_factory=list, description="Without a Service: the other replicas' base URLs."
+    )
+    server_name: str | None = Field(
+        default=None, description="The name in the replicas' certificates, checked over TLS."
+    )
+    interval_seconds: float = Field(
+        default=1.0, gt=0, le=60, description="How often each replica asks the others."
+    )
+
+
 class AuthSettings(ApiModel):
     """Which credentials the gateway accepts."""
 
@@ -145,6 +164,7 @@ class GatewayConfig(ApiModel):
     upstream_tls: UpstreamTLS | None = None
     encryption: EncryptionSettings | None = None
     discovery: DiscoverySettings | None = None
+    quota_sharing: QuotaSharing | None = None
     limits: Limits = Field(default_factory=Limits)
 
     def route(self, model: str) -> ModelRoute | None:

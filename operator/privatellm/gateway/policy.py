@@ -17,7 +17,6 @@ from privatellm.api.access import (
     InboundFilters,
     OutboundFilters,
     PIIRule,
-    Quotas,
     Subject,
 )
 from privatellm.filters import DATA_CLASS_OF
@@ -112,53 +111,6 @@ def _prefer(current: str, new: str) -> str:
         return _SPECIFICITY.index(reason) if reason in _SPECIFICITY else len(_SPECIFICITY)
 
     return new if rank(new) > rank(current) else current
-
-
-class QuotaTracker:
-    """Per-subject request rate and token quotas, in fixed windows.
-
-    Fixed minute and day windows keep the state to two counters per subject and
-    make "how much is left" easy to explain; a burst at a window edge can reach
-    twice the per-minute rate, which is acceptable for cost control.
-    """
-
-    def __init__(self) -> None:
-        self._windows: dict[tuple[str, str, int], int] = {}
-        self._latest: dict[str, int] = {}
-
-    def check(self, key: str, quotas: Quotas, now: float) -> str | None:
-        """The reason a new request would exceed a quota, or None; counts the request."""
-        minute, day = int(now // 60), int(now // 86400)
-        limits = (
-            (quotas.requests_per_minute, "req", minute, "rate_limited:requests_per_minute"),
-            (quotas.tokens_per_minute, "tok", minute, "quota_exceeded:tokens_per_minute"),
-            (quotas.tokens_per_day, "day", day, "quota_exceeded:tokens_per_day"),
-        )
-        for limit, kind, window, reason in limits:
-            if limit is not None and self._get(key, kind, window) >= limit:
-                return reason
-        if quotas.requests_per_minute is not None:
-            self._add(key, "req", minute, 1)
-        return None
-
-    def record_tokens(self, key: str, quotas: Quotas, tokens: int, now: float) -> None:
-        """Charge a finished request's tokens to the subject."""
-        if quotas.tokens_per_minute is not None:
-            self._add(key, "tok", int(now // 60), tokens)
-        if quotas.tokens_per_day is not None:
-            self._add(key, "day", int(now // 86400), tokens)
-
-    def _get(self, key: str, kind: str, window: int) -> int:
-        return self._windows.get((key, kind, window), 0)
-
-    def _add(self, key: str, kind: str, window: int, amount: int) -> None:
-        if window > self._latest.get(kind, -1):
-            # A new window opened: forget every older window of the same kind.
-            self._latest[kind] = window
-            for slot in [s for s in self._windows if s[1] == kind and s[2] < window]:
-                del self._windows[slot]
-        slot = (key, kind, window)
-        self._windows[slot] = self._windows.get(slot, 0) + amount
 
 
 def quota_key(policy: NamedPolicy, identity: Identity) -> str:

@@ -52,7 +52,8 @@ from .openai import (
     validate_request,
 )
 from .payloads import PayloadSealer
-from .policy import QuotaTracker, authorize, effective_inbound, effective_outbound, quota_key
+from .policy import authorize, effective_inbound, effective_outbound, quota_key
+from .quotas import QuotaPeers, QuotaTracker, counts_app, peer_token
 from .routing import Router, Target
 
 log = logging.getLogger("privatellm.gateway")
@@ -134,8 +135,10 @@ class Gateway:
         tracer: trace.Tracer | None = None,
         clock: Callable[[], float] = time.time,
         discovered: ReplicaSource | None = None,
+        own_address: str | None = None,
     ) -> None:
-        """`discovered` replaces the EndpointSlice watch the gateway would otherwise start."""
+        """`discovered` replaces the EndpointSlice watch the gateway would otherwise start;
+        `own_address` is this replica's IP, which it leaves out of its quota peers."""
         self.sink = sink
         self.metering = metering or Metering()
         self.hash_key = hash_key or secrets.token_bytes(32)
@@ -149,6 +152,8 @@ class Gateway:
         self._sealer: PayloadSealer | None = None
         self._auth: Authenticator | None = None
         self._discovered = discovered
+        self._own_address = own_address
+        self.quota_peers: QuotaPeers | None = None
 
     def _span(self, name: str) -> AbstractContextManager[Any]:
         """A tracing span when the gateway was given a tracer; nothing otherwise."""
@@ -186,12 +191,27 @@ class Gateway:
             watcher = EndpointWatcher(config.discovery, config.namespace)
             self._discovered = watcher
             watch = asyncio.create_task(watcher.run())
+        tasks = [] if watch is None else [watch]
+        # Quota peers, like discovery, are set up at start.
+        if config.quota_sharing is not None:
+            self.quota_peers = peers = QuotaPeers(
+                config.quota_sharing,
+                self.quotas,
+                peer_token(self.hash_key),
+                self._discovered,
+                self._own_address,
+            )
+            tasks.append(asyncio.create_task(peers.run(self._session)))
         yield
-        if watch is not None:
-            watch.cancel()
+        for task in tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await watch
+                await task
         await self._session.close()
+
+    def peer_app(self) -> web.Application:
+        """The listener other replicas read this one's quota counts from."""
+        return counts_app(self.quotas, peer_token(self.hash_key))
 
     def reload(self, config: GatewayConfig) -> None:
         """Apply a new configuration to the requests that start from now on."""

@@ -27,6 +27,7 @@ from privatellm.gateway.config import (
     ModelRoute,
     NamedPolicy,
     OIDCSettings,
+    QuotaSharing,
     TokenReviewSettings,
     UpstreamTLS,
 )
@@ -71,6 +72,8 @@ AUDIT_SHIPPING_SECRET = "privatellm-audit-shipping"
 GATEWAY_TLS_SECRET = "privatellm-gateway-tls"
 GATEWAY_PORT = 8443
 METRICS_PORT = 9090
+# Replicas read each other's quota counts here; only gateway Pods may connect.
+PEER_PORT = 8444
 CONFIG_DIR = "/etc/privatellm/gateway"
 TLS_DIR = "/etc/privatellm/tls"
 AUDIT_DIR = "/var/lib/privatellm/audit"
@@ -167,6 +170,10 @@ def render_gateway_config(inputs: GatewayInputs) -> GatewayConfig:
             else None
         ),
         discovery=DiscoverySettings(),
+        # Replicas count quotas together: a subject's limit holds for the gateway as a whole.
+        quota_sharing=QuotaSharing(
+            service=GATEWAY_NAME, port=PEER_PORT, server_name=f"{GATEWAY_NAME}.{ns}.svc"
+        ),
         upstream_tls=UpstreamTLS(
             ca_file=f"{TLS_DIR}/ca.crt",
             cert_file=f"{TLS_DIR}/tls.crt",
@@ -247,6 +254,7 @@ def render_gateway_statefulset(inputs: GatewayInputs, tls_revision: str = "") ->
         f"--config={CONFIG_DIR}/{CONFIG_KEY}",
         f"--port={GATEWAY_PORT}",
         f"--metrics-port={METRICS_PORT}",
+        f"--peer-port={PEER_PORT}",
         f"--hash-key-file={CONFIG_DIR}/{HASH_KEY_KEY}",
         f"--tls-cert={TLS_DIR}/tls.crt",
         f"--tls-key={TLS_DIR}/tls.key",
@@ -264,7 +272,10 @@ def render_gateway_statefulset(inputs: GatewayInputs, tls_revision: str = "") ->
         "ports": [
             {"name": "https", "containerPort": GATEWAY_PORT, "protocol": "TCP"},
             {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+            {"name": "peers", "containerPort": PEER_PORT, "protocol": "TCP"},
         ],
+        # A replica leaves its own address out of its quota peers.
+        "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
         "readinessProbe": {**probe, "periodSeconds": 5},
         "livenessProbe": {**probe, "periodSeconds": 10, "failureThreshold": 6},
         "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}},
@@ -337,7 +348,7 @@ def _ship_audit(container: Manifest, shipping: AuditShipping) -> None:
         f"--audit-worm-prefix={shipping.prefix}",
     ]
     if shipping.endpoint:
-        container["env"] = [{"name": "AWS_ENDPOINT_URL_S3", "value": shipping.endpoint}]
+        container["env"].append({"name": "AWS_ENDPOINT_URL_S3", "value": shipping.endpoint})
     # The namespace's own credentials for the bucket (AWS_ACCESS_KEY_ID, ...). Without
     # them the gateway still serves; its sealed segments wait on its volume.
     container["envFrom"] = [{"secretRef": {"name": AUDIT_SHIPPING_SECRET, "optional": True}}]
@@ -375,7 +386,8 @@ def render_gateway_pdb(inputs: GatewayInputs) -> Manifest:
 
 
 def render_gateway_network_policy(inputs: GatewayInputs) -> Manifest:
-    """The gateway is the namespace's door: its API port is open, nothing else is."""
+    """The gateway is the namespace's door: its API and metrics ports are open, and its
+    peer port to the other gateway Pods only."""
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -386,6 +398,10 @@ def render_gateway_network_policy(inputs: GatewayInputs) -> Manifest:
             "ingress": [
                 {"ports": [{"protocol": "TCP", "port": GATEWAY_PORT}]},
                 {"ports": [{"protocol": "TCP", "port": METRICS_PORT}]},
+                {
+                    "from": [{"podSelector": {"matchLabels": _selector()}}],
+                    "ports": [{"protocol": "TCP", "port": PEER_PORT}],
+                },
             ],
         },
     }

@@ -125,20 +125,26 @@ def test_gateway_objects_are_owned_by_every_model_and_spread_over_zones() -> Non
 
 
 def test_replicas_count_quotas_together_over_a_port_only_gateways_reach() -> None:
-    objects = {o["kind"]: o for o in render_gateway(INPUTS, KEYS, "abc")}
+    rendered = render_gateway(INPUTS, KEYS, "abc")
+    objects = {o["kind"]: o for o in rendered}
+    services = {o["metadata"]["name"]: o for o in rendered if o["kind"] == "Service"}
     sharing = render_gateway_config(INPUTS).quota_sharing
-    assert sharing is not None
-    # Peers are the ready endpoints of the gateway's own Service, checked by the name
-    # in their certificates.
-    assert sharing.service == objects["Service"]["metadata"]["name"] == "privatellm-gateway"
+    assert sharing is not None and sharing.service is not None
+    # Peers are the ready endpoints of a headless Service on the peer port, checked
+    # by the name in their certificates.
+    peers = services[sharing.service]["spec"]
+    assert peers["clusterIP"] == "None"
+    assert peers["selector"] == objects["StatefulSet"]["spec"]["selector"]["matchLabels"]
+    [port] = peers["ports"]
+    assert (port["name"], port["targetPort"]) == ("https", "peers")
     assert sharing.server_name == "privatellm-gateway.team.svc"
     container = objects["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]
-    assert f"--peer-port={sharing.port}" in container["args"]
-    assert {"name": "peers", "containerPort": sharing.port, "protocol": "TCP"} in container["ports"]
+    assert f"--peer-port={port['port']}" in container["args"]
+    assert {"name": "peers", "containerPort": port["port"], "protocol": "TCP"} in container["ports"]
     pod_ip = {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
     assert pod_ip in container["env"]
     rules = objects["NetworkPolicy"]["spec"]["ingress"]
-    [peer_rule] = [r for r in rules if r["ports"][0]["port"] == sharing.port]
+    [peer_rule] = [r for r in rules if r["ports"][0]["port"] == port["port"]]
     selector = objects["StatefulSet"]["spec"]["selector"]
     assert peer_rule["from"] == [{"podSelector": selector}]
     assert all("from" not in r for r in rules if r is not peer_rule)

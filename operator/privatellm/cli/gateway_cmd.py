@@ -149,8 +149,7 @@ def run_gateway(args: argparse.Namespace) -> int:
         sink,
         hash_key=hash_key,
         tracer=_tracer(args.trace_log),
-        # The Pod's IP (downward API): a replica is not its own quota peer.
-        own_address=os.environ.get("POD_IP") or None,
+        peer_url=_own_peer_url(args.peer_port),
     )
     app = gateway.app()
     app.cleanup_ctx.append(ConfigWatcher(gateway, args.config).run)
@@ -161,6 +160,14 @@ def run_gateway(args: argparse.Namespace) -> int:
     finally:
         sink.close()
     return 0
+
+
+def _own_peer_url(peer_port: int) -> str | None:
+    """Where the other replicas reach this one: the Pod's IP (downward API) and peer port."""
+    from privatellm.gateway.discovery import replica_url
+
+    address = os.environ.get("POD_IP")
+    return replica_url(address, peer_port) if address and peer_port else None
 
 
 def _open_sink(args: argparse.Namespace, index: int) -> AuditSink:

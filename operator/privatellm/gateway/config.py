@@ -84,9 +84,9 @@ class QuotaSharing(ApiModel):
 
     service: str | None = Field(
         default=None,
-        description="Find the other replicas as this Service's ready endpoints (needs discovery).",
+        description="Find the replicas as the ready endpoints of this Service's https port "
+        "(needs discovery).",
     )
-    port: int = Field(default=8444, ge=1, le=65535, description="The replicas' peer port.")
     peers: list[str] = Field(
         default_factory=list, description="Without a Service: the other replicas' base URLs."
     )

@@ -8,8 +8,8 @@ from each replica. The others' counts are at most one interval old: together the
 replicas can admit a little more than the limit, by what the others admitted in
 that interval.
 
-Replicas find each other through the EndpointSlices of the gateway's Service (or
-a static list), and talk over TLS on a port of their own, which is not the API
+Replicas find each other through the EndpointSlices of the gateway's peer Service
+(or a static list), and talk over TLS on a port of their own, which is not the API
 door: these calls are not client requests and are not audited. A replica proves
 it is one with a token derived from the namespace's hash key, which only the
 gateway's configuration Secret holds.
@@ -18,7 +18,6 @@ gateway's configuration Secret holds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import logging
@@ -29,12 +28,11 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import web
-from yarl import URL
 
 from privatellm.api.access import Quotas
 
 from .config import QuotaSharing
-from .discovery import ReplicaSource, replica_url
+from .discovery import ReplicaSource
 
 COUNTS_PATH = "/quota-counts"
 # A replica that did not answer for this many intervals no longer counts.
@@ -146,14 +144,14 @@ class QuotaPeers:
         tracker: QuotaTracker,
         token: str,
         discovered: ReplicaSource | None,
-        own_address: str | None,
+        own_url: str | None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.tracker = tracker
         self._headers = {"Authorization": f"Bearer {token}"}
         self._discovered = discovered
-        self._own_address = own_address
+        self._own_url = own_url
         self._clock = clock
         self._answered: dict[str, float] = {}
 
@@ -162,8 +160,7 @@ class QuotaPeers:
         if self.settings.service is None or self._discovered is None:
             return list(self.settings.peers)
         ready = self._discovered.ready(self.settings.service) or ()
-        hosts = {_host(replica.url) for replica in ready} - {self._own_address}
-        return sorted(replica_url(host, self.settings.port) for host in hosts if host)
+        return sorted({replica.url for replica in ready} - {self._own_url})
 
     async def run(self, session: aiohttp.ClientSession) -> None:
         """Until cancelled: fetch every other replica's counts, then wait an interval."""
@@ -194,9 +191,3 @@ class QuotaPeers:
                 self._answered[url] = self._clock()
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as error:
             log.warning("quota peer %s: %s", url, error or type(error).__name__)
-
-
-def _host(url: str) -> str | None:
-    with contextlib.suppress(ValueError):
-        return URL(url).host
-    return None

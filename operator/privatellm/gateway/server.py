@@ -135,10 +135,10 @@ class Gateway:
         tracer: trace.Tracer | None = None,
         clock: Callable[[], float] = time.time,
         discovered: ReplicaSource | None = None,
-        own_address: str | None = None,
+        peer_url: str | None = None,
     ) -> None:
         """`discovered` replaces the EndpointSlice watch the gateway would otherwise start;
-        `own_address` is this replica's IP, which it leaves out of its quota peers."""
+        `peer_url` is where the other replicas reach this one (left out of its peers)."""
         self.sink = sink
         self.metering = metering or Metering()
         self.hash_key = hash_key or secrets.token_bytes(32)
@@ -152,7 +152,7 @@ class Gateway:
         self._sealer: PayloadSealer | None = None
         self._auth: Authenticator | None = None
         self._discovered = discovered
-        self._own_address = own_address
+        self._peer_url = peer_url
         self.quota_peers: QuotaPeers | None = None
 
     def _span(self, name: str) -> AbstractContextManager[Any]:
@@ -199,7 +199,7 @@ class Gateway:
                 self.quotas,
                 peer_token(self.hash_key),
                 self._discovered,
-                self._own_address,
+                self._peer_url,
             )
             tasks.append(asyncio.create_task(peers.run(self._session)))
         yield

@@ -72,8 +72,10 @@ AUDIT_SHIPPING_SECRET = "privatellm-audit-shipping"
 GATEWAY_TLS_SECRET = "privatellm-gateway-tls"
 GATEWAY_PORT = 8443
 METRICS_PORT = 9090
-# Replicas read each other's quota counts here; only gateway Pods may connect.
+# Replicas read each other's quota counts here, found through a headless Service;
+# only gateway Pods may connect.
 PEER_PORT = 8444
+PEERS_SERVICE = f"{GATEWAY_NAME}-peers"
 CONFIG_DIR = "/etc/privatellm/gateway"
 TLS_DIR = "/etc/privatellm/tls"
 AUDIT_DIR = "/var/lib/privatellm/audit"
@@ -171,9 +173,7 @@ def render_gateway_config(inputs: GatewayInputs) -> GatewayConfig:
         ),
         discovery=DiscoverySettings(),
         # Replicas count quotas together: a subject's limit holds for the gateway as a whole.
-        quota_sharing=QuotaSharing(
-            service=GATEWAY_NAME, port=PEER_PORT, server_name=f"{GATEWAY_NAME}.{ns}.svc"
-        ),
+        quota_sharing=QuotaSharing(service=PEERS_SERVICE, server_name=f"{GATEWAY_NAME}.{ns}.svc"),
         upstream_tls=UpstreamTLS(
             ca_file=f"{TLS_DIR}/ca.crt",
             cert_file=f"{TLS_DIR}/tls.crt",
@@ -375,6 +375,23 @@ def render_gateway_service(inputs: GatewayInputs) -> Manifest:
     }
 
 
+def render_gateway_peers_service(inputs: GatewayInputs) -> Manifest:
+    """Headless: its EndpointSlices list each ready replica's peer port for the others."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(inputs, PEERS_SERVICE),
+        "spec": {
+            "clusterIP": "None",
+            "selector": _selector(),
+            # Named https: the port the gateway's EndpointSlice reader takes.
+            "ports": [
+                {"name": "https", "protocol": "TCP", "port": PEER_PORT, "targetPort": "peers"}
+            ],
+        },
+    }
+
+
 def render_gateway_pdb(inputs: GatewayInputs) -> Manifest:
     """A drain takes at most one gateway Pod at a time."""
     return {
@@ -446,6 +463,7 @@ def render_gateway(inputs: GatewayInputs, keys: GatewayKeys, tls_revision: str =
         render_gateway_role_binding(inputs),
         render_gateway_statefulset(inputs, tls_revision),
         render_gateway_service(inputs),
+        render_gateway_peers_service(inputs),
         render_gateway_pdb(inputs),
         render_gateway_network_policy(inputs),
     ]

@@ -46,6 +46,8 @@ lint: $(READY)
 	$(BIN)/ruff format --check operator tests
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	cargo fmt --manifest-path $(NATIVE)/Cargo.toml --check
+	cargo clippy --quiet --manifest-path $(NATIVE)/Cargo.toml --release -- -D warnings
 
 unit: $(READY)
 	$(BIN)/pytest tests/unit tests/gateway tests/audit

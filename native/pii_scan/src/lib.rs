@@ -3,7 +3,9 @@
 //! Python keeps the definitions: it passes each detector's pattern, trigger, gate
 //! and reach here, and this module runs the same scan (`Scanner.scan`) with PCRE2
 //! and the confirmation rules written again in Rust. Offsets in and out are code
-//! points, as in Python; inside, everything works on UTF-8 byte offsets.
+//! points, as in Python. Inside, every detector but the lowered one (dates of
+//! birth) reads a copy of the text with one byte per character, so byte offsets
+//! are code points; the lowered one reads the lower-cased text as UTF-8.
 //! `tests/unit/test_pii_native.py` checks that both scans agree.
 
 use std::borrow::Cow;
@@ -16,8 +18,8 @@ type Span = (usize, usize);
 
 // --- compiling ---------------------------------------------------------------
 
-/// A pattern compiled twice: for ASCII texts, where byte and character offsets
-/// agree and no UTF-8 check runs on each call, and for all other texts.
+/// A pattern compiled twice: for ASCII subjects, where no UTF-8 check runs on
+/// each call, and for UTF-8 ones (the lower-cased text when it is not ASCII).
 struct Pattern {
     ascii: Regex,
     utf: Regex,
@@ -37,7 +39,10 @@ impl Pattern {
                 .build(&pattern)
                 .map_err(|e| PyValueError::new_err(format!("pattern {pattern:?}: {e}")))
         };
-        Ok(Pattern { ascii: build(false)?, utf: build(true)? })
+        Ok(Pattern {
+            ascii: build(false)?,
+            utf: build(true)?,
+        })
     }
 
     /// Anchored at the start offset, like Python's `pattern.match(text, pos)`.
@@ -50,7 +55,11 @@ impl Pattern {
     }
 
     fn on(&self, ascii: bool) -> &Regex {
-        if ascii { &self.ascii } else { &self.utf }
+        if ascii {
+            &self.ascii
+        } else {
+            &self.utf
+        }
     }
 }
 
@@ -65,6 +74,7 @@ fn group_index(pattern: &Pattern, name: &str) -> PyResult<usize> {
 
 // --- checksums (privatellm.filters.checksums) ---------------------------------
 
+#[rustfmt::skip]
 const IBAN_LENGTHS: &[(&str, usize)] = &[
     ("AD", 24), ("AE", 23), ("AL", 28), ("AT", 20), ("AZ", 28), ("BA", 20), ("BE", 16),
     ("BG", 22), ("BH", 22), ("BI", 27), ("BR", 29), ("BY", 28), ("CH", 21), ("CR", 22),
@@ -82,7 +92,10 @@ const IBAN_LENGTHS: &[(&str, usize)] = &[
 ];
 
 fn iban_length(country: &[u8]) -> Option<usize> {
-    IBAN_LENGTHS.iter().find(|(c, _)| c.as_bytes() == country).map(|&(_, n)| n)
+    IBAN_LENGTHS
+        .iter()
+        .find(|(c, _)| c.as_bytes() == country)
+        .map(|&(_, n)| n)
 }
 
 /// (lowest prefix, highest prefix, shortest and longest length) of the card schemes.
@@ -111,7 +124,9 @@ fn all_digits(s: &[u8]) -> bool {
 }
 
 fn number(s: &[u8]) -> u64 {
-    s.iter().fold(0u64, |n, d| n.saturating_mul(10).saturating_add(u64::from(d - b'0')))
+    s.iter().fold(0u64, |n, d| {
+        n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+    })
 }
 
 fn luhn_valid(digits: &[u8]) -> bool {
@@ -122,13 +137,17 @@ fn luhn_valid(digits: &[u8]) -> bool {
         .map(|(i, d)| {
             let d = u32::from(d - b'0');
             if i % 2 == 1 {
-                if d > 4 { 2 * d - 9 } else { 2 * d }
+                if d > 4 {
+                    2 * d - 9
+                } else {
+                    2 * d
+                }
             } else {
                 d
             }
         })
         .sum();
-    total % 10 == 0
+    total.is_multiple_of(10)
 }
 
 fn payment_card_valid(digits: &[u8]) -> bool {
@@ -150,7 +169,10 @@ fn iban_valid(iban: &[u8]) -> bool {
     if !(2..=98).contains(&number(&iban[2..4])) {
         return false;
     }
-    if !iban.iter().all(|c| c.is_ascii_digit() || c.is_ascii_uppercase()) {
+    if !iban
+        .iter()
+        .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase())
+    {
         return false;
     }
     let mut remainder = 0u32;
@@ -177,7 +199,10 @@ fn uk_nino_valid(nino: &[u8]) -> bool {
         && !b"DFIOQUV".contains(&second)
         && first.is_ascii_alphabetic()
         && second.is_ascii_alphabetic()
-        && !matches!(&nino[..2], b"BG" | b"GB" | b"KN" | b"NK" | b"NT" | b"TN" | b"ZZ")
+        && !matches!(
+            &nino[..2],
+            b"BG" | b"GB" | b"KN" | b"NK" | b"NT" | b"TN" | b"ZZ"
+        )
 }
 
 fn nl_bsn_valid(digits: &[u8]) -> bool {
@@ -292,7 +317,10 @@ fn ipv6_valid(text: &[u8]) -> bool {
             (8, 0)
         }
     };
-    parts[..hi].iter().chain(&parts[parts.len() - lo..]).all(|p| hextet_valid(p))
+    parts[..hi]
+        .iter()
+        .chain(&parts[parts.len() - lo..])
+        .all(|p| hextet_valid(p))
 }
 
 fn shannon_entropy(text: &[u8]) -> f64 {
@@ -355,7 +383,10 @@ fn count_of(haystack: &[u8], needle: &[u8]) -> usize {
 
 /// The character that ends at byte offset `at` (there is one when at > 0).
 fn char_before(text: &str, at: usize) -> char {
-    text[..at].chars().next_back().expect("a character before a positive offset")
+    text[..at]
+        .chars()
+        .next_back()
+        .expect("a character before a positive offset")
 }
 
 /// Python's `str.isalnum()` for one character: letters and numbers of any kind.
@@ -387,16 +418,25 @@ struct Offsets {
 
 impl Offsets {
     fn identity(len: usize) -> Self {
-        Offsets { bytes_of: Vec::new(), len_bytes: len }
+        Offsets {
+            bytes_of: Vec::new(),
+            len_bytes: len,
+        }
     }
 
     fn new(text: &str, ascii: bool) -> Self {
         let bytes_of = if ascii {
             Vec::new()
         } else {
-            text.char_indices().map(|(i, _)| i).chain([text.len()]).collect()
+            text.char_indices()
+                .map(|(i, _)| i)
+                .chain([text.len()])
+                .collect()
         };
-        Offsets { bytes_of, len_bytes: text.len() }
+        Offsets {
+            bytes_of,
+            len_bytes: text.len(),
+        }
     }
 
     fn byte(&self, index: usize) -> usize {
@@ -512,8 +552,10 @@ fn has_capitals_then_digits(raw: &[u8]) -> bool {
         let at = from + offset;
         if raw.get(at + 1).is_some_and(u8::is_ascii_digit) {
             let before = &raw[..at];
-            let capitals = |s: &[u8]| s.len() >= 2 && s[s.len() - 2..].iter().all(u8::is_ascii_uppercase);
-            if capitals(before) || (before.ends_with(b" ") && capitals(&before[..before.len() - 1])) {
+            let capitals =
+                |s: &[u8]| s.len() >= 2 && s[s.len() - 2..].iter().all(u8::is_ascii_uppercase);
+            if capitals(before) || (before.ends_with(b" ") && capitals(&before[..before.len() - 1]))
+            {
                 return true;
             }
         }
@@ -523,18 +565,34 @@ fn has_capitals_then_digits(raw: &[u8]) -> bool {
 }
 
 enum Kind {
-    Email { domain: Pattern },
-    Phone { shapes: Vec<(usize, usize, usize)>, trunk: usize, date_shaped: Pattern },
+    Email {
+        domain: Pattern,
+    },
+    Phone {
+        shapes: Vec<(usize, usize, usize)>,
+        trunk: usize,
+        date_shaped: Pattern,
+    },
     Card,
-    UsSsn { area: usize, group: usize, serial: usize },
+    UsSsn {
+        area: usize,
+        group: usize,
+        serial: usize,
+    },
     UkNino,
     NlBsn,
     DeTaxId,
     Iban,
     Ipv4,
-    Ipv6 { body: Pattern },
-    DateOfBirth { date: usize },
-    Token { known_keys: Pattern },
+    Ipv6 {
+        body: Pattern,
+    },
+    DateOfBirth {
+        date: usize,
+    },
+    Token {
+        known_keys: Pattern,
+    },
     Whole,
 }
 
@@ -560,10 +618,19 @@ struct Family {
 fn kind_of(name: &str, pattern: &Pattern) -> PyResult<Kind> {
     Ok(match name {
         "email" => Kind::Email {
-            domain: Pattern::fixed(r"\G[A-Za-z0-9](?:[A-Za-z0-9.\-]{0,98}[A-Za-z0-9])?(?![A-Za-z0-9\-])"),
+            domain: Pattern::fixed(
+                r"\G[A-Za-z0-9](?:[A-Za-z0-9.\-]{0,98}[A-Za-z0-9])?(?![A-Za-z0-9\-])",
+            ),
         },
         "phone" => {
-            let limits = [("intl", 8, 15), ("intl00", 10, 17), ("trunk", 9, 11), ("paren", 9, 11), ("nanp", 10, 10), ("es", 9, 9)];
+            let limits = [
+                ("intl", 8, 15),
+                ("intl00", 10, 17),
+                ("trunk", 9, 11),
+                ("paren", 9, 11),
+                ("nanp", 10, 10),
+                ("es", 9, 9),
+            ];
             let mut shapes = Vec::new();
             for (shape, low, high) in limits {
                 shapes.push((group_index(pattern, shape)?, low, high));
@@ -571,7 +638,9 @@ fn kind_of(name: &str, pattern: &Pattern) -> PyResult<Kind> {
             Kind::Phone {
                 shapes,
                 trunk: group_index(pattern, "trunk")?,
-                date_shaped: Pattern::fixed(r"\G(?:0?[1-9]|[12][0-9]|3[01])([./\-])(?:0?[1-9]|1[0-2])\1[0-9]{2,4}"),
+                date_shaped: Pattern::fixed(
+                    r"\G(?:0?[1-9]|[12][0-9]|3[01])([./\-])(?:0?[1-9]|1[0-2])\1[0-9]{2,4}",
+                ),
             }
         }
         "paymentCard" => Kind::Card,
@@ -590,14 +659,20 @@ fn kind_of(name: &str, pattern: &Pattern) -> PyResult<Kind> {
                 r"\G[0-9A-Fa-f:]{2,39}(?:(?<=:)[0-9]{1,3}(?:\.[0-9]{1,3}){3})?(?![0-9A-Za-z_:]|\.[0-9])",
             ),
         },
-        "dateOfBirth" => Kind::DateOfBirth { date: group_index(pattern, "date")? },
+        "dateOfBirth" => Kind::DateOfBirth {
+            date: group_index(pattern, "date")?,
+        },
         "secretToken" => Kind::Token {
             known_keys: Pattern::fixed(
                 r"\G(?:(?:AKIA|ASIA)[A-Z0-9]{16}|gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,}|xox[abposr]-[A-Za-z0-9\-]{10,}|[sr]k_live_[A-Za-z0-9]{24,}|AIza[A-Za-z0-9_\-]{35})",
             ),
         },
         "whole" => Kind::Whole,
-        _ => return Err(PyValueError::new_err(format!("unknown detector kind {name:?}"))),
+        _ => {
+            return Err(PyValueError::new_err(format!(
+                "unknown detector kind {name:?}"
+            )))
+        }
     })
 }
 
@@ -611,7 +686,10 @@ fn is_high_entropy(token: &[u8]) -> bool {
         b'0'..=b'9' => 2,
         _ => 3,
     };
-    let switches = token.windows(2).filter(|w| class(w[0]) != class(w[1])).count();
+    let switches = token
+        .windows(2)
+        .filter(|w| class(w[0]) != class(w[1]))
+        .count();
     if (switches as f64) < 0.35 * (token.len() - 1) as f64 {
         return false;
     }
@@ -649,7 +727,10 @@ fn locate_email(text: &str, ascii: bool, at: usize, domain: &Pattern) -> Option<
             && l[l.len() - 1].is_ascii_alphanumeric()
             && l.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'-')
     };
-    labels.iter().all(|l| label_ok(l)).then_some((start, found.end()))
+    labels
+        .iter()
+        .all(|l| label_ok(l))
+        .then_some((start, found.end()))
 }
 
 fn locate_phone(
@@ -681,10 +762,17 @@ fn locate_iban(text: &[u8], start: usize, matched: &[u8]) -> Option<Span> {
         }
         if count == expected {
             let end = start + offset + 1;
-            if text.get(end).is_some_and(|&c| c.is_ascii_alphanumeric() || c == b'_') {
+            if text
+                .get(end)
+                .is_some_and(|&c| c.is_ascii_alphanumeric() || c == b'_')
+            {
                 return None;
             }
-            let compact: Vec<u8> = matched[..=offset].iter().copied().filter(|&c| c != b' ').collect();
+            let compact: Vec<u8> = matched[..=offset]
+                .iter()
+                .copied()
+                .filter(|&c| c != b' ')
+                .collect();
             return iban_valid(&compact).then_some((start, end));
         }
     }
@@ -698,7 +786,9 @@ fn locate_ipv6(text: &str, ascii: bool, colon: usize, body: &Pattern) -> Option<
         start -= 1;
     }
     // The text is ASCII here, other characters mapped to ALNUM or OTHER.
-    if start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || b":._\x01".contains(&bytes[start - 1])) {
+    if start > 0
+        && (bytes[start - 1].is_ascii_alphanumeric() || b":._\x01".contains(&bytes[start - 1]))
+    {
         return None;
     }
     let found = body.on(ascii).find_at(bytes, start).ok()??;
@@ -747,7 +837,11 @@ impl Detector {
         let group = |i: usize| group_span(i).map_or(b"".as_slice(), |(s, e)| &bytes[s..e]);
         match &self.kind {
             Kind::Email { domain } => locate_email(subject, ascii, start, domain),
-            Kind::Phone { shapes, trunk, date_shaped } => {
+            Kind::Phone {
+                shapes,
+                trunk,
+                date_shaped,
+            } => {
                 let shape = shapes.iter().find(|(g, _, _)| group_span(*g).is_some())?;
                 locate_phone(matched, start, *shape, *trunk, date_shaped)
             }
@@ -755,7 +849,11 @@ impl Detector {
                 .into_iter()
                 .find(|(_, digits)| payment_card_valid(digits))
                 .map(|(prefix_end, _)| (start, start + prefix_end)),
-            Kind::UsSsn { area, group: g, serial } => {
+            Kind::UsSsn {
+                area,
+                group: g,
+                serial,
+            } => {
                 let area: Vec<u8> = [matched[0]].iter().chain(group(*area)).copied().collect();
                 us_ssn_valid(&area, group(*g), group(*serial)).then_some(span)
             }
@@ -798,7 +896,18 @@ struct NativeScanner {
     context: usize,
 }
 
-type Spec = (String, String, bool, bool, Option<String>, String, usize, usize, bool, Vec<String>);
+type Spec = (
+    String,
+    String,
+    bool,
+    bool,
+    Option<String>,
+    String,
+    usize,
+    usize,
+    bool,
+    Vec<String>,
+);
 
 #[pymethods]
 impl NativeScanner {
@@ -810,7 +919,8 @@ impl NativeScanner {
         let mut families: Vec<(String, Family)> = Vec::new();
         let mut alone = Vec::new();
         for (index, spec) in specs.into_iter().enumerate() {
-            let (kind, pattern, verbose, unicode, trigger, gate, back, lead, lowered, keywords) = spec;
+            let (kind, pattern, verbose, unicode, trigger, gate, back, lead, lowered, keywords) =
+                spec;
             let gate = Gate::parse(&gate)?;
             if !lowered {
                 reads_ascii_only(&pattern)?;
@@ -824,8 +934,20 @@ impl NativeScanner {
                 Pattern::new(&pattern, verbose, unicode)?
             };
             let kind = kind_of(&kind, &compiled)?;
-            let needs_groups = matches!(kind, Kind::Phone { .. } | Kind::UsSsn { .. } | Kind::DateOfBirth { .. });
-            detectors.push(Detector { kind, pattern: compiled, back, lead, lowered, keywords, gate, needs_groups });
+            let needs_groups = matches!(
+                kind,
+                Kind::Phone { .. } | Kind::UsSsn { .. } | Kind::DateOfBirth { .. }
+            );
+            detectors.push(Detector {
+                kind,
+                pattern: compiled,
+                back,
+                lead,
+                lowered,
+                keywords,
+                gate,
+                needs_groups,
+            });
             match trigger {
                 None => alone.push(index),
                 Some(source) => match families.iter_mut().find(|(s, _)| *s == source) {
@@ -835,13 +957,26 @@ impl NativeScanner {
                     }
                     None => {
                         let trigger = Pattern::new(&source, false, false)?;
-                        families.push((source, Family { trigger, gate, back, members: vec![index] }));
+                        families.push((
+                            source,
+                            Family {
+                                trigger,
+                                gate,
+                                back,
+                                members: vec![index],
+                            },
+                        ));
                     }
                 },
             }
         }
         let families = families.into_iter().map(|(_, family)| family).collect();
-        Ok(NativeScanner { detectors, families, alone, context })
+        Ok(NativeScanner {
+            detectors,
+            families,
+            alone,
+            context,
+        })
     }
 
     /// (detector index, start, end) of each candidate whose span starts in
@@ -852,7 +987,11 @@ impl NativeScanner {
         // text with each other character replaced by one byte: byte offsets are
         // then code point offsets, and the patterns run without UTF-8 checks.
         let ascii = text.is_ascii();
-        let mapped: Cow<'_, str> = if ascii { Cow::Borrowed(text) } else { Cow::Owned(one_byte_per_char(text)) };
+        let mapped: Cow<'_, str> = if ascii {
+            Cow::Borrowed(text)
+        } else {
+            Cow::Owned(one_byte_per_char(text))
+        };
         let bytes = mapped.as_bytes();
         let stop = end.unwrap_or(bytes.len());
         let gated = &bytes[begin.saturating_sub(self.context).min(bytes.len())..];
@@ -877,7 +1016,9 @@ impl NativeScanner {
                 .iter()
                 .map(|&i| {
                     let detector = &self.detectors[i];
-                    detector.needs_groups.then(|| detector.pattern.ascii.capture_locations())
+                    detector
+                        .needs_groups
+                        .then(|| detector.pattern.ascii.capture_locations())
                 })
                 .collect();
             let mut position = begin.min(bytes.len());
@@ -891,7 +1032,9 @@ impl NativeScanner {
                     if at >= stop + detector.back {
                         continue;
                     }
-                    if let Some((Some(span), _)) = next_match(detector, &mapped, true, at, groups[slot].as_mut()) {
+                    if let Some((Some(span), _)) =
+                        next_match(detector, &mapped, true, at, groups[slot].as_mut())
+                    {
                         keep(&identity, i, span, begin, stop, &mut found);
                     }
                 }
@@ -906,30 +1049,40 @@ impl NativeScanner {
                 continue;
             }
             let first = begin.saturating_sub(detector.lead);
-            let (subject, offsets, subject_ascii) = if detector.lowered || !detector.keywords.is_empty() {
-                let (lower, offsets, lower_ascii) = lowered.get_or_insert_with(|| {
-                    let lower = lower_same_length(text);
-                    let lower_ascii = lower.is_ascii();
-                    let offsets = Offsets::new(&lower, lower_ascii);
-                    (lower, offsets, lower_ascii)
-                });
-                let window = &lower[offsets.byte(first)..];
-                if !detector.keywords.is_empty() && !detector.keywords.iter().any(|k| window.contains(k.as_str())) {
-                    continue;
-                }
-                if detector.lowered {
-                    (lower.as_str(), &*offsets, *lower_ascii)
+            let (subject, offsets, subject_ascii) =
+                if detector.lowered || !detector.keywords.is_empty() {
+                    let (lower, offsets, lower_ascii) = lowered.get_or_insert_with(|| {
+                        let lower = lower_same_length(text);
+                        let lower_ascii = lower.is_ascii();
+                        let offsets = Offsets::new(&lower, lower_ascii);
+                        (lower, offsets, lower_ascii)
+                    });
+                    let window = &lower[offsets.byte(first)..];
+                    if !detector.keywords.is_empty()
+                        && !detector
+                            .keywords
+                            .iter()
+                            .any(|k| window.contains(k.as_str()))
+                    {
+                        continue;
+                    }
+                    if detector.lowered {
+                        (lower.as_str(), &*offsets, *lower_ascii)
+                    } else {
+                        (&*mapped, &identity, true)
+                    }
                 } else {
                     (&*mapped, &identity, true)
-                }
-            } else {
-                (&*mapped, &identity, true)
-            };
-            let mut groups = detector.needs_groups.then(|| detector.pattern.on(subject_ascii).capture_locations());
+                };
+            let mut groups = detector
+                .needs_groups
+                .then(|| detector.pattern.on(subject_ascii).capture_locations());
             let last_start = stop + detector.back;
             let mut position = offsets.byte(first);
             while position <= subject.len() {
-                let Some((span, found_at)) = next_match(detector, subject, subject_ascii, position, groups.as_mut()) else {
+                let Some((span, found_at)) =
+                    next_match(detector, subject, subject_ascii, position, groups.as_mut())
+                else {
                     break;
                 };
                 if offsets.index(found_at) >= last_start {
@@ -950,7 +1103,15 @@ impl NativeScanner {
 /// a non-lowered pattern names, and `.` takes each as one character, as before.
 fn one_byte_per_char(text: &str) -> String {
     text.chars()
-        .map(|c| if c.is_ascii() { c } else if is_alnum(c) { ALNUM } else { OTHER })
+        .map(|c| {
+            if c.is_ascii() {
+                c
+            } else if is_alnum(c) {
+                ALNUM
+            } else {
+                OTHER
+            }
+        })
         .collect()
 }
 
@@ -960,9 +1121,11 @@ const OTHER: char = '\u{2}';
 /// Refuses a pattern that could tell characters outside ASCII apart: the scan
 /// runs it on text where each of them is one placeholder byte.
 fn reads_ascii_only(pattern: &str) -> PyResult<()> {
-    let unicode_escape = ["\\w", "\\W", "\\d", "\\D", "\\s", "\\S", "\\b", "\\B", "\\p", "\\P"]
-        .iter()
-        .any(|escape| pattern.contains(escape));
+    let unicode_escape = [
+        "\\w", "\\W", "\\d", "\\D", "\\s", "\\S", "\\b", "\\B", "\\p", "\\P",
+    ]
+    .iter()
+    .any(|escape| pattern.contains(escape));
     if !pattern.is_ascii() || unicode_escape {
         return Err(PyValueError::new_err(format!(
             "pattern {pattern:?} reads characters outside ASCII: only a lowered detector may"
@@ -983,13 +1146,26 @@ fn next_match(
     let bytes = subject.as_bytes();
     let pattern = detector.pattern.on(ascii);
     let (found, groups) = match groups {
-        Some(locs) => (pattern.captures_read_at(locs, bytes, position).ok()??, Some(&*locs)),
+        Some(locs) => (
+            pattern.captures_read_at(locs, bytes, position).ok()??,
+            Some(&*locs),
+        ),
         None => (pattern.find_at(bytes, position).ok()??, None),
     };
-    Some((detector.locate(subject, ascii, (found.start(), found.end()), groups), found.start()))
+    Some((
+        detector.locate(subject, ascii, (found.start(), found.end()), groups),
+        found.start(),
+    ))
 }
 
-fn keep(offsets: &Offsets, index: usize, span: Span, begin: usize, stop: usize, found: &mut Vec<(usize, usize, usize)>) {
+fn keep(
+    offsets: &Offsets,
+    index: usize,
+    span: Span,
+    begin: usize,
+    stop: usize,
+    found: &mut Vec<(usize, usize, usize)>,
+) {
     let start = offsets.index(span.0);
     if begin <= start && start < stop {
         found.push((index, start, offsets.index(span.1)));

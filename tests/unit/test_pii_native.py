@@ -16,8 +16,10 @@ from hypothesis import strategies as st
 
 from privatellm.api.access import PII_ENTITIES
 from privatellm.filters.detectors import PII_DETECTORS, Candidate, Scanner
+from privatellm.filters.injection import HEURISTICS, InjectionDetector
 from privatellm.filters.terms import PROTECTED_ENTITY, term_detector
 from tests.benchmarks import pii_corpus
+from tests.unit import test_filters_injection
 
 COMPILED = Scanner(PII_DETECTORS)
 PYTHON = Scanner(PII_DETECTORS, compiled=False)
@@ -31,6 +33,7 @@ def test_every_pii_detector_runs_compiled() -> None:
     assert COMPILED.compiled
     assert all(d.native for d in PII_DETECTORS)
     assert not PYTHON.compiled
+    assert InjectionDetector().compiled and not InjectionDetector(compiled=False).compiled
 
 
 def test_the_labelled_corpus_gives_the_same_candidates() -> None:
@@ -125,6 +128,27 @@ def test_values_one_character_away_give_the_same_candidates() -> None:
                 assert compiled == python, text
                 checked += 1
     assert checked > 20000
+
+
+INJECTION_PIECES = st.sampled_from(
+    [
+        *test_filters_injection.ATTACKS,
+        *test_filters_injection.BENIGN,
+        *(k for h in HEURISTICS for k in h.keywords),
+        " ",
+        "\n",
+        "İgnore",
+        "\u212a",
+        "\ud800",
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(INJECTION_PIECES, max_size=8).map("".join))
+def test_injection_keywords_found_in_one_pass_run_the_same_heuristics(text: str) -> None:
+    compiled, python = InjectionDetector(), InjectionDetector(compiled=False)
+    assert compiled.find(text) == python.find(text)
 
 
 def test_python_only_detectors_run_beside_compiled_ones() -> None:

@@ -10,6 +10,7 @@
 
 use std::borrow::Cow;
 
+use aho_corasick::AhoCorasick;
 use pcre2::bytes::{CaptureLocations, Regex, RegexBuilder};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -1172,8 +1173,39 @@ fn keep(
     }
 }
 
+/// A set of substrings, all looked for in one pass over a text.
+#[pyclass(frozen)]
+struct KeywordSet {
+    automaton: AhoCorasick,
+    count: usize,
+}
+
+#[pymethods]
+impl KeywordSet {
+    #[new]
+    fn new(keywords: Vec<String>) -> PyResult<Self> {
+        let automaton = AhoCorasick::new(&keywords)
+            .map_err(|e| PyValueError::new_err(format!("keywords: {e}")))?;
+        Ok(KeywordSet {
+            automaton,
+            count: keywords.len(),
+        })
+    }
+
+    /// Indices of the keywords that occur in `text`, ascending.
+    fn present(&self, text: &str) -> Vec<usize> {
+        let mut seen = vec![false; self.count];
+        // Overlapping: a keyword inside another one's match still counts.
+        for found in self.automaton.find_overlapping_iter(text) {
+            seen[found.pattern().as_usize()] = true;
+        }
+        (0..self.count).filter(|&i| seen[i]).collect()
+    }
+}
+
 #[pymodule]
 fn privatellm_pii_scan(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<NativeScanner>()?;
+    module.add_class::<KeywordSet>()?;
     Ok(())
 }

@@ -1,7 +1,8 @@
 """Prompt-injection heuristics: phrases that try to override or reveal a model's instructions.
 
 The patterns run on the lower-cased prompt and only when one of their keywords
-occurs in it, so ordinary text costs a few substring searches.
+occurs in it; the compiled module looks for every keyword in one pass, so
+ordinary text costs about one read of it.
 """
 
 from __future__ import annotations
@@ -10,6 +11,11 @@ import re
 from dataclasses import dataclass
 
 from .detectors import lower_same_length
+
+try:
+    from privatellm_pii_scan import KeywordSet
+except ImportError:  # not built here: a substring search per keyword, the same result
+    KeywordSet = None  # type: ignore[assignment,misc]
 
 ENTITY = "promptInjection"
 
@@ -124,16 +130,24 @@ HEURISTICS: tuple[Heuristic, ...] = (
 class InjectionDetector:
     """Finds prompt-injection phrases; returns their spans in the original text."""
 
-    def __init__(self, heuristics: tuple[Heuristic, ...] = HEURISTICS) -> None:
+    def __init__(self, heuristics: tuple[Heuristic, ...] = HEURISTICS, compiled: bool = True):
         self.heuristics = heuristics
+        keywords = sorted({k for h in heuristics for k in h.keywords})
+        # Which heuristics each keyword lets run.
+        self._runs_on = [[h for h in heuristics if k in h.keywords] for k in keywords]
+        self._keywords = KeywordSet(keywords) if compiled and KeywordSet is not None else None
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the compiled module looks for the keywords."""
+        return self._keywords is not None
 
     def find(self, text: str) -> list[tuple[int, int]]:
         """Spans of injection phrases, sorted and without overlaps."""
         lowered = lower_same_length(text)
         spans: list[tuple[int, int]] = []
-        for heuristic in self.heuristics:
-            if any(keyword in lowered for keyword in heuristic.keywords):
-                spans.extend(m.span() for m in heuristic.pattern.finditer(lowered))
+        for heuristic in self._possible(lowered):
+            spans.extend(m.span() for m in heuristic.pattern.finditer(lowered))
         spans.sort()
         merged: list[tuple[int, int]] = []
         for start, end in spans:
@@ -142,3 +156,16 @@ class InjectionDetector:
             else:
                 merged.append((start, end))
         return merged
+
+    def _possible(self, lowered: str) -> list[Heuristic]:
+        """The heuristics one of whose keywords occurs, in their order."""
+        if self._keywords is not None:
+            try:
+                # One pass for every keyword (compiled), instead of one search each.
+                present = self._keywords.present(lowered)
+            except UnicodeEncodeError:  # lone surrogates: not UTF-8
+                pass
+            else:
+                chosen = {id(h) for i in present for h in self._runs_on[i]}
+                return [h for h in self.heuristics if id(h) in chosen]
+        return [h for h in self.heuristics if any(k in lowered for k in h.keywords)]

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from privatellm.api.access import Quotas
 from privatellm.devcluster.cluster import free_port
-from privatellm.gateway.config import QuotaSharing
+from privatellm.gateway.config import GatewayConfig, QuotaSharing
 from privatellm.gateway.quotas import (
     COUNTS_PATH,
     QuotaPeers,
@@ -135,5 +135,52 @@ def test_a_replica_that_stops_answering_is_forgotten() -> None:
             now[0] = 10.0
             await peers.sync_once(http)
             assert mine.count((ALICE, "req", MINUTE)) == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_reload_turns_quota_sharing_on_and_off() -> None:
+    async def scenario() -> None:
+        config = base_config({"llama": []}, quotas={"requestsPerMinute": 3})
+        async with upstream() as model:
+            config["models"][0]["endpoints"] = [model.url]
+            async with (
+                replicas(model.url, 1) as (a,),
+                gateway_stack(config, hash_key=HASH_KEY, clock=lambda: NOW) as b,
+            ):
+                for _ in range(2):
+                    assert (await a.chat("hi"))[0] == 200
+                port = free_port()
+                runner = web.AppRunner(a.gateway.peer_app(), access_log=None)
+                await runner.setup()
+                await web.TCPSite(runner, "127.0.0.1", port).start()
+                try:
+                    assert b.gateway.quota_peers is None
+                    sharing = {"peers": [f"http://127.0.0.1:{port}"], "intervalSeconds": 60}
+                    b.gateway.reload(
+                        GatewayConfig.model_validate({**config, "quotaSharing": sharing})
+                    )
+                    assert b.gateway.quota_peers is not None
+                    await sync(b)
+                    assert [(await b.chat("hi"))[0] for _ in range(2)] == [200, 429]
+                    b.gateway.reload(GatewayConfig.model_validate(config))
+                    assert b.gateway.quota_peers is None
+                    assert (await b.chat("hi"))[0] == 200  # its own count alone: 2 of 3
+                finally:
+                    await runner.cleanup()
+
+    asyncio.run(scenario())
+
+
+def test_a_reload_turns_discovery_on() -> None:
+    async def scenario() -> None:
+        config = base_config({"llama": ["http://127.0.0.1:9"]})
+        async with gateway_stack(config) as stack:
+            assert stack.gateway.discovered is None
+            # An API server that is not there: the watch keeps trying in the background.
+            discovery = {"apiServer": "http://127.0.0.1:9", "tokenFile": "/nonexistent"}
+            stack.gateway.reload(GatewayConfig.model_validate({**config, "discovery": discovery}))
+            assert stack.gateway.discovered is not None
+            assert (await stack.chat("hi"))[0] == 503  # still serving, from the static list
 
     asyncio.run(scenario())

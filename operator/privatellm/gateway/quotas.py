@@ -150,24 +150,23 @@ class QuotaPeers:
         self.settings = settings
         self.tracker = tracker
         self._headers = {"Authorization": f"Bearer {token}"}
-        self._discovered = discovered
+        self.discovered = discovered
         self._own_url = own_url
         self._clock = clock
         self._answered: dict[str, float] = {}
 
     def replicas(self) -> list[str]:
         """Base URLs of the other replicas."""
-        if self.settings.service is None or self._discovered is None:
+        if self.settings.service is None or self.discovered is None:
             return list(self.settings.peers)
-        ready = self._discovered.ready(self.settings.service) or ()
+        ready = self.discovered.ready(self.settings.service) or ()
         return sorted({replica.url for replica in ready} - {self._own_url})
 
     async def run(self, session: aiohttp.ClientSession) -> None:
         """Until cancelled: fetch every other replica's counts, then wait an interval."""
-        interval = self.settings.interval_seconds
         while True:
             await self.sync_once(session)
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self.settings.interval_seconds)
 
     async def sync_once(self, session: aiohttp.ClientSession) -> None:
         replicas = self.replicas()

@@ -154,6 +154,8 @@ class Gateway:
         self._discovered = discovered
         self._peer_url = peer_url
         self.quota_peers: QuotaPeers | None = None
+        self._peers_task: asyncio.Task[None] | None = None
+        self._background: list[asyncio.Task[None]] = []
 
     def _span(self, name: str) -> AbstractContextManager[Any]:
         """A tracing span when the gateway was given a tracer; nothing otherwise."""
@@ -185,29 +187,46 @@ class Gateway:
         self._record_config("gateway.start", config)
         if config.encryption is not None:
             self._sealer = PayloadSealer(config.encryption)
-        watch: asyncio.Task[None] | None = None
-        # Discovery is set up at start; a reload changes routes, not where they are found.
-        if self._discovered is None and config.discovery is not None:
-            watcher = EndpointWatcher(config.discovery, config.namespace)
-            self._discovered = watcher
-            watch = asyncio.create_task(watcher.run())
-        tasks = [] if watch is None else [watch]
-        # Quota peers, like discovery, are set up at start.
-        if config.quota_sharing is not None:
-            self.quota_peers = peers = QuotaPeers(
-                config.quota_sharing,
-                self.quotas,
-                peer_token(self.hash_key),
-                self._discovered,
-                self._peer_url,
-            )
-            tasks.append(asyncio.create_task(peers.run(self._session)))
+        self._start_background(config)
         yield
-        for task in tasks:
+        self._stop_quota_peers()
+        for task in self._background:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._session.close()
+
+    @property
+    def discovered(self) -> ReplicaSource | None:
+        """Where the gateway learns model replicas, once discovery is on."""
+        return self._discovered
+
+    def _start_background(self, config: GatewayConfig) -> None:
+        """Start the EndpointSlice watch and the quota peers a configuration asks for,
+        at start or at the first reload that asks; stop the peers when it no longer does."""
+        assert self._session is not None
+        if self._discovered is None and config.discovery is not None:
+            watcher = EndpointWatcher(config.discovery, config.namespace)
+            self._discovered = watcher
+            self._background.append(asyncio.create_task(watcher.run()))
+        sharing = config.quota_sharing
+        if sharing is None:
+            self._stop_quota_peers()
+        elif self.quota_peers is None:
+            self.quota_peers = QuotaPeers(
+                sharing, self.quotas, peer_token(self.hash_key), self._discovered, self._peer_url
+            )
+            self._peers_task = asyncio.create_task(self.quota_peers.run(self._session))
+        else:
+            self.quota_peers.settings = sharing
+            self.quota_peers.discovered = self._discovered
+
+    def _stop_quota_peers(self) -> None:
+        if self._peers_task is not None:
+            self._peers_task.cancel()
+            self._peers_task = None
+        self.quota_peers = None
+        self.quotas.keep_others(())
 
     def peer_app(self) -> web.Application:
         """The listener other replicas read this one's quota counts from."""
@@ -218,6 +237,8 @@ class Gateway:
         self.runtime = Runtime.build(config, self.hash_key)
         if self._auth is not None:
             self._auth.replace_api_keys(config.auth.api_keys)
+        if self._session is not None:
+            self._start_background(config)
         self.metering.config_reloads.labels("applied").inc()
         self._record_config("gateway.config", config)
 

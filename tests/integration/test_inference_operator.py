@@ -548,6 +548,54 @@ def _policy(name: str, models: list[str], subjects: list[dict[str, Any]]) -> dic
     }
 
 
+def test_a_data_connector_reaches_the_gateway_configuration(
+    operator: OperatorProcess, cluster: Cluster, namespace: str
+) -> None:
+    create(cluster, namespace, model("chat", replicas=1))
+    connector = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "DataConnector",
+        "metadata": {"name": "crm"},
+        "spec": {
+            "type": "crm",
+            "direction": "inbound",
+            "endpoint": "https://crm.example.com",
+            "models": ["chat"],
+            "dataClasses": ["customer"],
+        },
+    }
+    cluster.custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "dataconnectors", connector
+    )
+    config = wait_until(
+        lambda: (c := _gateway_config(cluster, namespace)) and c.get("connectors") and c,
+        timeout=60,
+        what="the connector in the gateway configuration",
+    )
+    assert config["connectors"] == [
+        {
+            "name": "crm",
+            "serviceAccount": "privatellm-connector-crm",
+            "models": ["chat"],
+            "dataClasses": ["customer"],
+        }
+    ]
+    # A change to the connector reaches the configuration as a policy change does.
+    cluster.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, "dataconnectors", "crm", {"spec": {"dataClasses": ["pii"]}}
+    )
+    wait_until(
+        lambda: (
+            ((_gateway_config(cluster, namespace) or {}).get("connectors") or [{}])[0].get(
+                "dataClasses"
+            )
+            == ["pii"]
+        ),
+        timeout=60,
+        what="the changed connector in the gateway configuration",
+    )
+
+
 def test_the_namespace_gets_a_gateway_configured_from_its_policies(
     operator: OperatorProcess, cluster: Cluster, namespace: str
 ) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from privatellm.api.access import AccessPolicySpec
 from privatellm.gateway.auth import Identity
-from privatellm.gateway.config import NamedPolicy
+from privatellm.gateway.config import ConnectorRoute, NamedPolicy
 from privatellm.gateway.errors import GatewayError
 from privatellm.gateway.openai import (
     chunk_texts,
@@ -18,6 +18,7 @@ from privatellm.gateway.openai import (
 )
 from privatellm.gateway.policy import (
     authorize,
+    connector_claims,
     effective_inbound,
     effective_outbound,
 )
@@ -108,6 +109,33 @@ def test_token_quotas_count_what_finished_requests_used() -> None:
     tracker.record_tokens("k", quotas, 60, t + 60)
     assert tracker.check("k", quotas, t + 120) == "quota_exceeded:tokens_per_day"
     assert tracker.check("k", quotas, t + 86400) is None  # a new day
+
+
+CRM = ConnectorRoute(
+    name="crm",
+    service_account="privatellm-connector-crm",
+    models=["llama"],
+    data_classes=["customer"],
+)
+
+
+def test_a_connectors_items_carry_its_classes_and_reach_only_its_models() -> None:
+    crm = Identity("ServiceAccount", "privatellm-connector-crm", frozenset(), "serviceAccount", "t")
+    assert connector_claims([CRM], crm, "t", "llama", []) == (["customer"], None)
+    assert connector_claims([CRM], crm, "t", "llama", ["public"]) == (["customer", "public"], None)
+    assert connector_claims([CRM], crm, "t", "other", []) == ([], "connector_model_not_allowed")
+    # The same account name in another namespace, or any other caller, declares for itself.
+    elsewhere = Identity("ServiceAccount", crm.name, frozenset(), "serviceAccount", "other-ns")
+    assert connector_claims([CRM], elsewhere, "t", "other", ["public"]) == (["public"], None)
+    assert connector_claims([CRM], ROBOT, "jobs", "other", []) == ([], None)
+    assert connector_claims([CRM], ALICE, "t", "other", []) == ([], None)
+    # The policy must then allow the connector's classes.
+    account = {"kind": "ServiceAccount", "name": crm.name, "namespace": "t"}
+    granted = policy("crm", subjects=[account], models=["*"])
+    classes, _ = connector_claims([CRM], crm, "t", "llama", [])
+    assert authorize([granted], crm, "llama", classes, "t").reason == (
+        "data_class_not_allowed:customer"
+    )
 
 
 def test_other_replicas_counts_add_to_this_ones_in_the_same_window() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from privatellm.api import InferenceDeployment
+from privatellm.api import DataConnector, InferenceDeployment
 from privatellm.api.access import AccessPolicy
 from privatellm.gateway.config import GatewayConfig
 from privatellm.render.access_policy import policy_problems, resolved_models
@@ -67,6 +67,27 @@ def test_config_routes_every_model_to_its_service_with_its_fallback() -> None:
     assert config.protected_entities == ["Acme Corp", "Globex"]
     assert config.auth.api_keys == {"f" * 64: "ci"}
     assert config.upstream_tls is not None and config.upstream_tls.cert_file
+
+
+def test_each_data_connector_becomes_an_account_with_its_classes_and_models() -> None:
+    crm = DataConnector.model_validate(
+        {
+            "metadata": {"name": "crm", "namespace": "team"},
+            "spec": {
+                "type": "crm",
+                "direction": "inbound",
+                "endpoint": "https://crm.example",
+                "models": ["small"],
+                "dataClasses": ["customer", "pii"],
+            },
+        }
+    )
+    config = render_gateway_config(dataclasses.replace(INPUTS, connectors=[crm]))
+    [route] = config.connectors
+    assert route.name == "crm"
+    assert route.service_account == "privatellm-connector-crm"
+    assert (route.models, route.data_classes) == (["small"], ["customer", "pii"])
+    assert render_gateway_config(INPUTS).connectors == []
 
 
 def test_config_text_round_trips_and_is_stable() -> None:

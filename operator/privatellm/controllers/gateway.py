@@ -1,8 +1,9 @@
-"""Keep each namespace's gateway in line with its models and AccessPolicies.
+"""Keep each namespace's gateway in line with its models, AccessPolicies and DataConnectors.
 
-Reads the namespace's InferenceDeployments and AccessPolicies and the Secrets they
-name (API-key digests, protected-entity lists), renders the gateway, applies it,
-and reports on each AccessPolicy whether everything it names exists.
+Reads the namespace's InferenceDeployments, AccessPolicies and DataConnectors and
+the Secrets the policies name (API-key digests, protected-entity lists), renders
+the gateway, applies it, and reports on each AccessPolicy whether everything it
+names exists.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
-from privatellm.api import InferenceDeployment
+from privatellm.api import DataConnector, InferenceDeployment
 from privatellm.api.access import AccessPolicy
 from privatellm.audit import Signer
 from privatellm.kube.client import KINDS, Kube
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 INFERENCE = KINDS["InferenceDeployment"]
 DEPLOYMENT = KINDS["Deployment"]
 ACCESS_POLICY = KINDS["AccessPolicy"]
+DATA_CONNECTOR = KINDS["DataConnector"]
 SECRET = KINDS["Secret"]
 CLUSTER_ROLE_BINDING = KINDS["ClusterRoleBinding"]
 # Set by the chart: the ClusterRoleBinding that lets gateways call TokenReview.
@@ -114,6 +116,9 @@ def reconcile_gateway(
             protected_entities=protected,
             vault_addr=vault_addr,
             audit_shipping=audit_shipping,
+            connectors=[
+                DataConnector.model_validate(c) for c in kube.list(DATA_CONNECTOR, namespace)
+            ],
         )
         tls_revision = ensure_certificate(
             kube,

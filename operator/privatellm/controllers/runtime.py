@@ -244,6 +244,12 @@ async def access_policy_event(
     await runtime.audit.append_durable(record)
 
 
+@kopf.on.event(GROUP, VERSION, "dataconnectors")
+async def data_connector_event(namespace: str | None, memo: Any, **_: Any) -> None:
+    """What a connector's items carry and where they may go is in the gateway's configuration."""
+    _runtime(memo).gateway_queue.add((namespace or "", ""))
+
+
 CHILD_LABELS: dict[str, Any] = {
     MANAGED_BY_LABEL: MANAGED_BY,
     INFERENCE_DEPLOYMENT_LABEL: kopf.PRESENT,

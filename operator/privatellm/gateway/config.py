@@ -40,6 +40,21 @@ class ModelRoute(ApiModel):
     )
 
 
+class ConnectorRoute(ApiModel):
+    """A DataConnector as the gateway sees it: the account its Pods call with, what
+    their items carry and which models they reach."""
+
+    name: str = Field(description="The DataConnector's name.")
+    service_account: str = Field(description="ServiceAccount of the connector's Pods.")
+    models: list[str] = Field(
+        default_factory=list, description="Models its items may go to; empty: any."
+    )
+    data_classes: list[str] = Field(
+        default_factory=list,
+        description="Classes every item carries, whatever the request declares.",
+    )
+
+
 class NamedPolicy(ApiModel):
     """An AccessPolicy as the gateway enforces it."""
 
@@ -157,6 +172,7 @@ class GatewayConfig(ApiModel):
     namespace: str
     models: list[ModelRoute] = Field(default_factory=list)
     policies: list[NamedPolicy] = Field(default_factory=list)
+    connectors: list[ConnectorRoute] = Field(default_factory=list)
     protected_entities: list[str] = Field(
         default_factory=list, description="Names and identifiers of customers that never leave."
     )

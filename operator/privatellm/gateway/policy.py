@@ -22,7 +22,7 @@ from privatellm.api.access import (
 from privatellm.filters import DATA_CLASS_OF
 
 from .auth import Identity
-from .config import NamedPolicy
+from .config import ConnectorRoute, NamedPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +111,29 @@ def _prefer(current: str, new: str) -> str:
         return _SPECIFICITY.index(reason) if reason in _SPECIFICITY else len(_SPECIFICITY)
 
     return new if rank(new) > rank(current) else current
+
+
+def connector_claims(
+    connectors: Sequence[ConnectorRoute],
+    identity: Identity,
+    namespace: str,
+    model: str,
+    declared_classes: Sequence[str],
+) -> tuple[list[str], str | None]:
+    """The classes a request carries, and a denial when a connector may not use `model`.
+
+    A DataConnector's Pods call as its ServiceAccount in the gateway's namespace;
+    their items carry the connector's data classes whatever the request declares,
+    so an AccessPolicy must allow those, and they reach only the connector's models.
+    """
+    if identity.kind != "ServiceAccount" or identity.namespace != namespace:
+        return list(declared_classes), None
+    for connector in connectors:
+        if connector.service_account == identity.name:
+            if connector.models and model not in connector.models:
+                return list(declared_classes), "connector_model_not_allowed"
+            return sorted({*declared_classes, *connector.data_classes}), None
+    return list(declared_classes), None
 
 
 def quota_key(policy: NamedPolicy, identity: Identity) -> str:

@@ -52,7 +52,13 @@ from .openai import (
     validate_request,
 )
 from .payloads import PayloadSealer
-from .policy import authorize, effective_inbound, effective_outbound, quota_key
+from .policy import (
+    authorize,
+    connector_claims,
+    effective_inbound,
+    effective_outbound,
+    quota_key,
+)
 from .quotas import QuotaPeers, QuotaTracker, counts_app, peer_token
 from .routing import Router, Target
 
@@ -396,10 +402,14 @@ class Gateway:
         route = exchange.runtime.routes.get(model)
         if route is None:
             raise GatewayError(404, "model_not_found", f"the model {model!r} does not exist")
-        declared = _declared_classes(request)
-        decision = authorize(
-            exchange.runtime.config.policies, identity, model, declared, _ns(exchange)
+        config = exchange.runtime.config
+        declared, denial = connector_claims(
+            config.connectors, identity, _ns(exchange), model, _declared_classes(request)
         )
+        if denial:
+            event.reason = denial
+            raise GatewayError(403, denial, f"access denied: {denial}")
+        decision = authorize(config.policies, identity, model, declared, _ns(exchange))
         event.reason = decision.reason
         if not decision.allowed or decision.policy is None:
             raise GatewayError(403, decision.reason, f"access denied: {decision.reason}")

@@ -80,6 +80,7 @@ KINDS: dict[str, Kind] = {
         Kind("cert-manager.io/v1", "Certificate", "certificates"),
         Kind(f"{GROUP}/{VERSION}", "InferenceDeployment", "inferencedeployments"),
         Kind(f"{GROUP}/{VERSION}", "AccessPolicy", "accesspolicies"),
+        Kind(f"{GROUP}/{VERSION}", "DataConnector", "dataconnectors"),
     )
 }
 

@@ -17,10 +17,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from privatellm.api import InferenceDeployment
+from privatellm.api import DataConnector, InferenceDeployment
 from privatellm.api.access import AccessPolicy
 from privatellm.gateway.config import (
     AuthSettings,
+    ConnectorRoute,
     DiscoverySettings,
     EncryptionSettings,
     GatewayConfig,
@@ -118,6 +119,12 @@ class GatewayInputs:
     # The operator's Vault, when it has one: the gateway then seals every payload.
     vault_addr: str | None = None
     audit_shipping: AuditShipping | None = None
+    connectors: Sequence[DataConnector] = ()
+
+
+def connector_service_account(connector: str) -> str:
+    """The ServiceAccount a DataConnector's Pods run as, and call the gateway with."""
+    return f"privatellm-connector-{connector}"
 
 
 def gateway_labels() -> dict[str, str]:
@@ -156,10 +163,20 @@ def render_gateway_config(inputs: GatewayInputs) -> GatewayConfig:
         NamedPolicy(name=p.metadata.name, spec=p.spec)
         for p in sorted(inputs.policies, key=lambda p: p.metadata.name)
     ]
+    connectors = [
+        ConnectorRoute(
+            name=c.metadata.name,
+            service_account=connector_service_account(c.metadata.name),
+            models=sorted(c.spec.models),
+            data_classes=sorted(c.spec.data_classes),
+        )
+        for c in sorted(inputs.connectors, key=lambda c: c.metadata.name)
+    ]
     return GatewayConfig(
         namespace=ns,
         models=routes,
         policies=policies,
+        connectors=connectors,
         protected_entities=sorted(set(inputs.protected_entities)),
         auth=AuthSettings(
             api_keys=dict(sorted(inputs.api_keys.items())),

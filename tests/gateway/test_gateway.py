@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -320,5 +321,26 @@ def test_slow_client_gets_408(tmp_path: Path) -> None:
                     status, body = 0, {}
         assert status == 408, body
         assert stack.events[-1].reason == "request_timeout"
+
+    asyncio.run(scenario())
+
+
+def test_requests_the_model_has_not_answered_yet_are_its_queue() -> None:
+    async def scenario() -> None:
+        async with (
+            upstream(delay=0.5) as slow,
+            gateway_stack(base_config({"llama": [slow.url]})) as stack,
+        ):
+            waiting = stack.gateway.metering.upstream_waiting.labels("llama")
+            calls = [asyncio.create_task(stack.chat("hi")) for _ in range(3)]
+            deadline = time.monotonic() + 5
+            while waiting._value.get() < 3:
+                assert time.monotonic() < deadline, "the three requests never waited"
+                await asyncio.sleep(0.01)
+            assert [status for status, _ in await asyncio.gather(*calls)] == [200] * 3
+            assert waiting._value.get() == 0
+            slow.fail = "close"  # a replica that never answers leaves no count behind
+            assert (await stack.chat("hi"))[0] == 503
+            assert waiting._value.get() == 0
 
     asyncio.run(scenario())

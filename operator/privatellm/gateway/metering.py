@@ -48,6 +48,13 @@ class Metering:
             ["model"],
             registry=r,
         )
+        self.upstream_waiting = Gauge(
+            "privatellm_gateway_upstream_waiting",
+            "Requests sent to the model and not yet answered (no response headers): "
+            "its queue, as the gateway sees it.",
+            ["model"],
+            registry=r,
+        )
         self.findings = Counter(
             "privatellm_gateway_filter_findings",
             "What the filters found and did, by direction, entity and action.",

@@ -675,12 +675,15 @@ class Gateway:
         if not targets:
             raise GatewayError(503, "no_ready_replica", f"{route.name} has no ready replica")
         path = exchange.request.path
+        waiting = self.metering.child(self.metering.upstream_waiting, route.name)
         started = time.perf_counter()
         last_error = "no replica answered"
         for attempt, target in enumerate(targets):
             if attempt:
                 self.metering.upstream_retries.labels(route.name).inc()
             payload = _payload_for(exchange.body, target)
+            answered = False
+            waiting.inc()
             with self._span("upstream") as span:
                 if span is not None:
                     span.set_attribute("privatellm.replica", target.url)
@@ -693,6 +696,8 @@ class Gateway:
                             REQUEST_ID_HEADER: exchange.event.request_id,
                         },
                     ) as upstream:
+                        answered = True
+                        waiting.dec()
                         if upstream.status in _RETRY_STATUSES and attempt + 1 < len(targets):
                             self.router.mark_failed(target.url)
                             last_error = f"{target.url} answered {upstream.status}"
@@ -711,6 +716,9 @@ class Gateway:
                         ) from None
                     self.router.mark_failed(target.url)
                     last_error = f"{target.url}: {type(error).__name__}"
+                finally:
+                    if not answered:
+                        waiting.dec()
         log.warning("no replica of %s answered: %s", route.name, last_error)
         raise GatewayError(503, "no_ready_replica", f"no replica of {route.name} answered")
 

@@ -86,6 +86,11 @@ PIECES = st.sampled_from(
         "\u212a",
         "\U0001f600",
         "٣",
+        "Ⓐ",
+        "\u0345",
+        "\u093e",
+        "Ⅻ",
+        "²",
     ]
 )
 
@@ -100,6 +105,18 @@ def test_any_text_and_window_gives_the_same_candidates(text: str, data: st.DataO
     end = data.draw(st.integers(begin, len(text)))
     compiled, python = both(text, begin, end)
     assert compiled == python
+
+
+# Letters or not, by Python's str.isalnum: marks and symbols that Unicode calls
+# Alphabetic are not letters to Python, numbers of every kind are.
+BOUNDARY_CHARACTERS = ["Ⓐ", "\u0345", "\u093e", "Ⅻ", "²", "é", "€", "٣", "\u0301"]
+
+
+@pytest.mark.parametrize("before", BOUNDARY_CHARACTERS)
+def test_what_counts_as_a_letter_before_a_value_is_pythons_answer(before: str) -> None:
+    for text in (f"x {before}fe80::1 y", f"{before}born on 3 May 1980", f"{before}dob: 1.2.1980"):
+        compiled, python = both(text)
+        assert compiled == python, text
 
 
 def test_text_that_is_not_utf8_is_scanned_in_python() -> None:

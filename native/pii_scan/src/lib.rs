@@ -9,11 +9,14 @@
 //! `tests/unit/test_pii_native.py` checks that both scans agree.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use aho_corasick::AhoCorasick;
 use pcre2::bytes::{CaptureLocations, Regex, RegexBuilder};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::types::PyString;
 
 type Span = (usize, usize);
 
@@ -390,9 +393,40 @@ fn char_before(text: &str, at: usize) -> char {
         .expect("a character before a positive offset")
 }
 
-/// Python's `str.isalnum()` for one character: letters and numbers of any kind.
-fn is_alnum(c: char) -> bool {
-    c.is_alphanumeric()
+/// Python's own `str.isalnum()` for characters outside ASCII, asked once per
+/// character: the same Unicode data as the Python scanner, so both agree on every
+/// character (Rust's `is_alphanumeric` also takes marks such as U+0345).
+struct PythonAlnum {
+    known: Mutex<HashMap<char, bool>>,
+}
+
+/// Characters remembered at most; past that each is asked again (still right).
+const ALNUM_CACHE: usize = 1 << 16;
+
+impl PythonAlnum {
+    fn new() -> Self {
+        PythonAlnum {
+            known: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn of(&self, py: Python<'_>, c: char) -> bool {
+        if c.is_ascii() {
+            return c.is_ascii_alphanumeric();
+        }
+        let mut known = self.known.lock().expect("no panic while holding the cache");
+        if let Some(&answer) = known.get(&c) {
+            return answer;
+        }
+        let answer = PyString::new(py, c.encode_utf8(&mut [0; 4]))
+            .call_method0("isalnum")
+            .and_then(|result| result.extract::<bool>())
+            .unwrap_or(false);
+        if known.len() < ALNUM_CACHE {
+            known.insert(c, answer);
+        }
+        answer
+    }
 }
 
 fn lower_same_length(text: &str) -> String {
@@ -830,6 +864,7 @@ impl Detector {
         ascii: bool,
         span: Span,
         groups: Option<&CaptureLocations>,
+        alnum: &dyn Fn(char) -> bool,
     ) -> Option<Span> {
         let bytes = subject.as_bytes();
         let (start, end) = span;
@@ -870,7 +905,7 @@ impl Detector {
             Kind::DateOfBirth { date } => {
                 if start > 0 {
                     let before = char_before(subject, start);
-                    if is_alnum(before) || before == '_' {
+                    if alnum(before) || before == '_' {
                         return None;
                     }
                 }
@@ -895,6 +930,7 @@ struct NativeScanner {
     families: Vec<Family>,
     alone: Vec<usize>,
     context: usize,
+    alnum: PythonAlnum,
 }
 
 type Spec = (
@@ -977,13 +1013,21 @@ impl NativeScanner {
             families,
             alone,
             context,
+            alnum: PythonAlnum::new(),
         })
     }
 
     /// (detector index, start, end) of each candidate whose span starts in
     /// [begin, end), in code points; in no particular order.
     #[pyo3(signature = (text, begin=0, end=None))]
-    fn scan(&self, text: &str, begin: usize, end: Option<usize>) -> Vec<(usize, usize, usize)> {
+    fn scan(
+        &self,
+        py: Python<'_>,
+        text: &str,
+        begin: usize,
+        end: Option<usize>,
+    ) -> Vec<(usize, usize, usize)> {
+        let alnum = |c: char| self.alnum.of(py, c);
         // Every detector but the lowered ones reads ASCII only, so it runs on the
         // text with each other character replaced by one byte: byte offsets are
         // then code point offsets, and the patterns run without UTF-8 checks.
@@ -991,7 +1035,7 @@ impl NativeScanner {
         let mapped: Cow<'_, str> = if ascii {
             Cow::Borrowed(text)
         } else {
-            Cow::Owned(one_byte_per_char(text))
+            Cow::Owned(one_byte_per_char(text, &alnum))
         };
         let bytes = mapped.as_bytes();
         let stop = end.unwrap_or(bytes.len());
@@ -1034,7 +1078,7 @@ impl NativeScanner {
                         continue;
                     }
                     if let Some((Some(span), _)) =
-                        next_match(detector, &mapped, true, at, groups[slot].as_mut())
+                        next_match(detector, &mapped, true, at, groups[slot].as_mut(), &alnum)
                     {
                         keep(&identity, i, span, begin, stop, &mut found);
                     }
@@ -1081,9 +1125,14 @@ impl NativeScanner {
             let last_start = stop + detector.back;
             let mut position = offsets.byte(first);
             while position <= subject.len() {
-                let Some((span, found_at)) =
-                    next_match(detector, subject, subject_ascii, position, groups.as_mut())
-                else {
+                let Some((span, found_at)) = next_match(
+                    detector,
+                    subject,
+                    subject_ascii,
+                    position,
+                    groups.as_mut(),
+                    &alnum,
+                ) else {
                     break;
                 };
                 if offsets.index(found_at) >= last_start {
@@ -1102,12 +1151,12 @@ impl NativeScanner {
 /// `text` with each non-ASCII character replaced by one control byte: ALNUM when
 /// Python's `str.isalnum()` holds for it, OTHER when not. Neither is in any class
 /// a non-lowered pattern names, and `.` takes each as one character, as before.
-fn one_byte_per_char(text: &str) -> String {
+fn one_byte_per_char(text: &str, alnum: &dyn Fn(char) -> bool) -> String {
     text.chars()
         .map(|c| {
             if c.is_ascii() {
                 c
-            } else if is_alnum(c) {
+            } else if alnum(c) {
                 ALNUM
             } else {
                 OTHER
@@ -1143,6 +1192,7 @@ fn next_match(
     ascii: bool,
     position: usize,
     groups: Option<&mut CaptureLocations>,
+    alnum: &dyn Fn(char) -> bool,
 ) -> Option<(Option<Span>, usize)> {
     let bytes = subject.as_bytes();
     let pattern = detector.pattern.on(ascii);
@@ -1154,7 +1204,7 @@ fn next_match(
         None => (pattern.find_at(bytes, position).ok()??, None),
     };
     Some((
-        detector.locate(subject, ascii, (found.start(), found.end()), groups),
+        detector.locate(subject, ascii, (found.start(), found.end()), groups, alnum),
         found.start(),
     ))
 }

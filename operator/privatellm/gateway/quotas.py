@@ -154,6 +154,7 @@ class QuotaPeers:
         self._own_url = own_url
         self._clock = clock
         self._answered: dict[str, float] = {}
+        self._failing: set[str] = set()
 
     def replicas(self) -> list[str]:
         """Base URLs of the other replicas."""
@@ -183,10 +184,20 @@ class QuotaPeers:
         try:
             async with session.get(url + COUNTS_PATH, **options) as response:
                 if response.status != 200:
-                    log.warning("quota peer %s answered %s", url, response.status)
+                    self._failed(url, f"answered {response.status}")
                     return
                 counts = orjson.loads(await response.read())["counts"]
                 self.tracker.set_others(url, counts)
-                self._answered[url] = self._clock()
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as error:
-            log.warning("quota peer %s: %s", url, error or type(error).__name__)
+            self._failed(url, str(error) or type(error).__name__)
+            return
+        self._answered[url] = self._clock()
+        if url in self._failing:
+            self._failing.discard(url)
+            log.info("quota peer %s answers again", url)
+
+    def _failed(self, url: str, why: str) -> None:
+        # Once per outage, not once per interval.
+        if url not in self._failing:
+            self._failing.add(url)
+            log.warning("quota peer %s: %s", url, why)

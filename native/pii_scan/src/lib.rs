@@ -22,53 +22,55 @@ type Span = (usize, usize);
 
 // --- compiling ---------------------------------------------------------------
 
-/// A pattern compiled twice: for ASCII subjects, where no UTF-8 check runs on
-/// each call, and for UTF-8 ones (the lower-cased text when it is not ASCII).
+/// Compiles a pattern of the Python scanner: for text as one byte per character
+/// (plain bytes, no UTF-8 check on each call), or `for_utf8` text.
+fn compile(pattern: &str, verbose: bool, unicode: bool, for_utf8: bool) -> PyResult<Regex> {
+    // Python's [^\W\d_] (a letter) reads as PCRE2's \w without digits and
+    // underscore, but PCRE2's \w also takes combining marks; name the categories.
+    let pattern = pattern.replace(r"[^\W\d_]", r"[\p{L}\p{Nl}\p{No}]");
+    RegexBuilder::new()
+        .utf(for_utf8)
+        .ucp(for_utf8 && unicode)
+        .extended(verbose)
+        .jit_if_available(true)
+        .build(&pattern)
+        .map_err(|e| PyValueError::new_err(format!("pattern {pattern:?}: {e}")))
+}
+
+/// A pattern of this module's own, for the one-byte-per-character text.
+fn fixed(pattern: &str) -> Regex {
+    compile(pattern, false, false, false).expect("a fixed pattern compiles")
+}
+
+/// A detector's pattern: for the one-byte-per-character text, and for the
+/// lower-cased text as UTF-8 when the detector is a lowered one.
 struct Pattern {
     ascii: Regex,
-    utf: Regex,
+    utf: Option<Regex>,
 }
 
 impl Pattern {
-    fn new(pattern: &str, verbose: bool, unicode: bool) -> PyResult<Self> {
-        // Python's [^\W\d_] (a letter) reads as PCRE2's \w without digits and
-        // underscore, but PCRE2's \w also takes combining marks; name the categories.
-        let pattern = pattern.replace(r"[^\W\d_]", r"[\p{L}\p{Nl}\p{No}]");
-        let build = |utf: bool| {
-            RegexBuilder::new()
-                .utf(utf)
-                .ucp(utf && unicode)
-                .extended(verbose)
-                .jit_if_available(true)
-                .build(&pattern)
-                .map_err(|e| PyValueError::new_err(format!("pattern {pattern:?}: {e}")))
-        };
+    fn new(pattern: &str, verbose: bool, unicode: bool, lowered: bool) -> PyResult<Self> {
         Ok(Pattern {
-            ascii: build(false)?,
-            utf: build(true)?,
+            ascii: compile(pattern, verbose, unicode, false)?,
+            utf: if lowered {
+                Some(compile(pattern, verbose, unicode, true)?)
+            } else {
+                None
+            },
         })
     }
 
-    /// Anchored at the start offset, like Python's `pattern.match(text, pos)`.
-    fn anchored(pattern: &str, verbose: bool, unicode: bool) -> PyResult<Self> {
-        Pattern::new(&format!(r"\G(?:{pattern})"), verbose, unicode)
-    }
-
-    fn fixed(pattern: &str) -> Self {
-        Pattern::new(pattern, false, false).expect("a fixed pattern compiles")
-    }
-
+    /// For an ASCII subject, or the lowered UTF-8 one.
     fn on(&self, ascii: bool) -> &Regex {
-        if ascii {
-            &self.ascii
-        } else {
-            &self.utf
+        match (&self.utf, ascii) {
+            (Some(utf), false) => utf,
+            _ => &self.ascii,
         }
     }
 }
 
-fn group_index(pattern: &Pattern, name: &str) -> PyResult<usize> {
-    let regex = &pattern.utf;
+fn group_index(regex: &Regex, name: &str) -> PyResult<usize> {
     regex
         .capture_names()
         .iter()
@@ -601,12 +603,12 @@ fn has_capitals_then_digits(raw: &[u8]) -> bool {
 
 enum Kind {
     Email {
-        domain: Pattern,
+        domain: Regex,
     },
     Phone {
         shapes: Vec<(usize, usize, usize)>,
         trunk: usize,
-        date_shaped: Pattern,
+        date_shaped: Regex,
     },
     Card,
     UsSsn {
@@ -620,13 +622,13 @@ enum Kind {
     Iban,
     Ipv4,
     Ipv6 {
-        body: Pattern,
+        body: Regex,
     },
     DateOfBirth {
         date: usize,
     },
     Token {
-        known_keys: Pattern,
+        known_keys: Regex,
     },
     Whole,
 }
@@ -644,18 +646,16 @@ struct Detector {
 }
 
 struct Family {
-    trigger: Pattern,
+    trigger: Regex,
     gate: Gate,
     back: usize,
     members: Vec<usize>,
 }
 
-fn kind_of(name: &str, pattern: &Pattern) -> PyResult<Kind> {
+fn kind_of(name: &str, pattern: &Regex) -> PyResult<Kind> {
     Ok(match name {
         "email" => Kind::Email {
-            domain: Pattern::fixed(
-                r"\G[A-Za-z0-9](?:[A-Za-z0-9.\-]{0,98}[A-Za-z0-9])?(?![A-Za-z0-9\-])",
-            ),
+            domain: fixed(r"\G[A-Za-z0-9](?:[A-Za-z0-9.\-]{0,98}[A-Za-z0-9])?(?![A-Za-z0-9\-])"),
         },
         "phone" => {
             let limits = [
@@ -673,7 +673,7 @@ fn kind_of(name: &str, pattern: &Pattern) -> PyResult<Kind> {
             Kind::Phone {
                 shapes,
                 trunk: group_index(pattern, "trunk")?,
-                date_shaped: Pattern::fixed(
+                date_shaped: fixed(
                     r"\G(?:0?[1-9]|[12][0-9]|3[01])([./\-])(?:0?[1-9]|1[0-2])\1[0-9]{2,4}",
                 ),
             }
@@ -690,7 +690,7 @@ fn kind_of(name: &str, pattern: &Pattern) -> PyResult<Kind> {
         "iban" => Kind::Iban,
         "ipv4" => Kind::Ipv4,
         "ipv6" => Kind::Ipv6 {
-            body: Pattern::fixed(
+            body: fixed(
                 r"\G[0-9A-Fa-f:]{2,39}(?:(?<=:)[0-9]{1,3}(?:\.[0-9]{1,3}){3})?(?![0-9A-Za-z_:]|\.[0-9])",
             ),
         },
@@ -698,7 +698,7 @@ fn kind_of(name: &str, pattern: &Pattern) -> PyResult<Kind> {
             date: group_index(pattern, "date")?,
         },
         "secretToken" => Kind::Token {
-            known_keys: Pattern::fixed(
+            known_keys: fixed(
                 r"\G(?:(?:AKIA|ASIA)[A-Z0-9]{16}|gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,}|xox[abposr]-[A-Za-z0-9\-]{10,}|[sr]k_live_[A-Za-z0-9]{24,}|AIza[A-Za-z0-9_\-]{35})",
             ),
         },
@@ -732,7 +732,7 @@ fn is_high_entropy(token: &[u8]) -> bool {
     shannon_entropy(token) >= threshold
 }
 
-fn locate_email(text: &str, ascii: bool, at: usize, domain: &Pattern) -> Option<Span> {
+fn locate_email(text: &str, at: usize, domain: &Regex) -> Option<Span> {
     let bytes = text.as_bytes();
     let is_local = |c: u8| c.is_ascii_alphanumeric() || b"._%+-".contains(&c);
     let mut run = at;
@@ -749,7 +749,7 @@ fn locate_email(text: &str, ascii: bool, at: usize, domain: &Pattern) -> Option<
     if start == at || bytes[at - 1] == b'.' || bytes[start..at].windows(2).any(|w| w == b"..") {
         return None;
     }
-    let found = domain.on(ascii).find_at(bytes, at + 1).ok()??;
+    let found = domain.find_at(bytes, at + 1).ok()??;
     let labels: Vec<&[u8]> = found.as_bytes().split(|&c| c == b'.').collect();
     let last = labels[labels.len() - 1];
     if labels.len() < 2 || last.len() < 2 || !last.iter().all(u8::is_ascii_alphabetic) {
@@ -773,9 +773,9 @@ fn locate_phone(
     start: usize,
     (shape, low, high): (usize, usize, usize),
     trunk: usize,
-    date_shaped: &Pattern,
+    date_shaped: &Regex,
 ) -> Option<Span> {
-    if shape == trunk && date_shaped.ascii.is_match(matched).unwrap_or(false) {
+    if shape == trunk && date_shaped.is_match(matched).unwrap_or(false) {
         return None;
     }
     for (end, digits) in group_prefixes(matched) {
@@ -814,7 +814,7 @@ fn locate_iban(text: &[u8], start: usize, matched: &[u8]) -> Option<Span> {
     None
 }
 
-fn locate_ipv6(text: &str, ascii: bool, colon: usize, body: &Pattern) -> Option<Span> {
+fn locate_ipv6(text: &str, colon: usize, body: &Regex) -> Option<Span> {
     let bytes = text.as_bytes();
     let mut start = colon;
     while start > 0 && colon - start < 4 && bytes[start - 1].is_ascii_hexdigit() {
@@ -826,7 +826,7 @@ fn locate_ipv6(text: &str, ascii: bool, colon: usize, body: &Pattern) -> Option<
     {
         return None;
     }
-    let found = body.on(ascii).find_at(bytes, start).ok()??;
+    let found = body.find_at(bytes, start).ok()??;
     let mut address = found.as_bytes();
     if address.ends_with(b":") && !address.ends_with(b"::") {
         address = &address[..address.len() - 1];
@@ -861,7 +861,6 @@ impl Detector {
     fn locate(
         &self,
         subject: &str,
-        ascii: bool,
         span: Span,
         groups: Option<&CaptureLocations>,
         alnum: &dyn Fn(char) -> bool,
@@ -872,7 +871,7 @@ impl Detector {
         let group_span = |i: usize| groups.and_then(|g| g.get(i));
         let group = |i: usize| group_span(i).map_or(b"".as_slice(), |(s, e)| &bytes[s..e]);
         match &self.kind {
-            Kind::Email { domain } => locate_email(subject, ascii, start, domain),
+            Kind::Email { domain } => locate_email(subject, start, domain),
             Kind::Phone {
                 shapes,
                 trunk,
@@ -901,7 +900,7 @@ impl Detector {
             Kind::DeTaxId => de_tax_id_valid(&digits_of(matched)).then_some(span),
             Kind::Iban => locate_iban(bytes, start, matched),
             Kind::Ipv4 => ipv4_valid(matched).then_some(span),
-            Kind::Ipv6 { body } => locate_ipv6(subject, ascii, start, body),
+            Kind::Ipv6 { body } => locate_ipv6(subject, start, body),
             Kind::DateOfBirth { date } => {
                 if start > 0 {
                     let before = char_before(subject, start);
@@ -913,7 +912,7 @@ impl Detector {
                 plausible_date(&subject[s..e]).then_some((s, e))
             }
             Kind::Token { known_keys } => {
-                let known = known_keys.ascii.is_match(matched).unwrap_or(false);
+                let known = known_keys.is_match(matched).unwrap_or(false);
                 (known || is_high_entropy(matched)).then_some(span)
             }
             Kind::Whole => Some(span),
@@ -965,12 +964,15 @@ impl NativeScanner {
                     reads_ascii_only(trigger)?;
                 }
             }
-            let compiled = if trigger.is_some() {
-                Pattern::anchored(&pattern, verbose, unicode)?
+            // A family member is matched where its trigger hit, like Python's
+            // `pattern.match(text, pos)`.
+            let source = if trigger.is_some() {
+                format!(r"\G(?:{pattern})")
             } else {
-                Pattern::new(&pattern, verbose, unicode)?
+                pattern
             };
-            let kind = kind_of(&kind, &compiled)?;
+            let compiled = Pattern::new(&source, verbose, unicode, lowered)?;
+            let kind = kind_of(&kind, &compiled.ascii)?;
             let needs_groups = matches!(
                 kind,
                 Kind::Phone { .. } | Kind::UsSsn { .. } | Kind::DateOfBirth { .. }
@@ -993,7 +995,7 @@ impl NativeScanner {
                         family.members.push(index);
                     }
                     None => {
-                        let trigger = Pattern::new(&source, false, false)?;
+                        let trigger = compile(&source, false, false, false)?;
                         families.push((
                             source,
                             Family {
@@ -1067,7 +1069,7 @@ impl NativeScanner {
                 })
                 .collect();
             let mut position = begin.min(bytes.len());
-            while let Ok(Some(hit)) = family.trigger.ascii.find_at(bytes, position) {
+            while let Ok(Some(hit)) = family.trigger.find_at(bytes, position) {
                 let at = hit.start();
                 if at >= stop + family.back {
                     break;
@@ -1204,7 +1206,7 @@ fn next_match(
         None => (pattern.find_at(bytes, position).ok()??, None),
     };
     Some((
-        detector.locate(subject, ascii, (found.start(), found.end()), groups, alnum),
+        detector.locate(subject, (found.start(), found.end()), groups, alnum),
         found.start(),
     ))
 }

@@ -24,7 +24,8 @@ from typing import Any, get_args
 
 from privatellm.api.access import PII_ENTITIES, InboundFilters, OutboundFilters
 from privatellm.filters import InboundPipeline, OutboundPipeline
-from privatellm.filters.detectors import PII_DETECTORS, Scanner
+from privatellm.filters.detectors import PII_DETECTORS
+from privatellm.filters.scanner import Scanner
 
 from .pii_corpus import Sample, clean_prompts, corpus
 from .report import write_section

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from privatellm.api.access import PII_ENTITIES
 from privatellm.filters import DATA_CLASS_OF
 from privatellm.filters import detectors as d
-from privatellm.filters.detectors import PII_DETECTORS, Scanner, is_high_entropy, select
+from privatellm.filters.detectors import PII_DETECTORS, is_high_entropy
+from privatellm.filters.scanner import Scanner, select
 
 SCANNER = Scanner(PII_DETECTORS)
 

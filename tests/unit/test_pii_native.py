@@ -15,8 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from privatellm.api.access import PII_ENTITIES
-from privatellm.filters.detectors import PII_DETECTORS, Candidate, Scanner
+from privatellm.filters.detectors import PII_DETECTORS, Candidate
 from privatellm.filters.injection import HEURISTICS, InjectionDetector
+from privatellm.filters.scanner import Scanner
 from privatellm.filters.terms import PROTECTED_ENTITY, term_detector
 from tests.benchmarks import pii_corpus
 from tests.unit import test_filters_injection

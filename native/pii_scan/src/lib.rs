@@ -1,7 +1,7 @@
 //! The PII detectors of `privatellm.filters.detectors`, compiled.
 //!
 //! Python keeps the definitions: it passes each detector's pattern, trigger, gate
-//! and reach here, and this module runs the same scan (`Scanner.scan`) with PCRE2
+//! and reach here, and this module runs the same scan (`filters/scanner.py`) with PCRE2
 //! and the confirmation rules written again in Rust. Offsets in and out are code
 //! points, as in Python. Inside, every detector but the lowered one (dates of
 //! birth) reads a copy of the text with one byte per character, so byte offsets

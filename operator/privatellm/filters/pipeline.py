@@ -13,17 +13,10 @@ from dataclasses import dataclass
 from privatellm.api.access import InboundFilters, OutboundFilters, PIIRule
 
 from .actions import replacement
-from .detectors import (
-    DATA_CLASS_OF,
-    PII_DETECTORS,
-    Candidate,
-    Detector,
-    Scanner,
-    select,
-    trailing_run_start,
-)
+from .detectors import DATA_CLASS_OF, PII_DETECTORS, Candidate, Detector
 from .injection import ENTITY as INJECTION_ENTITY
 from .injection import InjectionDetector
+from .scanner import Scanner, select, trailing_run_start
 from .terms import INTERNAL_TERM, PROTECTED_ENTITY, term_detector
 
 DEFAULT_ACTION = "redact"

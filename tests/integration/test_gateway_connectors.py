@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 
 from privatellm.gateway.config import GatewayConfig
-from privatellm.render.gateway import GATEWAY_NAME, connector_service_account
+from privatellm.render.gateway import connector_service_account
 from tests.gateway.conftest import base_config, gateway_stack
 from tests.support.fake_openai import FakeOpenAI
 
 from .conftest import Cluster
-from .test_gateway_tokenreview import GATEWAY_AUDIENCE, api_server, create_token
+from .test_gateway_tokenreview import GATEWAY_AUDIENCE, create_token, token_reviewer
 
 CRM = connector_service_account("crm")
 
@@ -28,27 +28,13 @@ CRM = connector_service_account("crm")
 @pytest.fixture
 def review(cluster: Cluster, namespace: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
     """The gateway's account, allowed to review tokens: its tokenReview settings."""
-    server, ca_file = api_server(cluster.kubeconfig, tmp_path)
-    cluster.kubectl("create", "serviceaccount", GATEWAY_NAME, "-n", namespace)
-    binding = f"privatellm-connector-review-{namespace}"
-    cluster.kubectl(
-        "create",
-        "clusterrolebinding",
-        binding,
-        "--clusterrole=system:auth-delegator",
-        f"--serviceaccount={namespace}:{GATEWAY_NAME}",
-    )
-    token_file = tmp_path / "token"
-    token_file.write_text(create_token(cluster, namespace, GATEWAY_NAME))
-    try:
+    with token_reviewer(cluster, namespace, tmp_path) as config:
         yield {
-            "apiServer": server,
-            "tokenFile": str(token_file),
-            "caFile": ca_file,
-            "audiences": [GATEWAY_AUDIENCE],
+            "apiServer": config.api_server,
+            "tokenFile": config.token_file,
+            "caFile": config.ca_file,
+            "audiences": list(config.audiences),
         }
-    finally:
-        cluster.kubectl("delete", "clusterrolebinding", binding, check=False)
 
 
 def account_policy(name: str, account: str, namespace: str, classes: list[str]) -> dict[str, Any]:

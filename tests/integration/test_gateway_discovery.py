@@ -40,16 +40,22 @@ SERVICE = "llama"
 LABELS = {"app": SERVICE}
 
 
-@pytest.fixture
-def settings(cluster: Cluster, namespace: str, tmp_path: Path) -> DiscoverySettings:
-    """The gateway's ServiceAccount with the rendered Role, and a model Service."""
-    server, ca_file = api_server(cluster.kubeconfig, tmp_path)
+def endpoint_reader(cluster: Cluster, namespace: str, workdir: Path) -> DiscoverySettings:
+    """The gateway's ServiceAccount holding the rendered Role, and its discovery settings."""
+    server, ca_file = api_server(cluster.kubeconfig, workdir)
     cluster.kubectl("create", "serviceaccount", GATEWAY_NAME, "-n", namespace)
     inputs = GatewayInputs(namespace=namespace, image="unused", models=(), policies=())
     for manifest in (render_gateway_role(inputs), render_gateway_role_binding(inputs)):
         cluster.kubectl("apply", "-f", "-", stdin=json.dumps(manifest))
-    token_file = tmp_path / "token"
+    token_file = workdir / "token"
     token_file.write_text(create_token(cluster, namespace, GATEWAY_NAME))
+    return DiscoverySettings(api_server=server, token_file=str(token_file), ca_file=ca_file)
+
+
+@pytest.fixture
+def settings(cluster: Cluster, namespace: str, tmp_path: Path) -> DiscoverySettings:
+    """The gateway's ServiceAccount with the rendered Role, and a model Service."""
+    reader = endpoint_reader(cluster, namespace, tmp_path)
     cluster.core.create_namespaced_service(
         namespace,
         client.V1Service(
@@ -60,7 +66,7 @@ def settings(cluster: Cluster, namespace: str, tmp_path: Path) -> DiscoverySetti
             ),
         ),
     )
-    return DiscoverySettings(api_server=server, token_file=str(token_file), ca_file=ca_file)
+    return reader
 
 
 def model_deployment(replicas: int) -> client.V1Deployment:

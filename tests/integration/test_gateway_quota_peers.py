@@ -29,15 +29,12 @@ from privatellm.gateway.discovery import replica_url
 from privatellm.keys.tls import issue_ca, issue_leaf, service_names
 from privatellm.render.gateway import (
     GATEWAY_NAME,
-    GatewayInputs,
-    render_gateway_role,
-    render_gateway_role_binding,
 )
 from tests.gateway.conftest import Stack, base_config, gateway_stack
 from tests.support.fake_openai import FakeOpenAI
 
 from .conftest import Cluster
-from .test_gateway_tokenreview import api_server, create_token
+from .test_gateway_discovery import endpoint_reader
 
 PEERS = f"{GATEWAY_NAME}-peers"
 NOW = 1_000_020.0  # one minute for both replicas
@@ -65,11 +62,7 @@ def discovery(
     cluster: Cluster, namespace: str, tmp_path: Path, replicas_at: list[tuple[str, int]]
 ) -> DiscoverySettings:
     """The gateway's ServiceAccount with its Role, and its peer Service with two Pods."""
-    server, ca_file = api_server(cluster.kubeconfig, tmp_path)
-    cluster.kubectl("create", "serviceaccount", GATEWAY_NAME, "-n", namespace)
-    inputs = GatewayInputs(namespace=namespace, image="unused", models=(), policies=())
-    for manifest in (render_gateway_role(inputs), render_gateway_role_binding(inputs)):
-        cluster.kubectl("apply", "-f", "-", stdin=json.dumps(manifest))
+    reader = endpoint_reader(cluster, namespace, tmp_path)
     # As rendered, but without a selector: the slices below stand for the Pods.
     service = {
         "apiVersion": "v1",
@@ -92,9 +85,7 @@ def discovery(
             "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
         }
         cluster.kubectl("apply", "-f", "-", stdin=json.dumps(endpoints))
-    token_file = tmp_path / "token"
-    token_file.write_text(create_token(cluster, namespace, GATEWAY_NAME))
-    return DiscoverySettings(api_server=server, token_file=str(token_file), ca_file=ca_file)
+    return reader
 
 
 @asynccontextmanager

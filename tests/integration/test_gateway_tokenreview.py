@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,10 +64,10 @@ def reason(outcome: Identity | AuthError) -> str:
     return outcome.reason
 
 
-@pytest.fixture
-def gateway(cluster: Cluster, namespace: str, tmp_path: Path) -> Iterator[TokenReviewConfig]:
-    """A gateway ServiceAccount allowed to review tokens, and its TokenReview configuration."""
-    server, ca_file = api_server(cluster.kubeconfig, tmp_path)
+@contextlib.contextmanager
+def token_reviewer(cluster: Cluster, namespace: str, workdir: Path) -> Iterator[TokenReviewConfig]:
+    """The gateway's ServiceAccount allowed to review tokens, and its TokenReview settings."""
+    server, ca_file = api_server(cluster.kubeconfig, workdir)
     cluster.kubectl("create", "serviceaccount", "privatellm-gateway", "-n", namespace)
     binding = f"privatellm-gateway-review-{namespace}"
     cluster.kubectl(
@@ -76,7 +77,7 @@ def gateway(cluster: Cluster, namespace: str, tmp_path: Path) -> Iterator[TokenR
         "--clusterrole=system:auth-delegator",
         f"--serviceaccount={namespace}:privatellm-gateway",
     )
-    token_file = tmp_path / "token"
+    token_file = workdir / "token"
     token_file.write_text(create_token(cluster, namespace, "privatellm-gateway"))
     try:
         yield TokenReviewConfig(
@@ -87,6 +88,12 @@ def gateway(cluster: Cluster, namespace: str, tmp_path: Path) -> Iterator[TokenR
         )
     finally:
         cluster.kubectl("delete", "clusterrolebinding", binding, check=False)
+
+
+@pytest.fixture
+def gateway(cluster: Cluster, namespace: str, tmp_path: Path) -> Iterator[TokenReviewConfig]:
+    with token_reviewer(cluster, namespace, tmp_path) as config:
+        yield config
 
 
 def test_a_client_service_account_token_names_its_account(

@@ -20,7 +20,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,15 +143,7 @@ class LocalCluster:
         return pids
 
     def _spawn(self, name: str, args: Sequence[str]) -> None:
-        log = (self.workdir / "logs" / f"{name}.log").open("ab")
-        process = subprocess.Popen(
-            args,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        log.close()
+        process = spawn_logged(args, self.workdir / "logs" / f"{name}.log")
         pids = self._pids()
         pids[name] = process.pid
         self._pid_file.write_text(json.dumps(pids))
@@ -425,13 +417,45 @@ def _http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
 def _wait_for(
     name: str, ready: Callable[[], bool], cluster: LocalCluster, timeout: float = 60
 ) -> None:
+    def alive() -> bool:
+        pid = cluster._pids().get(name)
+        return pid is None or _alive(pid)
+
+    log_file = cluster.workdir / "logs" / f"{name}.log"
+    wait_until_ready(name, ready, alive, log_file, timeout, log=_log)
+
+
+def spawn_logged(
+    args: Sequence[str], log_file: Path, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a server in a process group of its own, its output appended to `log_file`."""
+    with log_file.open("ab") as log:
+        return subprocess.Popen(
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=None if env is None else dict(env),
+            start_new_session=True,
+        )
+
+
+def wait_until_ready(
+    name: str,
+    ready: Callable[[], bool],
+    alive: Callable[[], bool],
+    log_file: Path,
+    timeout: float,
+    interval: float = 0.2,
+    log: Callable[[str], None] = _log,
+) -> None:
+    """Poll `ready` until it holds; fail at once when the server exits, or at `timeout`."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
+        if not alive():
+            raise RuntimeError(f"{name} exited; see {log_file}")
         if ready():
-            _log(f"{name} ready after {time.monotonic() - started:.1f}s")
+            log(f"{name} ready after {time.monotonic() - started:.1f}s")
             return
-        pid = cluster._pids().get(name)
-        if pid is not None and not _alive(pid):
-            raise RuntimeError(f"{name} exited; see {cluster.workdir / 'logs' / (name + '.log')}")
-        time.sleep(0.2)
-    raise TimeoutError(f"{name} not ready after {timeout}s; see {cluster.workdir / 'logs'}")
+        time.sleep(interval)
+    raise TimeoutError(f"{name} not ready after {timeout}s; see {log_file}")

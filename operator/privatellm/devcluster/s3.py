@@ -14,7 +14,6 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from pathlib import Path
 
 from privatellm.audit.s3 import S3Client
 
-from .cluster import Toolchain, free_port, stop_process_group
+from .cluster import Toolchain, free_port, spawn_logged, stop_process_group, wait_until_ready
 
 VERSITYGW_BINARY = "versitygw"
 
@@ -105,39 +104,23 @@ class DevS3:
             "ROOT_ACCESS_KEY_ID": self.access_key,
             "ROOT_SECRET_ACCESS_KEY": self.secret_key,
         }
-        with self.log_file.open("ab") as log:
-            self._process = subprocess.Popen(
-                args,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,
-            )
+        self._process = spawn_logged(args, self.log_file, env)
         try:
-            self._wait_until_answering(timeout)
+            wait_until_ready(
+                "versitygw", self._answers, self.running, self.log_file, timeout, 0.05, _log
+            )
         except BaseException:
             self.stop()
             raise
 
-    def _wait_until_answering(self, timeout: float) -> None:
-        started = time.monotonic()
-        while time.monotonic() - started < timeout:
-            if not self.running():
-                raise RuntimeError(f"versitygw exited; see {self.log_file}")
-            try:
-                urllib.request.urlopen(self.endpoint, timeout=1).close()
-                answered = True
-            except urllib.error.HTTPError:
-                # An anonymous request is refused: the server is up.
-                answered = True
-            except OSError:
-                answered = False
-            if answered:
-                _log(f"ready at {self.endpoint} after {time.monotonic() - started:.1f}s")
-                return
-            time.sleep(0.05)
-        raise TimeoutError(f"versitygw not ready after {timeout}s; see {self.log_file}")
+    def _answers(self) -> bool:
+        try:
+            urllib.request.urlopen(self.endpoint, timeout=1).close()
+        except urllib.error.HTTPError:
+            return True  # an anonymous request is refused: the server is up
+        except OSError:
+            return False
+        return True
 
     def stop(self, grace: float = 10.0) -> None:
         """Stop the server (SIGTERM, then SIGKILL after `grace` seconds). Its files stay."""

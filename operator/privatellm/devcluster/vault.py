@@ -9,17 +9,15 @@ simulates "Vault comes back empty", and why `start` mounts Transit again.
 
 from __future__ import annotations
 
-import contextlib
 import secrets
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from privatellm.keys.transit import VaultClient, VaultError
 
-from .cluster import Toolchain, free_port, stop_process_group
+from .cluster import Toolchain, free_port, spawn_logged, stop_process_group, wait_until_ready
 
 VAULT_BINARY = "vault"
 
@@ -81,33 +79,20 @@ class DevVault:
             # Dev mode would otherwise write the root token to ~/.vault-token.
             "-dev-no-store-token",
         ]
-        with self.log_file.open("ab") as log:
-            self._process = subprocess.Popen(
-                args,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        self._process = spawn_logged(args, self.log_file)
         try:
-            self._wait_until_active(timeout)
+            wait_until_ready("vault", self._active, self.running, self.log_file, timeout, 0.1, _log)
             enable_transit(self.client())
         except BaseException:
             self.stop()
             raise
 
-    def _wait_until_active(self, timeout: float) -> None:
-        started = time.monotonic()
-        client = self.client()
-        while time.monotonic() - started < timeout:
-            if not self.running():
-                raise RuntimeError(f"vault exited; see {self.log_file}")
-            with contextlib.suppress(VaultError):
-                client.request("GET", "sys/health")
-                _log(f"ready at {self.addr} after {time.monotonic() - started:.1f}s")
-                return
-            time.sleep(0.1)
-        raise TimeoutError(f"vault not ready after {timeout}s; see {self.log_file}")
+    def _active(self) -> bool:
+        try:
+            self.client().request("GET", "sys/health")
+        except VaultError:
+            return False
+        return True
 
     def stop(self, grace: float = 10.0) -> None:
         """Stop the server (SIGTERM, then SIGKILL after `grace` seconds). All state is lost."""

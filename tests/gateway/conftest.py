@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -78,6 +79,20 @@ class Stack:
     async def chat(self, text: str, model: str = "llama", **kwargs: Any) -> tuple[int, Any]:
         body = {"model": model, "messages": [{"role": "user", "content": text}]}
         return await self.post("/v1/chat/completions", body, **kwargs)
+
+
+async def read_stream(stack: Stack, body: dict[str, Any]) -> tuple[int, list[Any]]:
+    """Post a streamed chat; its status and its events, "[DONE]" included."""
+    headers = {"Authorization": f"Bearer {ALICE_KEY}"}
+    events: list[Any] = []
+    async with stack.http.post(
+        stack.url + "/v1/chat/completions", json=body, headers=headers
+    ) as response:
+        async for line in response.content:
+            if line.startswith(b"data: "):
+                data = line[6:].strip()
+                events.append("[DONE]" if data == b"[DONE]" else json.loads(data))
+        return response.status, events
 
 
 @asynccontextmanager

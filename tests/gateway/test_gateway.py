@@ -14,7 +14,14 @@ import yaml
 from privatellm.gateway.audit import MemorySink
 from privatellm.gateway.config import GatewayConfig
 from privatellm.gateway.reload import ConfigWatcher
-from tests.gateway.conftest import ALICE_KEY, BOB_KEY, Stack, base_config, gateway_stack, upstream
+from tests.gateway.conftest import (
+    ALICE_KEY,
+    BOB_KEY,
+    base_config,
+    gateway_stack,
+    read_stream,
+    upstream,
+)
 
 EMAIL_REPLY = "Write to jane.doe@example.org about the invoice."
 
@@ -49,19 +56,6 @@ def test_prompt_and_reply_are_filtered_and_audited() -> None:
     asyncio.run(scenario())
 
 
-async def _read_stream(stack: Stack, body: dict[str, Any]) -> tuple[int, list[Any]]:
-    headers = {"Authorization": f"Bearer {ALICE_KEY}"}
-    events: list[Any] = []
-    async with stack.http.post(
-        stack.url + "/v1/chat/completions", json=body, headers=headers
-    ) as response:
-        async for line in response.content:
-            if line.startswith(b"data: "):
-                data = line[6:].strip()
-                events.append("[DONE]" if data == b"[DONE]" else json.loads(data))
-        return response.status, events
-
-
 def test_streamed_reply_is_filtered_across_chunk_boundaries() -> None:
     async def scenario() -> None:
         # Ten chunks split the address over several of them.
@@ -73,7 +67,7 @@ def test_streamed_reply_is_filtered_across_chunk_boundaries() -> None:
                     "stream": True,
                     "messages": [{"role": "user", "content": "hello"}],
                 }
-                status, events = await _read_stream(stack, body)
+                status, events = await read_stream(stack, body)
         assert status == 200
         assert events[-1] == "[DONE]"
         text = "".join(

@@ -36,6 +36,9 @@ DEFAULT_MODEL = "fake-model"
 DEFAULT_REPLY = "The quarterly report is attached and ready for review."
 EMBEDDING_DIMENSIONS = 8
 FailMode = Literal["500", "close"]
+# Where a chat reply's text goes: the content, a refusal, or a tool call's arguments.
+ReplyField = Literal["content", "refusal", "tool_call"]
+TOOL_CALL_ID = "call_Zx8PqR2tYv7WmN3kLs9H4dGf"
 FAIL_MODES: tuple[FailMode, ...] = ("500", "close")
 JSON = "application/json"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -136,7 +139,8 @@ class FakeOpenAI:
     """An OpenAI-compatible server with a fixed reply; reconfigurable between requests.
 
     `fail` makes the `/v1/` endpoints answer 500 or drop the connection, for every
-    request or (with `fail_count`) only the next `fail_count` ones. `delay` holds
+    request or (with `fail_count`) only the next `fail_count` ones. `reply_field`
+    puts a chat reply in the content, a refusal or a tool call's arguments. `delay` holds
     each `/v1/` response back; `chunk_delay` spaces the streamed chunks.
     """
 
@@ -151,6 +155,7 @@ class FakeOpenAI:
         fail: FailMode | None = None,
         fail_count: int | None = None,
         record: bool = True,
+        reply_field: ReplyField = "content",
         host: str = "127.0.0.1",
         port: int = 0,
         ssl_context: ssl.SSLContext | None = None,
@@ -168,6 +173,7 @@ class FakeOpenAI:
         self._model = model
         self._reply = reply
         self._stream_chunks = stream_chunks
+        self._reply_field = reply_field
         self._created = int(time.time())
         self._encode()
         self._runner: web.AppRunner | None = None
@@ -215,7 +221,7 @@ class FakeOpenAI:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": self._reply},
+                    "message": self._message(),
                     "logprobs": None,
                     "finish_reason": "stop",
                 }
@@ -250,12 +256,30 @@ class FakeOpenAI:
         ).encode()
         self._pieces = split_reply(self._reply, self._stream_chunks)
 
+    def _message(self) -> dict[str, Any]:
+        if self._reply_field == "content":
+            return {"role": "assistant", "content": self._reply}
+        if self._reply_field == "refusal":
+            return {"role": "assistant", "content": None, "refusal": self._reply}
+        function = {"name": "lookup", "arguments": self._reply}
+        call = {"id": TOOL_CALL_ID, "type": "function", "function": function}
+        return {"role": "assistant", "content": None, "tool_calls": [call]}
+
+    def _delta(self, piece: str, first: bool) -> dict[str, Any]:
+        if self._reply_field != "tool_call":
+            return {self._reply_field: piece}
+        call: dict[str, Any] = {"index": 0, "function": {"arguments": piece}}
+        if first:
+            call.update(id=TOOL_CALL_ID, type="function")
+            call["function"]["name"] = "lookup"
+        return {"tool_calls": [call]}
+
     def _body(self, head: bytes, prompt_tokens: int) -> bytes:
         tail = json.dumps(usage(prompt_tokens, self._completion_tokens), separators=(",", ":"))
         return head + b',"usage":' + tail.encode() + b"}"
 
     def _chat_chunks(self, include_usage: bool) -> list[dict[str, Any]]:
-        def chunk(delta: dict[str, str], finish: str | None) -> dict[str, Any]:
+        def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
             body: dict[str, Any] = {
                 "id": "chatcmpl-fake",
                 "object": "chat.completion.chunk",
@@ -270,7 +294,7 @@ class FakeOpenAI:
             return body
 
         first = chunk({"role": "assistant", "content": ""}, None)
-        content = [chunk({"content": piece}, None) for piece in self._pieces]
+        content = [chunk(self._delta(piece, i == 0), None) for i, piece in enumerate(self._pieces)]
         return [first, *content, chunk({}, "stop")]
 
     def _text_chunks(self, include_usage: bool) -> list[dict[str, Any]]:

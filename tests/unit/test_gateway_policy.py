@@ -1,4 +1,4 @@
-"""AccessPolicy decisions, quotas, and the request shapes the gateway accepts."""
+"""AccessPolicy decisions and quotas as the gateway applies them."""
 
 from __future__ import annotations
 
@@ -9,13 +9,6 @@ import pytest
 from privatellm.api.access import AccessPolicySpec
 from privatellm.gateway.auth import Identity
 from privatellm.gateway.config import ConnectorRoute, NamedPolicy
-from privatellm.gateway.errors import GatewayError
-from privatellm.gateway.openai import (
-    chunk_texts,
-    map_request_texts,
-    map_response_texts,
-    validate_request,
-)
 from privatellm.gateway.policy import (
     authorize,
     connector_claims,
@@ -172,53 +165,3 @@ def test_entities_inherit_their_data_class_action() -> None:
     assert inbound["secret"] == "redact"  # class not listed: kept from the model
     outbound = {rule.entity: rule.action for rule in effective_outbound(spec).pii}
     assert outbound["email"] == "mask"
-
-
-def test_request_texts_are_found_in_every_shape() -> None:
-    chat = {
-        "model": "m",
-        "messages": [
-            {"role": "system", "content": "be brief"},
-            {"role": "user", "content": [{"type": "text", "text": "hello"}]},
-            {"role": "assistant", "content": None, "tool_calls": []},
-        ],
-    }
-    assert validate_request("chat", chat) == ("m", False)
-    map_request_texts("chat", chat, str.upper)
-    assert chat["messages"][0]["content"] == "BE BRIEF"
-    assert chat["messages"][1]["content"][0]["text"] == "HELLO"
-    completion = {"model": "m", "prompt": ["a", "b"], "stream": True}
-    assert validate_request("completions", completion) == ("m", True)
-    map_request_texts("completions", completion, str.upper)
-    assert completion["prompt"] == ["A", "B"]
-
-
-@pytest.mark.parametrize(
-    ("endpoint", "body", "param"),
-    [
-        ("chat", {"model": "m", "messages": []}, "messages"),
-        ("chat", {"model": "m", "messages": [{"content": "x"}]}, "messages[0]"),
-        (
-            "chat",
-            {"model": "m", "messages": [{"role": "user", "content": 5}]},
-            "messages[0].content",
-        ),
-        ("chat", {"model": "", "messages": [{"role": "user", "content": "x"}]}, "model"),
-        ("chat", {"model": "m", "stream": "yes", "messages": []}, "stream"),
-        ("completions", {"model": "m", "prompt": [1, 2]}, "prompt"),
-        ("embeddings", {"model": "m", "input": []}, "input"),
-    ],
-)
-def test_bad_shapes_name_the_parameter(endpoint: Any, body: Any, param: str) -> None:
-    with pytest.raises(GatewayError) as raised:
-        validate_request(endpoint, body)
-    assert raised.value.status == 400 and raised.value.param == param
-
-
-def test_response_and_chunk_texts() -> None:
-    body = {"choices": [{"message": {"role": "assistant", "content": "hi"}}, {"message": {}}]}
-    map_response_texts("chat", body, str.upper)
-    assert body["choices"][0]["message"]["content"] == "HI"
-    chunk = {"choices": [{"index": 1, "delta": {"content": "x"}}, {"index": 0, "delta": {}}]}
-    [(index, holder, key)] = chunk_texts("chat", chunk)
-    assert index == 1 and holder[key] == "x"

@@ -35,6 +35,9 @@ class ModelRoute(ApiModel):
         description="Service whose ready endpoints are the replicas, found through EndpointSlices.",
     )
     fallback: str | None = Field(default=None, description="Model used while none is ready.")
+    max_model_len: int | None = Field(
+        default=None, description="The model's context length: larger max_tokens get 400."
+    )
     transit_key: str | None = Field(
         default=None, description="Transit key sealing this model's prompts and responses."
     )

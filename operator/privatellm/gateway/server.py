@@ -42,7 +42,10 @@ from .metering import Metering
 from .openai import (
     ENDPOINTS,
     Endpoint,
+    StreamKey,
+    check_lengths,
     chunk_texts,
+    map_chunk_other_texts,
     map_request_texts,
     map_response_texts,
     sse,
@@ -402,6 +405,7 @@ class Gateway:
         route = exchange.runtime.routes.get(model)
         if route is None:
             raise GatewayError(404, "model_not_found", f"the model {model!r} does not exist")
+        check_lengths(body, route.max_model_len)
         config = exchange.runtime.config
         declared, denial = connector_claims(
             config.connectors, identity, _ns(exchange), model, _declared_classes(request)
@@ -482,7 +486,7 @@ class Gateway:
             detected.update(result.data_classes)
             if result.blocked:
                 reason = result.reason or "content_blocked"
-                raise GatewayError(400, reason, f"the prompt was blocked: {reason}", "messages")
+                raise GatewayError(400, reason, f"the prompt was blocked: {reason}")
             return result.text
 
         try:
@@ -507,8 +511,6 @@ class Gateway:
     async def _proxy(
         self, exchange: Exchange, route: ModelRoute, outbound: OutboundPipeline
     ) -> web.StreamResponse:
-        assert exchange.endpoint is not None
-        endpoint = exchange.endpoint
         async with self._upstream(exchange, route) as upstream:
             raw = await upstream.read()
         try:
@@ -518,21 +520,10 @@ class Gateway:
         if upstream.status != 200:
             raise _upstream_rejection(upstream.status, body)
         exchange.event.response_record = await self._seal(exchange, "response", raw)
-        blocked: list[str] = []
-
-        def apply(text: str) -> str:
-            result = outbound.apply(text)
-            self._note_findings(exchange, "outbound", result)
-            if result.blocked:
-                blocked.append(result.reason or "response_blocked")
-            return result.text
-
         with self._span("filter.outbound"):
-            map_response_texts(endpoint, body, apply)
+            blocked = self._filter_whole_texts(exchange, outbound, map_response_texts, body)
         if blocked:
-            raise GatewayError(
-                403, blocked[0], f"the response was withheld: {blocked[0]}", "response"
-            )
+            raise GatewayError(403, blocked, f"the response was withheld: {blocked}", "response")
         body["model"] = exchange.event.served_by
         self._charge(exchange, *usage_of(body))
         return web.Response(
@@ -549,7 +540,7 @@ class Gateway:
         client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         # Usage is always asked for, so that streamed requests are metered too.
         body["stream_options"] = {"include_usage": True}
-        streams: dict[int, OutboundStream] = {}
+        streams: dict[StreamKey, OutboundStream] = {}
         answered: list[bytes] = []
         async with self._upstream(exchange, route) as upstream:
             if upstream.status != 200:
@@ -606,32 +597,59 @@ class Gateway:
         exchange: Exchange,
         endpoint: Endpoint,
         chunk: dict[str, Any],
-        streams: dict[int, OutboundStream],
+        streams: dict[StreamKey, OutboundStream],
         outbound: OutboundPipeline,
     ) -> str | None:
-        """Filter a chunk's text deltas in place; the block reason when one was blocked."""
-        for index, holder, key in chunk_texts(endpoint, chunk):
-            stream = streams.get(index)
+        """Filter a chunk's texts in place; the block reason when one was blocked."""
+        for key, holder, field_name in chunk_texts(endpoint, chunk):
+            stream = streams.get(key)
             if stream is None:
-                stream = streams[index] = outbound.stream()
-            holder[key] = stream.feed(holder[key])
+                stream = streams[key] = outbound.stream()
+            holder[field_name] = stream.feed(holder[field_name])
             if stream.blocked:
                 reason = stream.reason or "response_blocked"
                 exchange.event.reason = reason
                 self._note_stream_findings(exchange, streams)
                 return reason
+        blocked = self._filter_whole_texts(exchange, outbound, map_chunk_other_texts, chunk)
+        if blocked:
+            exchange.event.reason = blocked
+            return blocked
         chunk["model"] = exchange.event.served_by
         return None
 
+    def _filter_whole_texts(
+        self,
+        exchange: Exchange,
+        outbound: OutboundPipeline,
+        walk: Callable[[Endpoint, Any, Callable[[str], str]], None],
+        body: Any,
+    ) -> str | None:
+        """Filter each text `walk` finds as a whole; the first block reason, if any."""
+        assert exchange.endpoint is not None
+        blocked: list[str] = []
+
+        def apply(text: str) -> str:
+            result = outbound.apply(text)
+            self._note_findings(exchange, "outbound", result)
+            if result.blocked:
+                blocked.append(result.reason or "response_blocked")
+            return result.text
+
+        walk(exchange.endpoint, body, apply)
+        return blocked[0] if blocked else None
+
     def _flush_streams(
-        self, exchange: Exchange, streams: dict[int, OutboundStream]
-    ) -> dict[int, str] | None:
+        self, exchange: Exchange, streams: dict[StreamKey, OutboundStream]
+    ) -> dict[StreamKey, str] | None:
         tails = {index: stream.finish() for index, stream in streams.items()}
         self._note_stream_findings(exchange, streams)
         tails = {i: t for i, t in tails.items() if t}
         return tails or None
 
-    def _note_stream_findings(self, exchange: Exchange, streams: dict[int, OutboundStream]) -> None:
+    def _note_stream_findings(
+        self, exchange: Exchange, streams: dict[StreamKey, OutboundStream]
+    ) -> None:
         for stream in streams.values():
             pairs = [(f.entity, f.action) for f in stream.findings]
             stream.findings.clear()

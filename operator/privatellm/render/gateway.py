@@ -155,6 +155,7 @@ def render_gateway_config(inputs: GatewayInputs) -> GatewayConfig:
             endpoints=[f"https://{service_name(m)}.{ns}.svc:{SERVING_PORT}"],
             service=service_name(m),
             fallback=m.spec.fallback.model if m.spec.fallback else None,
+            max_model_len=m.spec.engine.max_model_len,
             transit_key=key_name(m) if inputs.vault_addr else None,
         )
         for m in models

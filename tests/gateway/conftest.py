@@ -16,6 +16,7 @@ from aiohttp import web
 from privatellm.gateway.audit import AuditEvent, AuditSink, MemorySink
 from privatellm.gateway.auth import hash_api_key
 from privatellm.gateway.config import GatewayConfig
+from privatellm.gateway.listener import start_listener
 from privatellm.gateway.server import Gateway
 from tests.support.fake_openai import FakeOpenAI
 
@@ -101,10 +102,7 @@ async def gateway_stack(
 ) -> AsyncIterator[Stack]:
     sink = sink or MemorySink()
     gateway = Gateway(GatewayConfig.model_validate(config), sink, **options)
-    runner = web.AppRunner(gateway.app(), access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
+    runner = await start_listener(gateway.app(), gateway, "127.0.0.1", 0)
     port = runner.addresses[0][1]
     async with aiohttp.ClientSession() as http:
         try:
@@ -132,9 +130,7 @@ class ThreadedGateway:
 
     async def _start(self) -> None:
         gateway = Gateway(GatewayConfig.model_validate(self.config), self.sink)
-        self._runner = web.AppRunner(gateway.app(), access_log=None, handle_signals=False)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self._runner = await start_listener(gateway.app(), gateway, "127.0.0.1", 0)
         self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
 
     def __enter__(self) -> ThreadedGateway:

@@ -281,20 +281,26 @@ async def _serve(
     from aiohttp import web
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+    from privatellm.gateway.listener import start_listener
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    # On SIGTERM, requests in flight get this long to finish before the sink is closed.
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=DRAIN_SECONDS)
-    await runner.setup()
     ssl_context = None
     if args.tls_cert and args.tls_key:
         ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ssl_context.load_cert_chain(args.tls_cert, args.tls_key)
-    await web.TCPSite(
-        runner, args.host, args.port, ssl_context=ssl_context, reuse_port=True
-    ).start()
+    # On SIGTERM, requests in flight get this long to finish before the sink is closed.
+    runner = await start_listener(
+        app,
+        gateway,
+        args.host,
+        args.port,
+        ssl_context=ssl_context,
+        reuse_port=True,
+        shutdown_timeout=DRAIN_SECONDS,
+    )
     runners = [runner]
     if args.metrics_port:
         metrics = web.Application()
@@ -304,16 +310,19 @@ async def _serve(
             return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
         metrics.router.add_get("/metrics", serve_metrics)
-        metrics_runner = web.AppRunner(metrics, access_log=None, shutdown_timeout=1)
-        await metrics_runner.setup()
-        await web.TCPSite(metrics_runner, args.host, args.metrics_port).start()
-        runners.append(metrics_runner)
+        runners.append(
+            await start_listener(metrics, gateway, args.host, args.metrics_port, shutdown_timeout=1)
+        )
     if args.peer_port:
-        peer_runner = web.AppRunner(gateway.peer_app(), access_log=None, shutdown_timeout=1)
-        await peer_runner.setup()
-        await web.TCPSite(
-            peer_runner, args.host, args.peer_port, ssl_context=ssl_context, reuse_port=True
-        ).start()
+        peer_runner = await start_listener(
+            gateway.peer_app(),
+            gateway,
+            args.host,
+            args.peer_port,
+            ssl_context=ssl_context,
+            reuse_port=True,
+            shutdown_timeout=1,
+        )
         runners.append(peer_runner)
     print(f"gateway listening on {args.host}:{args.port}", flush=True)
     await stop.wait()

@@ -167,6 +167,47 @@ class Limits(ApiModel):
     client_read_seconds: float = Field(
         default=30.0, gt=0, description="A client that takes longer to send its body gets 408."
     )
+    # The HTTP listener's bounds below apply to connections opened after a reload.
+    # The gateway's paths are short; 8 KiB is what most servers and proxies allow.
+    max_line_bytes: int = Field(
+        default=8192, ge=256, le=65536, description="Longer request URLs get 414."
+    )
+    # Credentials are capped at 8 KiB (auth.py); no other header the gateway reads comes near.
+    max_header_bytes: int = Field(
+        default=8192,
+        ge=1024,
+        le=65536,
+        description="A header line (name and value) longer than this gets 431.",
+    )
+    # 64 x 8 KiB bounds one request's headers to 512 KiB; clients and proxies send ~20.
+    max_headers: int = Field(
+        default=64, ge=8, le=256, description="Requests with more headers get 431."
+    )
+    # A slow mobile link needs a few retransmissions (1 + 2 + 4 + 8 s) for a request head
+    # of one or two segments; a slowloris client is cut off after this.
+    header_read_seconds: float = Field(
+        default=20.0,
+        gt=0,
+        le=300,
+        description="From connection open, or from the first byte after a response, until the "
+        "request's headers are complete; a slower client gets 408 and is disconnected.",
+    )
+    # Longer than the 60 s idle timeout of common cloud load balancers, so that the gateway
+    # is not the side that closes a connection a balancer is about to reuse.
+    idle_keepalive_seconds: float = Field(
+        default=75.0,
+        gt=0,
+        le=3600,
+        description="An idle connection between requests is closed after this long.",
+    )
+    # A browser opens 6 connections per host and SDK pools a few dozen; one address (an
+    # office behind NAT too) fits, and cannot hold the gateway's sockets by itself.
+    max_connections_per_client: int = Field(
+        default=64,
+        ge=1,
+        description="Connections one source address may hold open; more get 429 and are closed. "
+        "Raise it when the gateway sits behind a proxy that pools its clients' requests.",
+    )
 
 
 class GatewayConfig(ApiModel):

@@ -25,6 +25,7 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from opentelemetry import trace
 
 from privatellm.audit.records import control_record, prompt_hash, prompt_hash_key
@@ -63,6 +64,7 @@ from .policy import (
     quota_key,
 )
 from .quotas import QuotaPeers, QuotaTracker, counts_app, peer_token
+from .refusals import body_refusal, encoding_refusal
 from .routing import Router, Target
 
 log = logging.getLogger("privatellm.gateway")
@@ -175,12 +177,23 @@ class Gateway:
     # --- lifecycle -------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.runtime.config.limits.max_body_bytes)
+        app = web.Application(
+            client_max_size=self.runtime.config.limits.max_body_bytes,
+            middlewares=[self._unrouted],
+        )
         app.router.add_get("/v1/models", self.list_models)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_route("*", "/{tail:.*}", self.handle)
         app.cleanup_ctx.append(self._client_session)
         return app
+
+    @web.middleware
+    async def _unrouted(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        # Targets without a path (CONNECT host:port, OPTIONS *) match no route: aiohttp
+        # would answer them itself; the gateway refuses them as any unknown path.
+        if request.match_info.http_exception is None:
+            return await handler(request)
+        return await self.handle(request)
 
     async def _client_session(self, _app: web.Application) -> AsyncIterator[None]:
         config = self.runtime.config
@@ -350,9 +363,12 @@ class Gateway:
 
         False when it could not be kept: the caller must then not give the answer.
         """
-        event = exchange.event
         exchange.recorded = True
         self._close_event(exchange, status)
+        return await self._keep(exchange.event)
+
+    async def _keep(self, event: AuditEvent) -> bool:
+        """Wait until the sink keeps `event`, and count it; False when it could not be kept."""
         try:
             await self.sink.commit(event)
         except Exception as error:
@@ -362,6 +378,24 @@ class Gateway:
             return False
         self._count(event)
         return True
+
+    async def record_refusal(
+        self, error: GatewayError, request_id: str, source_ip: str | None
+    ) -> GatewayError:
+        """Audit a refusal made below the application (HTTP parser, connection limits).
+
+        The error to answer with: `error`, or audit_unavailable when its record was not kept.
+        """
+        event = AuditEvent(
+            request_id=request_id,
+            time=self.clock(),
+            namespace=self.runtime.config.namespace,
+            path="",  # the request was not read far enough to have one
+            source_ip=source_ip,
+            reason=error.code,
+            status=error.status,
+        )
+        return error if await self._keep(event) else _AUDIT_UNAVAILABLE
 
     def _count(self, event: AuditEvent) -> None:
         model, subject = event.model or "", event.subject or ""
@@ -451,6 +485,9 @@ class Gateway:
         content_type = request.headers.get("Content-Type", "application/json")
         if not content_type.startswith("application/json"):
             raise GatewayError(415, "unsupported_media_type", "send application/json")
+        refused = encoding_refusal(request.headers.getall("Content-Encoding", []))
+        if refused is not None:
+            raise refused
         try:
             if request.content.is_eof():
                 raw = await request.read()  # all there already: no timer needed
@@ -463,6 +500,8 @@ class Gateway:
             raise GatewayError(
                 413, "body_too_large", f"the body exceeds {limits.max_body_bytes} bytes"
             ) from None
+        except (web.RequestPayloadError, ConnectionError) as error:
+            raise body_refusal(error) from None
         exchange.raw_body = raw
         try:
             return orjson.loads(raw)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 
 from privatellm.api import GROUP, KINDS, VERSION
+from tests.support.object_names import OBJECT_NAME_FIELDS, NameField
 
 from .conftest import ROOT, Cluster
 
@@ -79,7 +81,7 @@ def _parent(obj: Spec, path: str) -> tuple[Any, str]:
 def put(path: str, value: Any) -> Callable[[Spec], None]:
     def mutate(obj: Spec) -> None:
         node, leaf = _parent(obj, path)
-        node[leaf] = value
+        node[int(leaf) if leaf.isdigit() else leaf] = value
 
     return mutate
 
@@ -329,14 +331,84 @@ def test_table_is_large_and_distinct() -> None:
     assert len({c.field for c in INVALID}) >= 15
 
 
-@pytest.mark.parametrize("bad", INVALID, ids=lambda c: c.case)
-def test_bad_spec_is_rejected_naming_the_field(crds: Cluster, bad: Invalid) -> None:
+# Where each object-name field is in an example: (example name, the field as the API
+# server's message names it). The fields themselves come from tests/support/object_names.py,
+# which a unit test keeps complete against the models.
+NAME_FIELD_PLACES: dict[tuple[str, str], tuple[str, str]] = {
+    (ID, ".spec.model.source.uri"): ("llama-8b", "spec.model.source.uri"),
+    (ID, ".spec.model.source.credentials.name"): (
+        "llama-70b",
+        "spec.model.source.credentials.name",
+    ),
+    (ID, ".spec.model.source.credentials.key"): ("llama-70b", "spec.model.source.credentials.key"),
+    (ID, ".spec.weightCache.storageClassName"): ("llama-70b", "spec.weightCache.storageClassName"),
+    (ID, ".spec.fallback.model"): ("llama-70b", "spec.fallback.model"),
+    (ID, ".spec.priorityClassName"): ("llama-8b", "spec.priorityClassName"),
+    (AP, ".spec.subjects[].name"): ("support-agents", "spec.subjects[1].name"),
+    (AP, ".spec.subjects[].namespace"): ("support-agents", "spec.subjects[1].namespace"),
+    (AP, ".spec.subjects[].secretName"): ("support-agents", "spec.subjects[2].secretName"),
+    (AP, ".spec.models[]"): ("support-agents", "spec.models[0]"),
+    (AP, ".spec.outbound.protectedEntitiesSecret"): (
+        "support-agents",
+        "spec.outbound.protectedEntitiesSecret",
+    ),
+    (AP, ".spec.sourceNamespaces[]"): ("support-agents", "spec.sourceNamespaces[0]"),
+    (DC, ".spec.credentialsSecret"): ("crm-writeback", "spec.credentialsSecret"),
+    (DC, ".spec.models[]"): ("crm-writeback", "spec.models[0]"),
+}
+
+
+def _expected_message(field: NameField, case: str) -> str:
+    """What the API server says: the pattern, the CEL rule's message, or the length bound."""
+    if case == "too-long":
+        return "at most 253 characters" if field.checked_by == "embedded" else "Too long"
+    return "must be a ServiceAccount name" if field.checked_by == "cel" else "should match"
+
+
+def _name_cases() -> list[Invalid]:
+    cases = []
+    for field in OBJECT_NAME_FIELDS:
+        example_name, where = NAME_FIELD_PLACES[(field.kind, field.path)]
+        for case, value in field.rule.refused:
+            cases.append(
+                Invalid(
+                    f"{field.kind}-{where}-{case}",
+                    field.kind,
+                    example_name,
+                    put(re.sub(r"\[(\d+)\]", r".\1", where), field.template.format(value)),
+                    where,
+                    _expected_message(field, case),
+                )
+            )
+    return cases
+
+
+NAME_CASES = _name_cases()
+
+
+def test_every_object_name_field_has_a_place_in_an_example() -> None:
+    assert sorted(NAME_FIELD_PLACES) == sorted((f.kind, f.path) for f in OBJECT_NAME_FIELDS)
+    assert len(NAME_CASES) == sum(len(f.rule.refused) for f in OBJECT_NAME_FIELDS)
+
+
+def _assert_rejected_naming_the_field(cluster: Cluster, bad: Invalid) -> None:
     body = example(bad.kind, bad.name)
     bad.mutate(body)
     with pytest.raises(ApiException) as rejected:
-        create(crds, "default", body)
+        create(cluster, "default", body)
     error = rejected.value
     message = json.loads(error.body)["message"]
     assert error.status in (400, 422), message
     assert bad.field in message, message
     assert bad.says in message, message
+
+
+@pytest.mark.parametrize("bad", INVALID, ids=lambda c: c.case)
+def test_bad_spec_is_rejected_naming_the_field(crds: Cluster, bad: Invalid) -> None:
+    _assert_rejected_naming_the_field(crds, bad)
+
+
+@pytest.mark.parametrize("bad", NAME_CASES, ids=lambda c: c.case)
+def test_bad_object_name_is_rejected_naming_the_field(crds: Cluster, bad: Invalid) -> None:
+    """A name that is not Kubernetes' own (a path, uppercase, too long) never gets stored."""
+    _assert_rejected_naming_the_field(crds, bad)

@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
 from .base import (
+    DNS_1035_LABEL,
     DNS_LABEL,
+    DNS_SUBDOMAIN,
     DURATION,
+    MAX_DNS_LABEL,
     MAX_LIST,
     MAX_NAME,
     ApiModel,
     CommonStatus,
     CRDInfo,
+    NamespaceName,
     PrinterColumn,
     Resource,
     Rule,
+    SubdomainName,
     age_column,
     map_list,
     ready_column,
     set_list,
+    unanchored,
 )
 
 FilterAction = Literal["allow", "redact", "mask", "hash", "block"]
@@ -38,6 +44,16 @@ PII_ENTITIES = Literal[
     "secret",
 ]
 
+# An InferenceDeployment name, or "*" for all of them in the namespace.
+ModelReference = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_DNS_LABEL,
+        pattern=rf"^(\*|{unanchored(DNS_1035_LABEL)})$",
+    ),
+]
+
 
 class Subject(ApiModel):
     """An authenticated identity the policy applies to."""
@@ -50,16 +66,11 @@ class Subject(ApiModel):
         min_length=1,
         max_length=MAX_NAME,
     )
-    namespace: str | None = Field(
-        default=None,
-        description="Namespace of the ServiceAccount.",
-        max_length=63,
-        pattern=DNS_LABEL,
+    namespace: NamespaceName | None = Field(
+        default=None, description="Namespace of the ServiceAccount."
     )
-    secret_name: str | None = Field(
-        default=None,
-        description="Secret holding the SHA-256 hash of the API key (kind APIKey).",
-        max_length=MAX_NAME,
+    secret_name: SubdomainName | None = Field(
+        default=None, description="Secret holding the SHA-256 hash of the API key (kind APIKey)."
     )
 
     cel_rules = (
@@ -74,6 +85,13 @@ class Subject(ApiModel):
             "secretName is required for an APIKey subject",
             field_path=".secretName",
             reason="FieldValueRequired",
+        ),
+        # User and group names come from OIDC and are free-form; a ServiceAccount's is not.
+        Rule(
+            f"self.kind != 'ServiceAccount' || self.name.matches(r'{DNS_SUBDOMAIN}')",
+            "the name of a ServiceAccount subject must be a ServiceAccount name: lowercase"
+            " letters, digits, '-' and '.', starting and ending with a letter or digit",
+            field_path=".name",
         ),
     )
 
@@ -123,10 +141,9 @@ class OutboundFilters(ApiModel):
         max_length=32,
         json_schema_extra=map_list("entity"),
     )
-    protected_entities_secret: str | None = Field(
+    protected_entities_secret: SubdomainName | None = Field(
         default=None,
         description="Secret listing names and identifiers of other customers; they never pass.",
-        max_length=MAX_NAME,
     )
     internal_terms: list[str] = Field(
         default_factory=list,
@@ -198,7 +215,7 @@ class AccessPolicySpec(ApiModel):
     subjects: list[Subject] = Field(
         description="Identities the policy grants access to.", min_length=1, max_length=MAX_LIST
     )
-    models: list[str] = Field(
+    models: list[ModelReference] = Field(
         description='InferenceDeployments the subjects may use; "*" means all in the namespace.',
         min_length=1,
         max_length=MAX_LIST,
@@ -215,7 +232,7 @@ class AccessPolicySpec(ApiModel):
         default_factory=OutboundFilters, description="Response filters."
     )
     quotas: Quotas = Field(default_factory=Quotas, description="Rate limits and token quotas.")
-    source_namespaces: list[str] = Field(
+    source_namespaces: list[NamespaceName] = Field(
         default_factory=list,
         description="Namespaces requests may come from; empty means the policy's own namespace.",
         max_length=MAX_LIST,

@@ -9,7 +9,7 @@ itself rejects a bad spec with a message that names the field.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -24,9 +24,37 @@ MAX_LIST = 64
 MAX_NAME = 253
 MAX_TEXT = 4096
 
+# Kubernetes' own name rules (k8s.io/apimachinery/pkg/util/validation). A field that
+# names an object carries the rule of that kind, so that a name can never be a path
+# ("../../kube-system/secrets/x") and the API server rejects it, naming the field.
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+DNS_1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+MAX_DNS_LABEL = 63
+MAX_DNS_SUBDOMAIN = 253
+SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
 DURATION = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
 QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+
+
+def unanchored(pattern: str) -> str:
+    """A name pattern without its ^ and $, to embed in a larger pattern."""
+    return pattern.removeprefix("^").removesuffix("$")
+
+
+# Every field that names an object uses one of these, never a plain str.
+# Secrets, PVCs, StorageClasses, PriorityClasses and ServiceAccounts: a DNS-1123 subdomain.
+SubdomainName = Annotated[
+    str, Field(min_length=1, max_length=MAX_DNS_SUBDOMAIN, pattern=DNS_SUBDOMAIN)
+]
+# Namespaces: a DNS-1123 label.
+NamespaceName = Annotated[str, Field(min_length=1, max_length=MAX_DNS_LABEL, pattern=DNS_LABEL)]
+# InferenceDeployments: a DNS-1035 label, because the name is also the model's Service name.
+InferenceDeploymentName = Annotated[
+    str, Field(min_length=1, max_length=MAX_DNS_LABEL, pattern=DNS_1035_LABEL)
+]
+# A key inside a Secret.
+SecretKey = Annotated[str, Field(min_length=1, max_length=MAX_DNS_SUBDOMAIN, pattern=SECRET_KEY)]
 
 ValidationReason = Literal[
     "FieldValueInvalid", "FieldValueForbidden", "FieldValueRequired", "FieldValueDuplicate"
@@ -80,16 +108,14 @@ def map_list(*keys: str) -> dict[str, Any]:
 class LocalObjectReference(ApiModel):
     """A reference to an object in the same namespace."""
 
-    name: str = Field(
-        description="Name of the referenced object.", min_length=1, max_length=MAX_NAME
-    )
+    name: SubdomainName = Field(description="Name of the referenced object.")
 
 
 class SecretKeyReference(ApiModel):
     """A key inside a Secret in the same namespace."""
 
-    name: str = Field(description="Name of the Secret.", min_length=1, max_length=MAX_NAME)
-    key: str = Field(description="Key inside the Secret.", min_length=1, max_length=MAX_NAME)
+    name: SubdomainName = Field(description="Name of the Secret.")
+    key: SecretKey = Field(description="Key inside the Secret.")
 
 
 ConditionType = Literal["Ready", "Progressing", "Degraded"]

@@ -13,9 +13,11 @@ from .base import (
     ApiModel,
     CommonStatus,
     CRDInfo,
+    InferenceDeploymentName,
     PrinterColumn,
     Resource,
     Rule,
+    SubdomainName,
     age_column,
     map_list,
     ready_column,
@@ -99,15 +101,15 @@ class DataConnectorSpec(ApiModel):
         max_length=1024,
         pattern=r"^[a-z][a-z0-9+.-]*://",
     )
-    credentials_secret: str | None = Field(
-        default=None, description="Secret with the system's credentials.", max_length=MAX_NAME
+    credentials_secret: SubdomainName | None = Field(
+        default=None, description="Secret with the system's credentials."
     )
     image: str | None = Field(
         default=None,
         description="Connector container image; the filter sidecar is added to it.",
         max_length=512,
     )
-    models: list[str] = Field(
+    models: list[InferenceDeploymentName] = Field(
         default_factory=list,
         description="InferenceDeployments the connector sends items to.",
         max_length=MAX_LIST,

@@ -7,8 +7,9 @@ from typing import Literal
 from pydantic import Field
 
 from .base import (
-    DNS_LABEL,
+    DNS_SUBDOMAIN,
     DURATION,
+    MAX_DNS_SUBDOMAIN,
     MAX_LIST,
     MAX_NAME,
     MAX_TEXT,
@@ -16,17 +17,24 @@ from .base import (
     ApiModel,
     CommonStatus,
     CRDInfo,
+    InferenceDeploymentName,
     PrinterColumn,
     Resource,
     Rule,
     SecretKeyReference,
+    SubdomainName,
     age_column,
     map_list,
     ready_column,
     set_list,
+    unanchored,
 )
 
-MODEL_URI = r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?|s3://[a-z0-9][-a-z0-9.]*[a-z0-9](/.*)?|image://[^\s]+)$"
+# The claim of a pvc:// source is a PersistentVolumeClaim name: a DNS-1123 subdomain.
+MODEL_URI = (
+    rf"^(pvc://{unanchored(DNS_SUBDOMAIN)}(/.*)?"
+    r"|s3://[a-z0-9][-a-z0-9.]*[a-z0-9](/.*)?|image://[^\s]+)$"
+)
 
 
 class ModelSource(ApiModel):
@@ -64,6 +72,14 @@ class ModelSource(ApiModel):
             field_path=".s3Endpoint",
             reason="FieldValueRequired",
         ),
+        # The pattern checks the claim's characters; a regex cannot also bound its length.
+        Rule(
+            "!self.uri.startsWith('pvc://')"
+            f" || self.uri.matches('^pvc://[^/]{{1,{MAX_DNS_SUBDOMAIN}}}(/|$)')",
+            "the PersistentVolumeClaim name of a pvc:// uri must be at most"
+            f" {MAX_DNS_SUBDOMAIN} characters",
+            field_path=".uri",
+        ),
     )
 
 
@@ -88,8 +104,8 @@ class WeightCacheSpec(ApiModel):
     """Per-zone weight cache, pre-staged so a replacement replica starts without downloading."""
 
     enabled: bool = Field(default=True, description="Keep a copy of the weights in every zone.")
-    storage_class_name: str | None = Field(
-        default=None, description="StorageClass of the per-zone cache PVCs.", max_length=MAX_NAME
+    storage_class_name: SubdomainName | None = Field(
+        default=None, description="StorageClass of the per-zone cache PVCs."
     )
     access_mode: Literal["ReadWriteMany", "ReadWriteOnce"] = Field(
         default="ReadWriteMany",
@@ -226,11 +242,8 @@ class EngineSpec(ApiModel):
 class FallbackSpec(ApiModel):
     """The model the gateway uses while this one has no ready replica."""
 
-    model: str = Field(
-        description="Name of another InferenceDeployment in the same namespace.",
-        min_length=1,
-        max_length=MAX_NAME,
-        pattern=DNS_LABEL,
+    model: InferenceDeploymentName = Field(
+        description="Name of another InferenceDeployment in the same namespace."
     )
 
 
@@ -401,8 +414,8 @@ class InferenceDeploymentSpec(ApiModel):
     capacity_type: Literal["on-demand", "spot"] = Field(
         default="on-demand", description="Node capacity to run on; spot only for batch."
     )
-    priority_class_name: str | None = Field(
-        default=None, description="PriorityClass of the vLLM Pods.", max_length=MAX_NAME
+    priority_class_name: SubdomainName | None = Field(
+        default=None, description="PriorityClass of the vLLM Pods."
     )
     governance: GovernanceSpec = Field(
         default_factory=GovernanceSpec, description="Fairness, explanations and human review."

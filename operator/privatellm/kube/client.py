@@ -3,20 +3,27 @@
 Objects stay dicts (no model classes) so that what the renderers produce is what is
 sent. Writes are server-side applies with one field manager, made only when
 `drift.needs_apply` says the live object differs.
+
+Names reach this module from specs that users write. A name or namespace that
+Kubernetes would not accept is refused before any request, and every path segment is
+percent-escaped, so that no name can address another object ("../../kube-system/...").
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from kubernetes import client, config
 from prometheus_client import Counter
 
 from privatellm.api import GROUP, VERSION
+from privatellm.api.base import DNS_LABEL, DNS_SUBDOMAIN, MAX_DNS_LABEL, MAX_DNS_SUBDOMAIN
 
 from .drift import needs_apply, with_applied_hash
 
@@ -29,20 +36,69 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 
 
+class InvalidObjectNameError(ValueError):
+    """A name or namespace Kubernetes would not accept; no request was sent."""
+
+
+@dataclass(frozen=True)
+class NameRule:
+    """How Kubernetes validates the names of a kind (k8s.io/apimachinery, api/validation)."""
+
+    what: str
+    pattern: re.Pattern[str] | None = None
+    max_length: int | None = None
+
+    def check(self, kind: str, name: str) -> None:
+        """Raise InvalidObjectNameError unless `name` is a valid name under this rule."""
+        too_long = self.max_length is not None and len(name) > self.max_length
+        mismatch = self.pattern is not None and not self.pattern.fullmatch(name)
+        # Kubernetes' path-segment rule, which every name also obeys.
+        not_a_segment = name in ("", ".", "..") or "/" in name or "%" in name
+        if too_long or mismatch or not_a_segment:
+            raise InvalidObjectNameError(f"{kind} name {name!r} is not {self.what}")
+
+
+SUBDOMAIN_NAME = NameRule(
+    "a DNS-1123 subdomain (at most 253 lowercase letters, digits, '-' and '.')",
+    re.compile(DNS_SUBDOMAIN),
+    MAX_DNS_SUBDOMAIN,
+)
+LABEL_NAME = NameRule(
+    "a DNS-1123 label (at most 63 lowercase letters, digits and '-')",
+    re.compile(DNS_LABEL),
+    MAX_DNS_LABEL,
+)
+# RBAC objects may be named like "system:auth-delegator": anything that is one path segment.
+PATH_SEGMENT_NAME = NameRule("one path segment (not '.' or '..', without '/' or '%')")
+
+
 @dataclass(frozen=True)
 class Kind:
-    """Where the objects of a kind live in the REST API."""
+    """Where the objects of a kind live in the REST API, and how they may be named."""
 
     api_version: str
     kind: str
     plural: str
     namespaced: bool = True
+    name_rule: NameRule = SUBDOMAIN_NAME
 
     def path(self, namespace: str | None = None, name: str | None = None) -> str:
-        prefix = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
-        scope = f"/namespaces/{namespace}" if self.namespaced and namespace else ""
-        suffix = f"/{name}" if name else ""
-        return f"{prefix}{scope}/{self.plural}{suffix}"
+        """Path of the kind's collection (`name` None), cluster-wide when `namespace` is None.
+
+        Raises InvalidObjectNameError for a name or namespace Kubernetes would not accept; each
+        segment is percent-escaped, so that the HTTP client never resolves one away.
+        """
+        segments = (
+            ["api", "v1"] if self.api_version == "v1" else ["apis", *self.api_version.split("/")]
+        )
+        if self.namespaced and namespace is not None:
+            LABEL_NAME.check("Namespace", namespace)
+            segments += ["namespaces", namespace]
+        segments.append(self.plural)
+        if name is not None:
+            self.name_rule.check(self.kind, name)
+            segments.append(name)
+        return "".join("/" + quote(segment, safe="") for segment in segments)
 
 
 KINDS: dict[str, Kind] = {
@@ -56,19 +112,25 @@ KINDS: dict[str, Kind] = {
         Kind("v1", "Pod", "pods"),
         Kind("v1", "Event", "events"),
         Kind("v1", "Node", "nodes", namespaced=False),
-        Kind("v1", "Namespace", "namespaces", namespaced=False),
+        Kind("v1", "Namespace", "namespaces", namespaced=False, name_rule=LABEL_NAME),
         Kind("apps/v1", "Deployment", "deployments"),
         Kind("apps/v1", "StatefulSet", "statefulsets"),
         Kind("batch/v1", "Job", "jobs"),
         Kind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
         Kind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
-        Kind("rbac.authorization.k8s.io/v1", "Role", "roles"),
-        Kind("rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings"),
+        Kind("rbac.authorization.k8s.io/v1", "Role", "roles", name_rule=PATH_SEGMENT_NAME),
+        Kind(
+            "rbac.authorization.k8s.io/v1",
+            "RoleBinding",
+            "rolebindings",
+            name_rule=PATH_SEGMENT_NAME,
+        ),
         Kind(
             "rbac.authorization.k8s.io/v1",
             "ClusterRoleBinding",
             "clusterrolebindings",
             namespaced=False,
+            name_rule=PATH_SEGMENT_NAME,
         ),
         Kind(
             "apiextensions.k8s.io/v1",

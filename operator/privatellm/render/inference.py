@@ -16,6 +16,7 @@ import re
 from collections.abc import Collection, Mapping, Sequence
 
 from privatellm.api import InferenceDeployment, InferenceDeploymentSpec
+from privatellm.api.base import DNS_1035_LABEL, DNS_LABEL, MAX_DNS_LABEL
 
 from .engine import (
     HOME_DIR,
@@ -75,9 +76,8 @@ from .workload import (
 SHM_SIZE = "2Gi"
 # Weights take minutes to load; a rollout must not count that as a stalled Deployment.
 PROGRESS_SLACK_SECONDS = 600
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-_MAX_LABEL_VALUE = 63
+_DNS_LABEL = re.compile(DNS_LABEL)
+_DNS_1035_LABEL = re.compile(DNS_1035_LABEL)
 
 
 class InvalidSpecError(ValueError):
@@ -99,18 +99,18 @@ def spec_errors(obj: InferenceDeployment) -> list[str]:
             " the image, as image://<image>//<path>"
         )
     name = obj.metadata.name
-    if not _DNS_1035_LABEL.match(name) or len(name) > _MAX_LABEL_VALUE:
+    if not _DNS_1035_LABEL.fullmatch(name) or len(name) > MAX_DNS_LABEL:
         errors.append(
             f"metadata.name: {name!r} also names the Service, so it must be at most 63 lowercase"
             " letters, digits and '-', starting with a letter"
         )
     for i, zone in enumerate(spec.zones):
-        if not _DNS_LABEL.match(zone):
+        if not _DNS_LABEL.fullmatch(zone):
             errors.append(
                 f"spec.zones[{i}]: {zone!r} is part of child object names, so it may contain"
                 " only lowercase letters, digits and '-'"
             )
-        elif spec.weight_cache.enabled and len(prestage_job_name(obj, zone)) > _MAX_LABEL_VALUE:
+        elif spec.weight_cache.enabled and len(prestage_job_name(obj, zone)) > MAX_DNS_LABEL:
             errors.append(
                 f"spec.zones[{i}]: the pre-staging Job name {prestage_job_name(obj, zone)!r}"
                 " is longer than 63 characters; use a shorter metadata.name"

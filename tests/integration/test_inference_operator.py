@@ -25,7 +25,7 @@ from privatellm.keys.tenancy import operator_policy
 from privatellm.keys.tls import serial_hex, signed_by
 from privatellm.keys.transit import TransitClient, VaultClient, VaultError
 
-from .conftest import Cluster, wait_until
+from .conftest import ROOT, Cluster, wait_until
 from .operator_process import NAMESPACE as OPERATOR_NAMESPACE
 from .operator_process import (
     SERVICE_ACCOUNT,
@@ -728,3 +728,65 @@ def test_the_namespace_gets_a_gateway_configured_from_its_policies(
         ("policy.change", "AccessPolicy/typo", 1),
         ("policy.change", "AccessPolicy/typo", 2),
     ]
+
+
+def _loosen_secret_names(crd: dict[str, Any]) -> dict[str, Any]:
+    """The AccessPolicy CRD as it was before Secret names were checked."""
+    version = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    spec = version["properties"]["spec"]["properties"]
+    del spec["outbound"]["properties"]["protectedEntitiesSecret"]["pattern"]
+    return crd
+
+
+def test_a_policy_stored_before_names_were_checked_is_left_out_and_degraded(
+    operator: OperatorProcess, cluster: Cluster, namespace: str
+) -> None:
+    crd_file = ROOT / "crds" / f"{GROUP}_accesspolicies.yaml"
+    crd = yaml.safe_load(crd_file.read_text())
+    sneaky = _policy("sneaky", ["chat"], [{"kind": "APIKey", "name": "k", "secretName": "k"}])
+    sneaky["spec"]["outbound"] = {"protectedEntitiesSecret": "../../kube-system/secrets/x"}
+    create(cluster, namespace, model("chat", replicas=1))
+    cluster.kubectl(
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        "-",
+        stdin=yaml.safe_dump(_loosen_secret_names(crd)),
+    )
+    try:
+        wait_until(lambda: _try_create_policy(cluster, namespace, sneaky), what="the looser schema")
+    finally:
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd_file))
+    honest = _policy("honest", ["chat"], [{"kind": "APIKey", "name": "h", "secretName": "h"}])
+    cluster.custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "accesspolicies", honest
+    )
+
+    def degraded() -> dict[str, Any]:
+        obj = cluster.custom.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, "accesspolicies", "sneaky"
+        )
+        return (
+            condition(obj, "Degraded") if condition(obj, "Degraded").get("status") == "True" else {}
+        )
+
+    found = wait_until(degraded, timeout=60, what="the stored policy Degraded")
+    assert found["reason"] == "InvalidSpec"
+    assert "protectedEntitiesSecret" in found["message"]
+    config = wait_until(
+        lambda: (c := _gateway_config(cluster, namespace)) and c.get("policies") and c,
+        timeout=60,
+        what="the gateway configured from the valid policy",
+    )
+    assert [p["name"] for p in config["policies"]] == ["honest"]
+
+
+def _try_create_policy(cluster: Cluster, namespace: str, body: dict[str, Any]) -> bool:
+    try:
+        cluster.custom.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, "accesspolicies", body
+        )
+    except client.ApiException:
+        return False  # the looser schema is not in force yet
+    return True

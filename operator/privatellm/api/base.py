@@ -105,12 +105,6 @@ def map_list(*keys: str) -> dict[str, Any]:
     return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": list(keys)}
 
 
-class LocalObjectReference(ApiModel):
-    """A reference to an object in the same namespace."""
-
-    name: SubdomainName = Field(description="Name of the referenced object.")
-
-
 class SecretKeyReference(ApiModel):
     """A key inside a Secret in the same namespace."""
 

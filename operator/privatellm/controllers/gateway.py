@@ -14,7 +14,9 @@ import logging
 import os
 import secrets
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from privatellm.api import DataConnector, InferenceDeployment
 from privatellm.api.access import AccessPolicy
@@ -44,6 +46,9 @@ from .inference import namespace_terminating
 from .tls import ensure_certificate
 
 log = logging.getLogger(__name__)
+R = TypeVar("R", bound=BaseModel)
+# A stored object that does not validate, and why, in the API server's words.
+Stored = tuple[dict[str, Any], str]
 
 INFERENCE = KINDS["InferenceDeployment"]
 DEPLOYMENT = KINDS["Deployment"]
@@ -96,10 +101,12 @@ def reconcile_gateway(
         if token_review_binding:
             _keep_token_review_access(kube, token_review_binding, namespace, wanted=False)
         return
-    models = [InferenceDeployment.model_validate(m) for m in kube.list(INFERENCE, namespace)]
+    models = [m for _, m in parse_stored(InferenceDeployment, kube.list(INFERENCE, namespace))[0]]
     live_models = [m for m in models if not (m.metadata.model_extra or {}).get("deletionTimestamp")]
-    raw_policies = kube.list(ACCESS_POLICY, namespace)
-    policies = [AccessPolicy.model_validate(p) for p in raw_policies]
+    stored_policies, invalid_policies = parse_stored(
+        AccessPolicy, kube.list(ACCESS_POLICY, namespace)
+    )
+    policies = [p for _, p in stored_policies]
     problems: dict[str, list[str]] = {p.metadata.name: [] for p in policies}
     api_keys = _api_key_digests(kube, namespace, policies, problems)
     protected = _protected_entities(kube, namespace, policies, problems)
@@ -117,7 +124,7 @@ def reconcile_gateway(
             vault_addr=vault_addr,
             audit_shipping=audit_shipping,
             connectors=[
-                DataConnector.model_validate(c) for c in kube.list(DATA_CONNECTOR, namespace)
+                c for _, c in parse_stored(DataConnector, kube.list(DATA_CONNECTOR, namespace))[0]
             ],
         )
         tls_revision = ensure_certificate(
@@ -139,8 +146,40 @@ def reconcile_gateway(
             kube.delete(DEPLOYMENT, namespace, GATEWAY_NAME)
     if token_review_binding:
         _keep_token_review_access(kube, token_review_binding, namespace, bool(live_models))
-    for raw, policy in zip(raw_policies, policies, strict=True):
-        _write_policy_status(kube, raw, policy, names, problems[policy.metadata.name])
+    for raw, policy in stored_policies:
+        reasons = problems[policy.metadata.name]
+        _write_policy_status(kube, raw, resolved_models(policy, names), reasons, "InvalidReference")
+    for raw, reason in invalid_policies:
+        _write_policy_status(kube, raw, [], [reason], "InvalidSpec")
+
+
+def parse_stored(
+    cls: type[R], raws: list[dict[str, Any]]
+) -> tuple[list[tuple[dict[str, Any], R]], list[Stored]]:
+    """The objects that validate, and those that do not with the reason.
+
+    An object stored before a stricter schema (a name that is now refused, say) is left
+    out of what the gateway enforces instead of stopping the whole namespace's gateway.
+    """
+    valid: list[tuple[dict[str, Any], R]] = []
+    invalid: list[Stored] = []
+    for raw in raws:
+        try:
+            valid.append((raw, cls.model_validate(raw)))
+        except ValidationError as error:
+            log.warning("%s %s/%s does not validate", raw["kind"], *_where(raw))
+            invalid.append((raw, _validation_reason(error)))
+    return valid, invalid
+
+
+def _validation_reason(error: ValidationError) -> str:
+    """Each field that failed, with why, as the API server would say it."""
+    fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+    return f"{fields}; it is not enforced"
+
+
+def _where(raw: dict[str, Any]) -> tuple[str, str]:
+    return raw["metadata"].get("namespace", ""), raw["metadata"]["name"]
 
 
 def _api_key_digests(
@@ -207,13 +246,14 @@ def _gateway_keys(kube: Kube, namespace: str) -> GatewayKeys:
 
 
 def _write_policy_status(
-    kube: Kube, raw: dict[str, Any], policy: AccessPolicy, models: list[str], problems: list[str]
+    kube: Kube, raw: dict[str, Any], resolved: list[str], problems: list[str], reason: str
 ) -> None:
+    """Ready when nothing is wrong; else Degraded for `reason` with the problems."""
     previous = raw.get("status") or {}
     if problems:
         states = [
-            ConditionState("Ready", "False", "InvalidReference", "; ".join(problems)),
-            ConditionState("Degraded", "True", "InvalidReference", "; ".join(problems)),
+            ConditionState("Ready", "False", reason, "; ".join(problems)),
+            ConditionState("Degraded", "True", reason, "; ".join(problems)),
         ]
     else:
         message = "enforced by the namespace's gateway"
@@ -224,12 +264,12 @@ def _write_policy_status(
     generation = raw["metadata"].get("generation")
     status = {
         "observedGeneration": generation,
-        "resolvedModels": resolved_models(policy, models),
+        "resolvedModels": resolved,
         "conditions": merge_conditions(previous.get("conditions") or [], states, generation, now()),
     }
     if all(previous.get(k) == v for k, v in status.items()):
         return
-    kube.patch_status(ACCESS_POLICY, policy.metadata.namespace or "", policy.metadata.name, status)
+    kube.patch_status(ACCESS_POLICY, *_where(raw), status)
     before = {c.get("type"): c for c in previous.get("conditions") or []}.get("Ready")
-    if problems and (before is None or before.get("reason") != "InvalidReference"):
-        kube.post_event(event_for(raw, "Warning", "InvalidReference", "; ".join(problems)))
+    if problems and (before is None or before.get("reason") != reason):
+        kube.post_event(event_for(raw, "Warning", reason, "; ".join(problems)))

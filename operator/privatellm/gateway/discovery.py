@@ -124,7 +124,8 @@ class EndpointWatcher:
     def __init__(self, settings: DiscoverySettings, namespace: str) -> None:
         self._settings = settings
         base = settings.api_server.rstrip("/")
-        self._url = f"{base}/apis/discovery.k8s.io/v1/namespaces/{quote(namespace)}/endpointslices"
+        segment = quote(namespace, safe="")
+        self._url = f"{base}/apis/discovery.k8s.io/v1/namespaces/{segment}/endpointslices"
         self._slices: dict[str, Mapping[str, Any]] = {}
         self._view: ServiceReplicas = {}
         self._resource_version = ""

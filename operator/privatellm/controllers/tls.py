@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable
+from http import HTTPStatus
 
 from privatellm.api import InferenceDeployment
 from privatellm.keys.tls import (
@@ -23,7 +24,7 @@ from privatellm.keys.tls import (
     service_names,
     signed_by,
 )
-from privatellm.kube.client import KINDS, Kube, Obj
+from privatellm.kube.client import KINDS, ApiError, Kube, Obj
 from privatellm.render.certmanager import (
     CERTIFICATE_CRD,
     cert_manager_installed,
@@ -45,6 +46,8 @@ from privatellm.render.workload import (
 )
 
 SECRET = KINDS["Secret"]
+# A lost race is followed by a read of the winner's CA; more attempts mean churn elsewhere.
+_CA_WRITE_ATTEMPTS = 3
 CRD = KINDS["CustomResourceDefinition"]
 
 
@@ -54,14 +57,28 @@ def cert_manager_present(kube: Kube) -> bool:
 
 
 def namespace_ca(kube: Kube, namespace: str, now: datetime.datetime) -> KeyPair:
-    """The namespace's CA, issued when missing or within half a year of expiry."""
-    secret = kube.get(SECRET, namespace, NAMESPACE_CA_SECRET)
-    ca = KeyPair(secret_bytes(secret, CA_CERT_KEY), secret_bytes(secret, CA_KEY_KEY))
-    if ca.cert_pem and ca.key_pem and not needs_renewal(ca.cert_pem, now, CA_RENEW_BEFORE):
+    """The namespace's CA, issued when missing or within half a year of expiry.
+
+    Workers reconciling models of one namespace find a missing CA at the same moment.
+    Only the first write counts; the others read and use its CA, so that no certificate
+    is signed by a CA that is then replaced (which would roll Pods for nothing).
+    """
+    for _ in range(_CA_WRITE_ATTEMPTS):
+        secret = kube.get(SECRET, namespace, NAMESPACE_CA_SECRET)
+        ca = KeyPair(secret_bytes(secret, CA_CERT_KEY), secret_bytes(secret, CA_KEY_KEY))
+        if ca.cert_pem and ca.key_pem and not needs_renewal(ca.cert_pem, now, CA_RENEW_BEFORE):
+            return ca
+        ca = issue_ca(namespace, now)
+        try:
+            kube.write_if_unchanged(
+                render_namespace_ca_secret(namespace, ca.cert_pem, ca.key_pem), secret
+            )
+        except ApiError as error:
+            if error.status != HTTPStatus.CONFLICT:
+                raise
+            continue  # another worker's CA won: read it
         return ca
-    ca = issue_ca(namespace, now)
-    kube.apply(render_namespace_ca_secret(namespace, ca.cert_pem, ca.key_pem), live=secret)
-    return ca
+    raise RuntimeError(f"the CA of namespace {namespace} kept changing while it was written")
 
 
 def ensure_server_certificate(kube: Kube, obj: InferenceDeployment, now: datetime.datetime) -> str:

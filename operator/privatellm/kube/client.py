@@ -298,3 +298,33 @@ class Kube:
             self._call("POST", KINDS["Event"].path(event["metadata"]["namespace"]), body=event)
         except ApiError as error:
             log.warning("could not record event %s: %s", event.get("reason"), error)
+
+    def write_if_unchanged(self, manifest: Obj, live: Obj | None) -> None:
+        """Write `manifest` only if the object is still as `live` shows it (None: absent).
+
+        Raises ApiError 409 when another writer got there first: the object was created,
+        or its resourceVersion moved, since `live` was read. For objects made once and
+        shared (a CA), the loser then reads and uses the winner's.
+        """
+        kind = kind_of(manifest)
+        meta = manifest["metadata"]
+        desired = with_applied_hash(manifest)
+        self._count_write("apply", kind.kind)
+        if live is None:
+            self._call(
+                "POST",
+                kind.path(meta.get("namespace")),
+                body=desired,
+                query=[("fieldManager", FIELD_MANAGER)],
+            )
+            return
+        # Server-side apply treats a resourceVersion in the body as a precondition.
+        version = live["metadata"]["resourceVersion"]
+        desired["metadata"] = {**desired["metadata"], "resourceVersion": version}
+        self._call(
+            "PATCH",
+            kind.path(meta.get("namespace"), meta["name"]),
+            body=desired,
+            query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+            content_type="application/apply-patch+yaml",
+        )

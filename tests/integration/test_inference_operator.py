@@ -790,3 +790,30 @@ def _try_create_policy(cluster: Cluster, namespace: str, body: dict[str, Any]) -
     except client.ApiException:
         return False  # the looser schema is not in force yet
     return True
+
+
+CLEAN_START_MODELS = 10
+
+
+def test_a_clean_start_of_many_models_rolls_each_out_once(
+    operator: OperatorProcess, cluster: Cluster, namespace: str
+) -> None:
+    cpu_only = {"accelerator": "cpu", "gpusPerReplica": 0, "cpu": "1", "memory": "1Gi"}
+    names = [f"m{i}" for i in range(CLEAN_START_MODELS)]
+    for name in names:
+        create(cluster, namespace, model(name, replicas=3, resources=cpu_only))
+    for name in names:
+        wait_until(lambda n=name: settled(cluster, namespace, n, 3), timeout=180, what=name)
+    # A Pod template change makes a new ReplicaSet: one each means each rolled out once.
+    replica_sets = Counter(
+        ref.name
+        for rs in cluster.apps.list_namespaced_replica_set(namespace).items
+        for ref in rs.metadata.owner_references or []
+    )
+    deployments = cluster.apps.list_namespaced_deployment(
+        namespace, label_selector=OWNER_LABEL
+    ).items
+    assert {d.metadata.name: replica_sets[d.metadata.name] for d in deployments} == {
+        d.metadata.name: 1 for d in deployments
+    }
+    assert len(deployments) == 3 * CLEAN_START_MODELS

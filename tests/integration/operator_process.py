@@ -156,6 +156,7 @@ def running_operator(
     env: dict[str, str] | None = None,
     token_file: Path | None = None,
     args: list[str] | None = None,
+    resync_seconds: float = 5,
 ) -> Iterator[OperatorProcess]:
     """Start the operator as the chart's ServiceAccount; stop it afterwards.
 
@@ -166,7 +167,9 @@ def running_operator(
     if token_file is not None:
         config = yaml.safe_load(kubeconfig.read_text())
         token_file.write_text(config["users"][0]["user"]["token"])
-    operator = OperatorProcess(kubeconfig, workdir / "operator.log", env=env, args=args)
+    operator = OperatorProcess(
+        kubeconfig, workdir / "operator.log", resync_seconds, env=env, args=args
+    )
     operator.start()
     try:
         time.sleep(1)

@@ -58,6 +58,7 @@ EXPECTED_CLUSTER_RULES = (
     )
     | triples([""], ["pods", "nodes"], READ)
     | triples(["", "events.k8s.io"], ["events"], ("create", "patch", "update"))
+    | triples([""], ["events"], ("list",))
     | triples(["apiextensions.k8s.io"], ["customresourcedefinitions"], READ)
     | triples([""], ["namespaces"], READ)
     | triples(

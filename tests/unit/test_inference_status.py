@@ -6,11 +6,16 @@ from typing import Any
 
 from privatellm.api import InferenceDeployment
 from privatellm.render.inference_status import (
+    ChildFailure,
     NodeView,
     Observed,
+    Problem,
     ZoneView,
     compute_status,
+    deployment_failed_create,
     healthy_zones,
+    job_failed_create,
+    job_lacks_pods,
     replica_plan,
 )
 
@@ -195,3 +200,130 @@ def test_rollout_in_progress_is_progressing() -> None:
     status = compute_status(obj, Observed(nodes=nodes, zones=rolling), plan, [], {}, NOW)
     assert conditions(status)["Progressing"] == ("True", "RollingOut")
     assert conditions(status)["Ready"] == ("False", "ReplicasNotReady")
+
+
+REFUSED = ChildFailure(
+    "Deployment",
+    "m-zone-a",
+    'Deployment.apps "m-zone-a" is invalid: spec.template.spec.containers[0].resources.'
+    'requests[cpu]: Invalid value: "1..5": quantities must match the regular expression',
+)
+NO_PRIORITY = ChildFailure(
+    "Deployment",
+    "m-zone-b",
+    'pods "m-zone-b-7c9d" is forbidden: no PriorityClass with name missing was found',
+)
+
+
+def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == type_)
+
+
+def test_a_refused_apply_is_degraded_naming_the_child_and_the_api_message() -> None:
+    obj, nodes = model(), cluster()
+    plan = replica_plan(obj, nodes, WARM)
+    seen = Observed(nodes=nodes, zones=observed(obj, nodes).zones, refused=[REFUSED])
+    status = compute_status(obj, seen, plan, [], {}, NOW)
+    degraded = condition(status, "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "ApplyFailed")
+    assert degraded["message"] == f"Deployment/m-zone-a: {REFUSED.message}"
+    progressing = condition(status, "Progressing")
+    assert (progressing["status"], progressing["reason"]) == ("False", "ApplyFailed")
+    assert "Deployment/m-zone-a" in progressing["message"]
+    assert status["observedGeneration"] == 3
+
+
+def test_pods_that_cannot_be_created_are_degraded_with_the_controllers_message() -> None:
+    obj, nodes = model(), cluster()
+    plan = replica_plan(obj, nodes, WARM)
+    waiting = {z: ZoneView(desired=2, ready=0, updated=2, cache_warm=True) for z in ZONES}
+    seen = Observed(nodes=nodes, zones=waiting, failed_creates=[NO_PRIORITY])
+    status = compute_status(obj, seen, plan, [], {}, NOW)
+    degraded = condition(status, "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "FailedCreate")
+    assert degraded["message"] == f"Deployment/m-zone-b: {NO_PRIORITY.message}"
+    assert conditions(status)["Progressing"] == ("True", "RollingOut")
+
+
+def test_a_refused_apply_wins_over_pods_and_placement_and_every_problem_is_said() -> None:
+    obj = model()
+    nodes = cluster(ready_zones=("zone-b", "zone-c"))
+    plan = replica_plan(obj, nodes, WARM)
+    seen = Observed(nodes=nodes, refused=[REFUSED], failed_creates=[NO_PRIORITY])
+    status = compute_status(obj, seen, plan, [], {}, NOW, [Problem("VaultUnavailable", "vault")])
+    degraded = condition(status, "Degraded")
+    assert degraded["reason"] == "ApplyFailed"
+    parts = degraded["message"].split("; ")
+    assert parts[0].startswith("Deployment/m-zone-a: ")
+    assert parts[1].startswith("Deployment/m-zone-b: ")
+    assert parts[2].startswith("spec.zones[0]: ")
+    assert parts[3] == "vault"
+
+
+def test_a_refusal_that_persists_changes_nothing_in_status() -> None:
+    obj, nodes = model(), cluster()
+    plan = replica_plan(obj, nodes, WARM)
+    seen = Observed(nodes=nodes, refused=[REFUSED])
+    first = compute_status(obj, seen, plan, [], {}, NOW)
+    assert compute_status(obj, seen, plan, [], first, LATER) == first
+
+
+def test_a_fixed_refusal_clears_degraded() -> None:
+    obj, nodes = model(), cluster()
+    plan = replica_plan(obj, nodes, WARM)
+    failing = compute_status(obj, Observed(nodes=nodes, refused=[REFUSED]), plan, [], {}, NOW)
+    fixed = compute_status(obj, observed(obj, nodes), plan, [], failing, LATER)
+    assert conditions(fixed)["Degraded"] == ("False", "AsExpected")
+    assert condition(fixed, "Degraded")["lastTransitionTime"] == LATER
+
+
+def test_a_deployment_tells_why_its_pods_cannot_be_created() -> None:
+    failing = {
+        "status": {
+            "conditions": [
+                {"type": "Progressing", "status": "True", "reason": "NewReplicaSetCreated"},
+                {
+                    "type": "ReplicaFailure",
+                    "status": "True",
+                    "reason": "FailedCreate",
+                    "message": NO_PRIORITY.message,
+                },
+            ]
+        }
+    }
+    assert deployment_failed_create(failing) == NO_PRIORITY.message
+    assert deployment_failed_create({"status": {"conditions": []}}) is None
+    assert deployment_failed_create({}) is None
+
+
+def job(uid: str = "job-uid", **status: Any) -> dict[str, Any]:
+    return {"metadata": {"name": "m-prestage-zone-a", "uid": uid}, "status": status}
+
+
+def failed_create_event(uid: str, message: str, at: str) -> dict[str, Any]:
+    return {
+        "reason": "FailedCreate",
+        "type": "Warning",
+        "involvedObject": {"kind": "Job", "name": "m-prestage-zone-a", "uid": uid},
+        "message": message,
+        "lastTimestamp": at,
+    }
+
+
+def test_a_job_without_pods_tells_why_from_its_latest_event() -> None:
+    events = [
+        failed_create_event("job-uid", "Error creating: exceeded quota: old", NOW),
+        failed_create_event("job-uid", "Error creating: exceeded quota: new", LATER),
+        failed_create_event("earlier-job", "Error creating: something else", LATER),
+    ]
+    assert job_lacks_pods(job())
+    assert job_failed_create(job(), events) == "Error creating: exceeded quota: new"
+    assert job_failed_create(job(uid="other"), events) is None
+
+
+def test_a_job_with_pods_or_finished_has_no_failed_create() -> None:
+    events = [failed_create_event("job-uid", "Error creating: exceeded quota", NOW)]
+    done = job(succeeded=1, conditions=[{"type": "Complete", "status": "True"}])
+    for found in (job(active=1), done):
+        assert not job_lacks_pods(found)
+        assert job_failed_create(found, events) is None

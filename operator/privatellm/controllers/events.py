@@ -34,3 +34,11 @@ def event_for(raw: dict[str, Any], type_: str, reason: str, message: str) -> dic
         "lastTimestamp": stamp,
         "count": 1,
     }
+
+
+class ReportedError(Exception):
+    """A failure already written to the object's status and Events.
+
+    The reconcile raises it so that the runtime retries with backoff; the runtime logs
+    it when it starts or changes, without a traceback.
+    """

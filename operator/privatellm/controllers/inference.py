@@ -14,28 +14,33 @@ from typing import Any
 
 from privatellm.api import InferenceDeployment
 from privatellm.keys.transit import VaultClient, VaultError
-from privatellm.kube.client import KINDS, Kube, Obj
+from privatellm.kube.client import KINDS, LOOKUP, ApiError, Kube, Obj
 from privatellm.render.conditions import find_condition
 from privatellm.render.inference import (
     render_children,
     spec_errors,
 )
 from privatellm.render.inference_status import (
+    ChildFailure,
     NodeView,
     Observed,
     Problem,
     ZoneView,
     compute_status,
+    deployment_failed_create,
     endpoint,
+    job_failed_create,
+    job_lacks_pods,
     replica_plan,
 )
 from privatellm.render.meta import INFERENCE_DEPLOYMENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL
 from privatellm.render.workload import (
     prestage_job_name,
+    tls_secret_name,
     zone_deployment_name,
 )
 
-from .events import event_for, now
+from .events import ReportedError, event_for, now
 from .keys import ensure_tenant_keys, release_tenant_keys
 from .tls import ensure_server_certificate
 
@@ -49,6 +54,10 @@ ZONAL_KINDS = ("Deployment", "Job", "PersistentVolumeClaim")
 # Held while the object's Vault access may still need narrowing or revoking.
 KEY_FINALIZER = "privatellm.io/transit-key"
 LiveChildren = dict[tuple[str, str], Obj]
+# The API server is busy or unreachable: nothing is wrong with the child, so the
+# reconcile fails as it is and is retried, without a Degraded condition.
+TRANSIENT_STATUSES = frozenset({429, 503, 504})
+JOB_FAILED_CREATE = "involvedObject.kind=Job,reason=FailedCreate"
 
 
 def _child_selector(name: str) -> str:
@@ -104,23 +113,77 @@ def reconcile(
         except VaultError as error:
             message = f"spec.encryption: cannot provision the Transit key: {error}"
             problems.append(Problem("VaultUnavailable", message))
-    if not invalid:
-        tls_revision = ensure_server_certificate(kube, obj, datetime.datetime.now(datetime.UTC))
-        children = render_children(obj, plan, tls_revision)
-        for child in children:
-            key = (child["kind"], child["metadata"]["name"])
-            if child["kind"] in ZONAL_KINDS:
-                kube.apply(child, live.get(key))
-            else:
-                kube.apply(child)
-        _prune(kube, obj, children, live)
-    observed = Observed(nodes=nodes, zones=zones, fallback_endpoint=_fallback_endpoint(kube, obj))
+    refused = [] if invalid else _apply_children(kube, obj, plan, live)
+    observed = Observed(
+        nodes=nodes,
+        zones=zones,
+        fallback_endpoint=_fallback_endpoint(kube, obj),
+        refused=refused,
+        failed_creates=_failed_creates(kube, obj, live),
+    )
     previous = raw.get("status") or {}
     status = compute_status(obj, observed, plan, invalid, previous, now(), problems, encryption_key)
     if status != {k: previous.get(k) for k in status} or set(previous) - set(status):
         removed = {key: None for key in previous if key not in status}
         kube.patch_status(INFERENCE, namespace, name, {**removed, **status})
         _record_transitions(kube, raw, previous, status)
+    if refused:
+        # Reported in status; raising makes the runtime retry with backoff.
+        raise ReportedError("; ".join(map(str, refused)))
+
+
+def _apply_children(
+    kube: Kube, obj: InferenceDeployment, plan: dict[str, int], live: LiveChildren
+) -> list[ChildFailure]:
+    """Apply every rendered child; the ones the API server refused, with its message.
+
+    One refused child does not stop the others. Nothing is pruned then: the children a
+    changed spec no longer renders may be all that still serves.
+    """
+    refused = []
+    try:
+        tls_revision = ensure_server_certificate(kube, obj, datetime.datetime.now(datetime.UTC))
+    except ApiError as error:
+        if error.status in TRANSIENT_STATUSES:
+            raise
+        # Pods would mount a Secret that is not there: render nothing until it is.
+        return [ChildFailure("Secret", tls_secret_name(obj), error.message)]
+    children = render_children(obj, plan, tls_revision)
+    for child in children:
+        key = (child["kind"], child["metadata"]["name"])
+        # The zonal children were listed already; the others are read by name.
+        known = live.get(key) if child["kind"] in ZONAL_KINDS else LOOKUP
+        try:
+            kube.apply(child, known)
+        except ApiError as error:
+            if error.status in TRANSIENT_STATUSES:
+                raise
+            refused.append(ChildFailure(*key, error.message))
+    if not refused:
+        _prune(kube, obj, children, live)
+    return refused
+
+
+def _failed_creates(kube: Kube, obj: InferenceDeployment, live: LiveChildren) -> list[ChildFailure]:
+    """Deployments and Jobs whose Pods their controllers cannot create, and why.
+
+    A Deployment carries the reason in a condition; a Job only in Events, which are
+    listed only when one of its Jobs has no Pod.
+    """
+    found = [
+        ChildFailure(kind, name, message)
+        for (kind, name), item in live.items()
+        if kind == "Deployment" and (message := deployment_failed_create(item))
+    ]
+    jobs = [item for (kind, _), item in live.items() if kind == "Job" and job_lacks_pods(item)]
+    if jobs:
+        events = kube.list_events(obj.metadata.namespace or "", JOB_FAILED_CREATE)
+        found += [
+            ChildFailure("Job", job["metadata"]["name"], message)
+            for job in jobs
+            if (message := job_failed_create(job, events))
+        ]
+    return found
 
 
 def _release_keys(kube: Kube, vault: VaultClient | None, raw: Obj, finalizers: list[str]) -> None:

@@ -4,15 +4,20 @@ Only kopf's event-watching handlers are used. They keep no state on the objects 
 progress annotations, no finalizers), so a restarted operator re-reads the world and,
 when nothing changed, writes nothing. The reconcile is level-triggered: watch events
 on the custom resources, their Deployments, Jobs and Pods, and on node readiness queue
-it; a periodic resync queues every object again.
+it; a periodic resync queues every object again. A failed reconcile is retried with
+exponential backoff, which only a new generation of the object or a deleted child cuts
+short.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import random
 import time
+from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,51 +30,178 @@ from privatellm.api import GROUP, VERSION
 from privatellm.audit import AuditLog, Signer
 from privatellm.audit.records import policy_change_record
 from privatellm.keys.transit import VaultClient, vault_client_from_env
-from privatellm.kube.client import Kube, new_api_client
+from privatellm.kube.client import ApiError, Kube, new_api_client
 from privatellm.render.audit import render_operator_audit_public_key
 from privatellm.render.inference_status import NodeView
 from privatellm.render.meta import INFERENCE_DEPLOYMENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL
 
 from . import gateway, inference
+from .events import ReportedError
 from .metrics import QUEUE_DEPTH, RECONCILE_SECONDS, RECONCILES
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
 KIND = "InferenceDeployment"
-RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """How long a failing key waits: `base` doubling per failure up to `cap`, +-`jitter`."""
+
+    base: float = 1.0
+    cap: float = 300.0
+    jitter: float = 0.1
+
+    def delay(self, failures: int, draw: float) -> float:
+        """The wait after the `failures`-th failure in a row; `draw` is uniform in [0, 1)."""
+        # The exponent is bounded so that a key failing for days does not overflow a float.
+        exponential = self.base * 2.0 ** min(failures - 1, 64)
+        return min(self.cap, exponential) * (1 + self.jitter * (2 * draw - 1))
 
 
 class WorkQueue:
-    """Deduplicating queue: a key is queued at most once and never handled twice at a time."""
+    """Deduplicating queue with per-key retry backoff, like client-go's rate-limited queue.
 
-    def __init__(self) -> None:
-        self._queue: asyncio.Queue[Key] = asyncio.Queue()
-        self._queued: set[Key] = set()
+    A key is queued at most once and never handed out twice at a time. A key whose
+    reconcile failed waits out its backoff before it is handed out again. Ordinary
+    requests (resyncs, node and status events) do not cut that wait short: the reconcile
+    is level-triggered, so the retry catches up on everything they would have. An urgent
+    request (the spec changed, a child was deleted) ends it. Success forgets the failures.
+    """
+
+    def __init__(
+        self,
+        backoff: Backoff | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        draw: Callable[[], float] = random.random,
+    ) -> None:
+        self._backoff = backoff or Backoff()
+        self._clock = clock
+        self._draw = draw
+        self._ready: deque[Key] = deque()
+        self._queued: set[Key] = set()  # the keys in _ready
         self._processing: set[Key] = set()
-        self._dirty: set[Key] = set()
+        # Requested while being processed, and whether urgently.
+        self._dirty: dict[Key, bool] = {}
+        # Keys backing off, with the clock reading at which each is due again.
+        self._due: dict[Key, float] = {}
+        self._failures: dict[Key, int] = {}
+        self._wakeup = asyncio.Event()
 
-    def add(self, key: Key) -> None:
+    def add(self, key: Key, urgent: bool = False) -> None:
+        """Ask for `key` to be reconciled; during its backoff only an urgent request counts."""
         if key in self._processing:
-            self._dirty.add(key)
+            self._dirty[key] = self._dirty.get(key, False) or urgent
+        elif key in self._due:
+            if urgent:
+                del self._due[key]
+                self._push(key)
         elif key not in self._queued:
-            self._queued.add(key)
-            self._queue.put_nowait(key)
+            self._push(key)
 
     async def get(self) -> Key:
-        key = await self._queue.get()
-        self._queued.discard(key)
-        self._processing.add(key)
-        return key
+        """The next key to reconcile, once one is queued or its backoff is over."""
+        while True:
+            self._release_due()
+            if self._ready:
+                key = self._ready.popleft()
+                self._queued.discard(key)
+                self._processing.add(key)
+                return key
+            self._wakeup.clear()
+            timeout = min(self._due.values()) - self._clock() if self._due else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
 
     def done(self, key: Key) -> None:
+        """`key` was reconciled: forget its failures; run it again if asked meanwhile."""
         self._processing.discard(key)
-        if key in self._dirty:
-            self._dirty.discard(key)
-            self.add(key)
+        self._failures.pop(key, None)
+        if self._dirty.pop(key, None) is not None:
+            self._push(key)
+
+    def retry_later(self, key: Key) -> float:
+        """`key` failed: back it off and return the delay (0 when urgently asked meanwhile)."""
+        self._processing.discard(key)
+        failures = self._failures.get(key, 0) + 1
+        self._failures[key] = failures
+        if self._dirty.pop(key, False):
+            self._push(key)
+            return 0.0
+        delay = self._backoff.delay(failures, self._draw())
+        self._due[key] = self._clock() + delay
+        self._wakeup.set()  # a waiting get() recomputes when to wake
+        return delay
 
     def depth(self) -> int:
-        return len(self._queued)
+        """Keys ready to be handed out now."""
+        self._release_due()
+        return len(self._ready)
+
+    def _push(self, key: Key) -> None:
+        self._ready.append(key)
+        self._queued.add(key)
+        self._wakeup.set()
+
+    def _release_due(self) -> None:
+        now = self._clock()
+        for _, key in sorted((due, k) for k, due in self._due.items() if due <= now):
+            del self._due[key]
+            self._push(key)
+
+
+class FailureLog:
+    """Logs a key's failure when it starts or changes, and its recovery; a retry that
+    fails the same way is logged at DEBUG only. Refusals reported by the API server or
+    already in the object's status carry no traceback; other errors do."""
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, Key], str] = {}
+
+    def failed(self, kind: str, key: Key, error: Exception, delay: float) -> None:
+        text = str(error)
+        repeated = self._last.get((kind, key)) == text
+        self._last[(kind, key)] = text
+        args = (kind, _key_text(key), text, delay)
+        if repeated:
+            log.debug("%s %s still failing: %s; retrying in %.1fs", *args)
+        elif isinstance(error, ApiError | ReportedError):
+            log.warning("%s %s failed: %s; retrying in %.1fs", *args)
+        else:
+            log.error("%s %s failed: %s; retrying in %.1fs", *args, exc_info=error)
+
+    def succeeded(self, kind: str, key: Key) -> None:
+        if self._last.pop((kind, key), None) is not None:
+            log.info("%s %s reconciled again", kind, _key_text(key))
+
+
+def _key_text(key: Key) -> str:
+    """namespace/name; a gateway's key is its namespace alone."""
+    return "/".join(part for part in key if part)
+
+
+class Generations:
+    """The metadata.generation of each custom resource last seen in a watch event."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str, str], int] = {}
+
+    def changed(self, type_: str | None, body: Mapping[str, Any]) -> bool:
+        """Whether this event brings a generation not seen before, or the object's deletion.
+
+        Only such a change ends a backoff early: status writes, the operator's own
+        among them, leave the generation as it is.
+        """
+        meta = body["metadata"]
+        key = (str(body.get("kind")), str(meta.get("namespace") or ""), str(meta["name"]))
+        if type_ == "DELETED":
+            self._seen.pop(key, None)
+            return True
+        generation = int(meta.get("generation") or 0)
+        changed = self._seen.get(key) != generation
+        self._seen[key] = generation
+        return changed
 
 
 @dataclass
@@ -85,7 +217,8 @@ class Runtime:
     # Namespaces whose gateway needs a look, keyed (namespace, "").
     gateway_queue: WorkQueue = field(default_factory=WorkQueue)
     known: set[Key] = field(default_factory=set)
-    failures: dict[Key, int] = field(default_factory=dict)
+    failure_log: FailureLog = field(default_factory=FailureLog)
+    generations: Generations = field(default_factory=Generations)
     node_signatures: dict[str, Hashable] = field(default_factory=dict)
     # kopf's in-memory index of the nodes, kept current by the watch: no reconcile lists
     # the nodes from the API server.
@@ -127,25 +260,21 @@ def _reconcile_gateway(runtime: Runtime, key: Key) -> None:
 async def _worker(
     runtime: Runtime, queue: WorkQueue, kind: str, reconcile: Callable[[Runtime, Key], None]
 ) -> None:
-    loop = asyncio.get_running_loop()
     while True:
         key = await queue.get()
         QUEUE_DEPTH.set(runtime.queue.depth() + runtime.gateway_queue.depth())
         started = time.perf_counter()
         try:
             await asyncio.to_thread(reconcile, runtime, key)
-            runtime.failures.pop(key, None)
-            RECONCILES.labels(kind, "ok").inc()
-        except Exception:
+        except Exception as error:
             RECONCILES.labels(kind, "error").inc()
-            attempt = runtime.failures.get(key, 0)
-            runtime.failures[key] = attempt + 1
-            delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
-            log.exception("reconciling %s %s/%s failed; retrying in %ss", kind, *key, delay)
-            loop.call_later(delay, queue.add, key)
+            runtime.failure_log.failed(kind, key, error, queue.retry_later(key))
+        else:
+            RECONCILES.labels(kind, "ok").inc()
+            runtime.failure_log.succeeded(kind, key)
+            queue.done(key)
         finally:
             RECONCILE_SECONDS.labels(kind).observe(time.perf_counter() - started)
-            queue.done(key)
 
 
 async def _resync(runtime: Runtime) -> None:
@@ -211,18 +340,19 @@ async def node_views(name: str, body: kopf.Body, **_: Any) -> dict[str, NodeView
 
 @kopf.on.event(GROUP, VERSION, "inferencedeployments")
 async def inference_deployment_event(
-    type: str, namespace: str | None, name: str, memo: Any, **kwargs: Any
+    type: str, body: kopf.Body, namespace: str | None, name: str, memo: Any, **kwargs: Any
 ) -> None:
     runtime = _runtime(memo)
     # kopf passes each index to every handler as a keyword named after its function.
     runtime.node_index = kwargs["node_views"]
     key = (namespace or "", name)
-    runtime.gateway_queue.add((key[0], ""))
+    changed = runtime.generations.changed(type, body)
+    runtime.gateway_queue.add((key[0], ""), urgent=changed)
     if type == "DELETED":
         runtime.known.discard(key)
         return
     runtime.known.add(key)
-    runtime.queue.add(key)
+    runtime.queue.add(key, urgent=changed)
 
 
 @kopf.on.event(GROUP, VERSION, "accesspolicies")
@@ -231,7 +361,7 @@ async def access_policy_event(
 ) -> None:
     """A policy change re-renders the namespace's gateway configuration, and is recorded."""
     runtime = _runtime(memo)
-    runtime.gateway_queue.add((namespace or "", ""))
+    runtime.gateway_queue.add((namespace or "", ""), urgent=runtime.generations.changed(type, body))
     if runtime.audit is None:
         return
     key = (namespace or "", name)
@@ -245,9 +375,12 @@ async def access_policy_event(
 
 
 @kopf.on.event(GROUP, VERSION, "dataconnectors")
-async def data_connector_event(namespace: str | None, memo: Any, **_: Any) -> None:
+async def data_connector_event(
+    type: str | None, body: kopf.Body, namespace: str | None, memo: Any, **_: Any
+) -> None:
     """What a connector's items carry and where they may go is in the gateway's configuration."""
-    _runtime(memo).gateway_queue.add((namespace or "", ""))
+    runtime = _runtime(memo)
+    runtime.gateway_queue.add((namespace or "", ""), urgent=runtime.generations.changed(type, body))
 
 
 CHILD_LABELS: dict[str, Any] = {
@@ -258,10 +391,19 @@ CHILD_LABELS: dict[str, Any] = {
 
 @kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS)
 @kopf.on.event("batch", "v1", "jobs", labels=CHILD_LABELS)
-@kopf.on.event("", "v1", "pods", labels={INFERENCE_DEPLOYMENT_LABEL: kopf.PRESENT})
 async def child_event(
-    namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any
+    type: str | None, namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any
 ) -> None:
+    """A deleted child is re-created at once, backoff or not; a changed one is only looked at."""
+    runtime = _runtime(memo)
+    key = (namespace or "", labels[INFERENCE_DEPLOYMENT_LABEL])
+    if key in runtime.known:
+        runtime.queue.add(key, urgent=type == "DELETED")
+
+
+@kopf.on.event("", "v1", "pods", labels={INFERENCE_DEPLOYMENT_LABEL: kopf.PRESENT})
+async def pod_event(namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any) -> None:
+    """Replicas coming and going change the status; the Deployments replace them."""
     runtime = _runtime(memo)
     key = (namespace or "", labels[INFERENCE_DEPLOYMENT_LABEL])
     if key in runtime.known:

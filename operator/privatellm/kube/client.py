@@ -175,8 +175,10 @@ class ApiError(Exception):
         self.body = body
         try:
             message = json.loads(body).get("message", body)
-        except ValueError:
+        except (ValueError, AttributeError):
             message = body
+        # What the API server said (its Status message), without the HTTP status.
+        self.message = str(message)
         super().__init__(f"{status}: {message}")
 
 
@@ -298,6 +300,14 @@ class Kube:
             self._call("POST", KINDS["Event"].path(event["metadata"]["namespace"]), body=event)
         except ApiError as error:
             log.warning("could not record event %s: %s", event.get("reason"), error)
+
+    def list_events(self, namespace: str, field_selector: str) -> Sequence[Obj]:
+        """The core/v1 Events of `namespace` that match `field_selector` (`reason=FailedCreate`)."""
+        query = [("fieldSelector", field_selector)]
+        items: Sequence[Obj] = self._call("GET", KINDS["Event"].path(namespace), query=query).get(
+            "items", []
+        )
+        return items
 
     def write_if_unchanged(self, manifest: Obj, live: Obj | None) -> None:
         """Write `manifest` only if the object is still as `live` shows it (None: absent).

@@ -71,6 +71,19 @@ class ZoneView:
 
 
 @dataclass(frozen=True)
+class ChildFailure:
+    """A child the API server refused, or whose Pods its controller could not create."""
+
+    kind: str
+    name: str
+    # The API server's or the child controller's own words.
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}/{self.name}: {self.message}"
+
+
+@dataclass(frozen=True)
 class Observed:
     """Everything the status is computed from."""
 
@@ -78,6 +91,55 @@ class Observed:
     zones: Mapping[str, ZoneView] = field(default_factory=dict)
     # None: no fallback declared; "": declared but missing; else its endpoint
     fallback_endpoint: str | None = None
+    # Children whose apply the API server refused in this reconcile, in apply order.
+    refused: Sequence[ChildFailure] = ()
+    # Children whose Pods cannot be created (the ReplicaSet's or Job's FailedCreate).
+    failed_creates: Sequence[ChildFailure] = ()
+
+
+FAILED_CREATE = "FailedCreate"
+
+
+def deployment_failed_create(deployment: Mapping[str, Any]) -> str | None:
+    """Why a Deployment's ReplicaSet cannot create Pods, as its ReplicaFailure condition says."""
+    for condition in (deployment.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "ReplicaFailure" and condition.get("status") == "True":
+            return str(condition.get("message") or condition.get("reason") or FAILED_CREATE)
+    return None
+
+
+def job_lacks_pods(job: Mapping[str, Any]) -> bool:
+    """Whether a Job has no Pod and is not finished: then only an Event may say why."""
+    status = job.get("status") or {}
+    finished = any(
+        c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
+    return not (finished or status.get("active") or status.get("succeeded"))
+
+
+def job_failed_create(job: Mapping[str, Any], events: Sequence[Mapping[str, Any]]) -> str | None:
+    """The Job controller's latest FailedCreate message for this very Job, while it lacks Pods.
+
+    Events of an earlier Job of the same name carry another uid and do not count.
+    """
+    if not job_lacks_pods(job):
+        return None
+    uid = job["metadata"].get("uid")
+    mine = [
+        e
+        for e in events
+        if e.get("reason") == FAILED_CREATE and (e.get("involvedObject") or {}).get("uid") == uid
+    ]
+    if not mine:
+        return None
+    latest = max(mine, key=_event_time)
+    return str(latest.get("message") or FAILED_CREATE)
+
+
+def _event_time(event: Mapping[str, Any]) -> str:
+    stamp = event.get("lastTimestamp") or event.get("eventTime")
+    return str(stamp or event.get("metadata", {}).get("creationTimestamp") or "")
 
 
 def can_host(spec: InferenceDeploymentSpec, node: NodeView) -> bool:
@@ -175,6 +237,14 @@ def endpoint(obj: InferenceDeployment) -> str:
     return f"https://{service_name(obj)}.{obj.metadata.namespace}.svc:{SERVING_PORT}"
 
 
+def _child_problems(observed: Observed) -> list[Problem]:
+    """Refused applies, then Pods that cannot be created, each naming its child."""
+    return [
+        *(Problem("ApplyFailed", str(failure)) for failure in observed.refused),
+        *(Problem(FAILED_CREATE, str(failure)) for failure in observed.failed_creates),
+    ]
+
+
 def _conditions(
     obj: InferenceDeployment,
     observed: Observed,
@@ -198,7 +268,13 @@ def _conditions(
         or view.ready < plan.get(zone, 0)
         or view.desired != plan.get(zone, 0)
     ]
-    problems = [*_placement_problems(obj.spec, observed.nodes), *reported]
+    # What the API server or a child's controller refuses comes first: until it is fixed
+    # the cluster does not run the spec at all, whatever the nodes could host.
+    problems = [
+        *_child_problems(observed),
+        *_placement_problems(obj.spec, observed.nodes),
+        *reported,
+    ]
     if observed.fallback_endpoint == "" and obj.spec.fallback:
         missing = f"InferenceDeployment {obj.spec.fallback.model!r} not found"
         problems.append(Problem("FallbackNotFound", f"spec.fallback.model: {missing}"))
@@ -221,7 +297,12 @@ def _conditions(
         ready_state = ConditionState(
             "Ready", "False", "ReplicasNotReady", f"{ready}/{desired} replicas ready"
         )
-    if cold:
+    if observed.refused:
+        refused = ", ".join(f"{f.kind}/{f.name}" for f in observed.refused)
+        progressing = ConditionState(
+            "Progressing", "False", "ApplyFailed", f"the API server refused {refused}"
+        )
+    elif cold:
         progressing = ConditionState(
             "Progressing", "True", "WarmingCache", f"pre-staging weights in {', '.join(cold)}"
         )

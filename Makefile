@@ -79,6 +79,7 @@ bench: $(READY) testenv
 	scripts/bench-venv.sh presidio
 	$(BIN)/python -m tests.benchmarks.bench_filters
 	$(BIN)/python -m tests.benchmarks.bench_audit
+	$(BIN)/python -m tests.benchmarks.bench_autoscale
 
 # The demo runs on $$KUBECONFIG when it is set, else on a local simulated cluster.
 # The operator runs in the background as a local process; `make demo-down` stops

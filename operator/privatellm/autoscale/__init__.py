@@ -1,0 +1,37 @@
+"""Pure autoscaling decisions: demand -> replicas, windows, scale from and to zero.
+
+`aggregate_demand` checks and sums what the gateways and engines report for a model;
+`policy_for` reads the bounds and timings from its spec; `decide` turns both into a
+replica count with a reason, given the `State` the previous decision returned (or
+`start_state` for a model first seen, or after a restart). No I/O, no clock: the
+caller passes the time in, keeps the state and applies the count.
+"""
+
+from .decision import Decision, Reason, Signal, State, decide, start_state
+from .demand import (
+    Demand,
+    EngineReport,
+    GatewayReport,
+    aggregate_demand,
+    engine_report_problem,
+    gateway_report_problem,
+)
+from .policy import Policy, duration_seconds, policy_for
+
+__all__ = [
+    "Decision",
+    "Demand",
+    "EngineReport",
+    "GatewayReport",
+    "Policy",
+    "Reason",
+    "Signal",
+    "State",
+    "aggregate_demand",
+    "decide",
+    "duration_seconds",
+    "engine_report_problem",
+    "gateway_report_problem",
+    "policy_for",
+    "start_state",
+]

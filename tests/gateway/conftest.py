@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -16,6 +16,7 @@ from aiohttp import web
 from privatellm.gateway.audit import AuditEvent, AuditSink, MemorySink
 from privatellm.gateway.auth import hash_api_key
 from privatellm.gateway.config import GatewayConfig
+from privatellm.gateway.discovery import Replica, ReplicaChanges
 from privatellm.gateway.listener import start_listener
 from privatellm.gateway.server import Gateway
 from tests.support.fake_openai import FakeOpenAI
@@ -46,6 +47,27 @@ def base_config(upstreams: dict[str, list[str]], **policy: Any) -> dict[str, Any
 
 
 @dataclass
+class DiscoveredView:
+    """What an EndpointWatcher would know: each Service's ready replicas (`None` until the
+    namespace was listed), and who waits for them to change."""
+
+    services: dict[str, list[Replica]] | None = None
+    changes: ReplicaChanges = field(default_factory=ReplicaChanges)
+
+    def ready(self, service: str) -> Sequence[Replica] | None:
+        if self.services is None:
+            return None
+        return self.services.get(service, [])
+
+    def set(self, service: str, replicas: list[Replica]) -> None:
+        """The Service's ready replicas are now `replicas`, as a watch event would say."""
+        if self.services is None:
+            self.services = {}
+        self.services[service] = replicas
+        self.changes.notify([service])
+
+
+@dataclass
 class Stack:
     """A running gateway, its audit events and an HTTP client."""
 
@@ -53,6 +75,12 @@ class Stack:
     gateway: Gateway
     sink: AuditSink
     http: aiohttp.ClientSession
+    runner: web.AppRunner
+
+    async def stop(self) -> None:
+        """Stop the gateway as SIGTERM does (once; leaving the stack does it otherwise)."""
+        if self.runner.server is not None:
+            await self.runner.cleanup()
 
     @property
     def events(self) -> list[AuditEvent]:
@@ -105,10 +133,11 @@ async def gateway_stack(
     runner = await start_listener(gateway.app(), gateway, "127.0.0.1", 0)
     port = runner.addresses[0][1]
     async with aiohttp.ClientSession() as http:
+        stack = Stack(f"http://127.0.0.1:{port}", gateway, sink, http, runner)
         try:
-            yield Stack(f"http://127.0.0.1:{port}", gateway, sink, http)
+            yield stack
         finally:
-            await runner.cleanup()
+            await stack.stop()
 
 
 @asynccontextmanager

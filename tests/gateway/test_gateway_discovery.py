@@ -8,24 +8,10 @@ in tests/integration/test_gateway_discovery.py.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from privatellm.gateway.discovery import Replica
-from tests.gateway.conftest import base_config, gateway_stack, upstream
-
-
-@dataclass
-class DiscoveredView:
-    """Each Service's ready replicas; `None` until the namespace was listed."""
-
-    services: dict[str, list[Replica]] | None = None
-
-    def ready(self, service: str) -> Sequence[Replica] | None:
-        if self.services is None:
-            return None
-        return self.services.get(service, [])
+from tests.gateway.conftest import DiscoveredView, base_config, gateway_stack, upstream
 
 
 def discovered_config(

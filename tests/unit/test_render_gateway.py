@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import re
 from typing import Any
 
 import yaml
 
 from privatellm.api import DataConnector, InferenceDeployment
 from privatellm.api.access import AccessPolicy
+from privatellm.api.base import DNS_SUBDOMAIN, MAX_DNS_SUBDOMAIN
+from privatellm.api.connector import MAX_DATA_CONNECTOR_NAME
 from privatellm.gateway.config import GatewayConfig
 from privatellm.render.access_policy import policy_problems, resolved_models
 from privatellm.render.gateway import (
+    HOLD_MAX_QUEUE,
+    HOLD_MAX_WAIT_SECONDS,
+    HOLD_START_MARGIN_SECONDS,
     AuditShipping,
     GatewayInputs,
     GatewayKeys,
     config_text,
+    connector_service_account,
     render_gateway,
     render_gateway_config,
     token_review_subjects,
@@ -88,6 +95,12 @@ def test_each_data_connector_becomes_an_account_with_its_classes_and_models() ->
     assert route.service_account == "privatellm-connector-crm"
     assert (route.models, route.data_classes) == (["small"], ["customer", "pii"])
     assert render_gateway_config(INPUTS).connectors == []
+
+
+def test_the_longest_connector_name_the_api_server_accepts_names_a_service_account() -> None:
+    account = connector_service_account("c" * MAX_DATA_CONNECTOR_NAME)
+    assert len(account) == MAX_DNS_SUBDOMAIN
+    assert re.fullmatch(DNS_SUBDOMAIN, account)
 
 
 def test_config_text_round_trips_and_is_stable() -> None:
@@ -256,3 +269,50 @@ def test_the_shipping_settings_come_from_the_operators_environment() -> None:
             "PRIVATELLM_AUDIT_WORM_ENDPOINT": "http://s3:9000",
         }
     ) == AuditShipping("b", "p", "http://s3:9000")
+
+
+def scaling_model(name: str, size_gib: float, **spec: Any) -> InferenceDeployment:
+    body: dict[str, Any] = {
+        "model": {"name": f"org/{name}", "source": {"uri": f"pvc://w/{name}", "sizeGiB": size_gib}},
+        "zones": ["zone-a"],
+        **spec,
+    }
+    return InferenceDeployment.model_validate(
+        {"metadata": {"name": name, "namespace": "team", "uid": name}, "spec": body}
+    )
+
+
+def test_models_that_may_scale_to_zero_hold_requests_for_their_restore_time() -> None:
+    to_zero = scaling_model(
+        "to-zero",
+        16,
+        autoscaling={"minReplicas": 0, "maxReplicas": 2},
+        weightCache={"bandwidthMiBps": 200},
+    )
+    batch = scaling_model("batch", 140, workloadClass="batch")
+    always = scaling_model("always", 16, autoscaling={"minReplicas": 1})
+    fixed = scaling_model("fixed", 16, replicas=0)
+    config = render_gateway_config(
+        dataclasses.replace(INPUTS, models=[to_zero, batch, always, fixed])
+    )
+    holds = {m.name: m.hold for m in config.models}
+    # 16 GiB at 200 MiB/s: 82 s to read, plus the start margin.
+    assert holds["to-zero"] is not None
+    assert holds["to-zero"].max_wait_seconds == 82 + HOLD_START_MARGIN_SECONDS
+    assert holds["to-zero"].max_queue == HOLD_MAX_QUEUE == 256
+    # 140 GiB at the default 500 MiB/s: 287 s.
+    assert holds["batch"] is not None
+    assert holds["batch"].max_wait_seconds == 287 + HOLD_START_MARGIN_SECONDS
+    # Models meant to have a replica answer 503 at once when none is ready;
+    # replicas: 0 without autoscaling is off on purpose, and nothing scales it up.
+    assert holds["always"] is None and holds["fixed"] is None
+    text = config_text(config)
+    assert '"hold": {\n    "maxQueue": 256,\n    "maxWaitSeconds": 202' in text
+
+
+def test_a_hold_never_waits_longer_than_the_cap() -> None:
+    huge = scaling_model(
+        "huge", 4000, autoscaling={"minReplicas": 0}, weightCache={"bandwidthMiBps": 100}
+    )
+    [route] = render_gateway_config(dataclasses.replace(INPUTS, models=[huge])).models
+    assert route.hold is not None and route.hold.max_wait_seconds == HOLD_MAX_WAIT_SECONDS

@@ -56,6 +56,8 @@ class AuditEvent:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_ms: float = 0.0
+    # How long the request was held while its model scaled from zero; None: not held.
+    held_ms: float | None = None
     stream: bool = False
     # HMAC of the prompt's texts, to find equal prompts without decrypting.
     prompt_hash: str | None = None

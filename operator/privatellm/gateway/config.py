@@ -18,6 +18,23 @@ from privatellm.api.access import AccessPolicySpec
 from privatellm.api.base import ApiModel
 
 
+class HoldSettings(ApiModel):
+    """How long, and how many, requests wait for a model that is scaling from zero."""
+
+    max_queue: int = Field(
+        default=256,
+        ge=1,
+        le=100_000,
+        description="Requests held at once for the model; more get 503 hold_queue_full.",
+    )
+    max_wait_seconds: float = Field(
+        gt=0,
+        le=3600,
+        description="How long one request is held; then it gets 503 "
+        "model_scaling_from_zero_timeout.",
+    )
+
+
 class ModelRoute(ApiModel):
     """A model clients can ask for and the replicas that serve it."""
 
@@ -40,6 +57,11 @@ class ModelRoute(ApiModel):
     )
     transit_key: str | None = Field(
         default=None, description="Transit key sealing this model's prompts and responses."
+    )
+    hold: HoldSettings | None = Field(
+        default=None,
+        description="Hold requests while the Service has no ready replica (scale from zero), "
+        "instead of answering 503 at once.",
     )
 
 

@@ -52,8 +52,51 @@ class Replica:
 ServiceReplicas = dict[str, tuple[Replica, ...]]
 
 
+class ReplicaChanges:
+    """Wakes whoever waits for the ready replicas of a Service to change.
+
+    Requests held for a model at zero wait here, through one waiter per model, for
+    its Service (or its fallback's) to get a ready replica.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, set[asyncio.Future[None]]] = {}
+
+    async def wait(self, services: Iterable[str]) -> None:
+        """Return at the next change of the ready replicas of any of `services`."""
+        future = asyncio.get_running_loop().create_future()
+        names = set(services)
+        for service in names:
+            self._waiting.setdefault(service, set()).add(future)
+        try:
+            await future
+        finally:
+            for service in names:
+                waiters = self._waiting.get(service)
+                if waiters is not None:
+                    waiters.discard(future)
+                    if not waiters:
+                        del self._waiting[service]
+
+    def notify(self, services: Iterable[str]) -> None:
+        """The ready replicas of `services` changed."""
+        for service in services:
+            for future in self._waiting.pop(service, ()):
+                if not future.done():
+                    future.set_result(None)
+
+    def notify_all(self) -> None:
+        """Anything may have changed (a fresh list, a new configuration): every waiter looks."""
+        self.notify(list(self._waiting))
+
+
 class ReplicaSource(Protocol):
-    """Where the router learns a Service's ready replicas."""
+    """Where the router learns a Service's ready replicas, and when they change."""
+
+    @property
+    def changes(self) -> ReplicaChanges:
+        """Notified whenever a Service's ready replicas change."""
+        ...
 
     def ready(self, service: str) -> Sequence[Replica] | None:
         """The Service's ready replicas; None while nothing is known yet."""
@@ -130,6 +173,11 @@ class EndpointWatcher:
         self._view: ServiceReplicas = {}
         self._resource_version = ""
         self._synced = asyncio.Event()
+        self._changes = ReplicaChanges()
+
+    @property
+    def changes(self) -> ReplicaChanges:
+        return self._changes
 
     @property
     def synced(self) -> bool:
@@ -149,6 +197,7 @@ class EndpointWatcher:
         self._slices = {s["metadata"]["name"]: s for s in slices}
         self._view = ready_replicas(self._slices.values())
         self._synced.set()
+        self._changes.notify_all()
 
     def apply_event(self, event: Mapping[str, Any]) -> None:
         """Apply one watch event; ResourceVersionGoneError when the watch must start over."""
@@ -167,7 +216,10 @@ class EndpointWatcher:
             self._slices.pop(name, None)
         else:
             return
-        self._view = ready_replicas(self._slices.values())
+        before, after = self._view, ready_replicas(self._slices.values())
+        self._view = after
+        changed = [s for s in before.keys() | after.keys() if before.get(s) != after.get(s)]
+        self._changes.notify(changed)
 
     async def run(self) -> None:
         """List, then watch, until cancelled; errors are logged and retried, never raised."""

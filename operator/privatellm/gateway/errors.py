@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 
 class GatewayError(Exception):
     """A request the gateway refuses; `code` is the machine-readable reason."""
 
-    def __init__(self, status: int, code: str, message: str, param: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        param: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.param = param
+        # Sent with the answer, e.g. Retry-After.
+        self.headers = dict(headers or {})
 
     @property
     def error_type(self) -> str:

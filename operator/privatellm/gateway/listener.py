@@ -169,6 +169,8 @@ class GatewayConnection(web.RequestHandler):
         self._answered = True  # no request is being handled
         self._body: StreamReader | None = None  # the last request's body
         self._refusing: asyncio.Task[None] | None = None
+        # Done once the client is gone: a request held for a model at zero stops waiting.
+        self.client_gone: asyncio.Future[None] = loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -186,6 +188,8 @@ class GatewayConnection(web.RequestHandler):
             self._counted_as = None
         self._stop_header_clock()
         super().connection_lost(exc)
+        if not self.client_gone.done():
+            self.client_gone.set_result(None)
 
     def data_received(self, data: bytes) -> None:
         if self._refusing is not None:

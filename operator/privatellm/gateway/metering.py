@@ -55,6 +55,12 @@ class Metering:
             ["model"],
             registry=r,
         )
+        self.held = Gauge(
+            "privatellm_gateway_held",
+            "Requests held while the model has no ready replica (scaling from zero).",
+            ["model"],
+            registry=r,
+        )
         self.findings = Counter(
             "privatellm_gateway_filter_findings",
             "What the filters found and did, by direction, entity and action.",

@@ -12,7 +12,8 @@ Replicas find each other through the EndpointSlices of the gateway's peer Servic
 (or a static list), and talk over TLS on a port of their own, which is not the API
 door: these calls are not client requests and are not audited. A replica proves
 it is one with a token derived from the namespace's hash key, which only the
-gateway's configuration Secret holds.
+gateway's configuration Secret (and the operator, which writes it) holds. The
+same port serves the operator each model's demand (see peers.py and demand.py).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import aiohttp
@@ -33,6 +34,7 @@ from privatellm.api.access import Quotas
 
 from .config import QuotaSharing
 from .discovery import ReplicaSource
+from .peers import peer_app
 
 COUNTS_PATH = "/quota-counts"
 # A replica that did not answer for this many intervals no longer counts.
@@ -117,22 +119,21 @@ def peer_token(hash_key: bytes) -> str:
     return hmac.new(hash_key, b"privatellm quota peers", hashlib.sha256).hexdigest()
 
 
-def counts_app(tracker: QuotaTracker, token: str) -> web.Application:
-    """The peer listener: this replica's own counts, for replicas holding the token."""
-    expected = f"Bearer {token}".encode()
+def counts_handler(tracker: QuotaTracker) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """`GET /quota-counts`: this replica's own counts (behind the peer port's token check)."""
 
-    async def counts(request: web.Request) -> web.Response:
-        presented = request.headers.get("Authorization", "").encode()
-        if not hmac.compare_digest(presented, expected):
-            return web.json_response({"error": "not a replica of this gateway"}, status=401)
+    async def counts(_request: web.Request) -> web.Response:
         return web.Response(
             body=orjson.dumps({"counts": tracker.own_counts()}),
             content_type="application/json",
         )
 
-    app = web.Application()
-    app.router.add_get(COUNTS_PATH, counts)
-    return app
+    return counts
+
+
+def counts_app(tracker: QuotaTracker, token: str) -> web.Application:
+    """A peer listener serving only this replica's own counts, to holders of the token."""
+    return peer_app(token, {COUNTS_PATH: counts_handler(tracker)})
 
 
 class QuotaPeers:

@@ -2,8 +2,9 @@
 
 Every request passes, in order: authentication, AccessPolicy, quota, inbound
 filters, the upstream call (a ready replica, another one on failure, the
-fallback model when none is left), outbound filters (streamed responses too),
-metering, and exactly one audit event, whatever the outcome.
+fallback model when none is left, or a wait while the model scales from zero),
+outbound filters (streamed responses too), metering, and exactly one audit event,
+whatever the outcome.
 """
 
 from __future__ import annotations
@@ -37,8 +38,10 @@ from .audit import AuditEvent, AuditSink
 from .auth import Authenticator, AuthError, Identity
 from .config import GatewayConfig, ModelRoute, NamedPolicy
 from .connections import authenticator, upstream_ssl
+from .demand import DEMAND_PATH, Demand, ModelDemand, demand_handler
 from .discovery import EndpointWatcher, ReplicaSource
 from .errors import GatewayError
+from .holding import HoldQueues, retry_after
 from .metering import Metering
 from .openai import (
     ENDPOINTS,
@@ -56,6 +59,7 @@ from .openai import (
     validate_request,
 )
 from .payloads import PayloadSealer
+from .peers import peer_app
 from .policy import (
     authorize,
     connector_claims,
@@ -63,9 +67,9 @@ from .policy import (
     effective_outbound,
     quota_key,
 )
-from .quotas import QuotaPeers, QuotaTracker, counts_app, peer_token
+from .quotas import COUNTS_PATH, QuotaPeers, QuotaTracker, counts_handler, peer_token
 from .refusals import body_refusal, encoding_refusal
-from .routing import Router, Target
+from .routing import Router, Target, route_replicas
 
 log = logging.getLogger("privatellm.gateway")
 
@@ -167,6 +171,10 @@ class Gateway:
         self.quota_peers: QuotaPeers | None = None
         self._peers_task: asyncio.Task[None] | None = None
         self._background: list[asyncio.Task[None]] = []
+        self.demand = Demand(clock)
+        self.holds = HoldQueues()
+        # Per model wanted or holding requests: the task that waits for its replicas.
+        self._followers: dict[str, asyncio.Task[None]] = {}
 
     def _span(self, name: str) -> AbstractContextManager[Any]:
         """A tracing span when the gateway was given a tracer; nothing otherwise."""
@@ -185,6 +193,7 @@ class Gateway:
         app.router.add_get("/healthz", self.healthz)
         app.router.add_route("*", "/{tail:.*}", self.handle)
         app.cleanup_ctx.append(self._client_session)
+        app.on_shutdown.append(self._stop_holding)
         return app
 
     @web.middleware
@@ -212,7 +221,7 @@ class Gateway:
         self._start_background(config)
         yield
         self._stop_quota_peers()
-        for task in self._background:
+        for task in [*self._background, *self._followers.values()]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -251,8 +260,36 @@ class Gateway:
         self.quotas.keep_others(())
 
     def peer_app(self) -> web.Application:
-        """The listener other replicas read this one's quota counts from."""
-        return counts_app(self.quotas, peer_token(self.hash_key))
+        """The peer listener: quota counts for the other replicas, demand for the operator."""
+        app = peer_app(
+            peer_token(self.hash_key),
+            {
+                COUNTS_PATH: counts_handler(self.quotas),
+                DEMAND_PATH: demand_handler(self.demand, lambda: self.runtime.routes),
+            },
+            refused=self._refuse_peer,
+        )
+        app.on_shutdown.append(self._stop_demand)
+        return app
+
+    async def _refuse_peer(
+        self, request: web.Request, error: GatewayError, request_id: str
+    ) -> GatewayError:
+        return await self.record_refusal(error, request_id, request.remote, request.path)
+
+    async def _stop_demand(self, _app: web.Application) -> None:
+        self.demand.stop()
+
+    async def _stop_holding(self, _app: web.Application) -> None:
+        """The gateway stops: held requests are answered now, not when their wait ends."""
+        self.holds.stop(
+            lambda: GatewayError(
+                503,
+                "gateway_stopping",
+                "the gateway is stopping; retry, another replica answers",
+                headers=retry_after(1),
+            )
+        )
 
     def reload(self, config: GatewayConfig) -> None:
         """Apply a new configuration to the requests that start from now on."""
@@ -261,6 +298,9 @@ class Gateway:
             self._auth.replace_api_keys(config.auth.api_keys)
         if self._session is not None:
             self._start_background(config)
+        if self._discovered is not None:
+            # Routes, fallbacks or hold settings may have changed: held requests look again.
+            self._discovered.changes.notify_all()
         self.metering.config_reloads.labels("applied").inc()
         self._record_config("gateway.config", config)
 
@@ -380,17 +420,19 @@ class Gateway:
         return True
 
     async def record_refusal(
-        self, error: GatewayError, request_id: str, source_ip: str | None
+        self, error: GatewayError, request_id: str, source_ip: str | None, path: str = ""
     ) -> GatewayError:
-        """Audit a refusal made below the application (HTTP parser, connection limits).
+        """Audit a refusal made below the application (HTTP parser, connection limits) or
+        on the peer port.
 
         The error to answer with: `error`, or audit_unavailable when its record was not kept.
+        `path` is empty when the request was not read far enough to have one.
         """
         event = AuditEvent(
             request_id=request_id,
             time=self.clock(),
             namespace=self.runtime.config.namespace,
-            path="",  # the request was not read far enough to have one
+            path=path,
             source_ip=source_ip,
             reason=error.code,
             status=error.status,
@@ -467,14 +509,93 @@ class Gateway:
         event.decision = "allow"
         body["model"] = route.served_name
         exchange.body = body
+        self.demand.request(model)
+        await self._await_replica(exchange, route)
         in_flight = self.metering.child(self.metering.in_flight, model)
+        figures = self.demand.model(model)
         in_flight.inc()
+        figures.in_flight += 1
         try:
             if stream:
                 return await self._proxy_stream(exchange, route, filters.outbound)
             return await self._proxy(exchange, route, filters.outbound)
         finally:
             in_flight.dec()
+            figures.in_flight -= 1
+
+    def _replica_source(self, runtime: Runtime) -> ReplicaSource | None:
+        """Discovery, when the configuration has it on."""
+        return self._discovered if runtime.config.discovery is not None else None
+
+    async def _await_replica(self, exchange: Exchange, route: ModelRoute) -> None:
+        """Hold the request while its model scales from zero (see holding.py).
+
+        A request for a model with no ready replica makes the model wanted (the
+        operator's demand long poll hears of it once, however many come). Its fallback
+        serves it at once when it has a replica; otherwise, with hold settings, it waits
+        for one, and without them it goes on to 503 no_ready_replica.
+        """
+        discovered = self._replica_source(exchange.runtime)
+        ready = None
+        if discovered is not None and route.service:
+            ready = discovered.ready(route.service)
+        if ready is None:
+            return  # not found through discovery (yet): the static endpoints serve
+        if ready:
+            self.demand.satisfied(route.name)
+            return
+        if self.demand.want(route.name):
+            self._follow(route.name)
+        fallback = exchange.runtime.routes.get(route.fallback) if route.fallback else None
+        if fallback is not None and fallback is not route and route_replicas(fallback, discovered):
+            return
+        if route.hold is None:
+            return
+        held = self.holds.enter(route.name, route.hold)
+        figures = self.demand.model(route.name)
+        gauge = self.metering.child(self.metering.held, route.name)
+        figures.held += 1
+        gauge.inc()
+        started = time.perf_counter()
+        try:
+            await self.holds.wait(held, _client_gone(exchange.request))
+        finally:
+            figures.held -= 1
+            gauge.dec()
+            exchange.event.held_ms = (time.perf_counter() - started) * 1000
+
+    def _follow(self, model: str) -> None:
+        """Make sure a task follows `model`'s replicas (see _follow_replicas)."""
+        task = self._followers.get(model)
+        if task is None or task.done():
+            self._followers[model] = asyncio.create_task(self._follow_replicas(model))
+
+    async def _follow_replicas(self, model: str) -> None:
+        """While `model` is wanted or holds requests: release them once it or its fallback has
+        a ready replica, and end its wanted state once it has one itself."""
+        while True:
+            runtime = self.runtime
+            discovered = self._replica_source(runtime)
+            route = runtime.routes.get(model)
+            if discovered is None or route is None or not route.service:
+                # Not routed through discovery any more: nothing to wait for.
+                self.demand.satisfied(model)
+                self.holds.release(model)
+                break
+            ready = discovered.ready(route.service)
+            fallback = runtime.routes.get(route.fallback) if route.fallback else None
+            if ready is None or ready:
+                self.demand.satisfied(model)
+                self.holds.release(model)
+            elif fallback is not None and route_replicas(fallback, discovered):
+                self.holds.release(model)
+            if not self.demand.wanted(model) and not self.holds.held(model):
+                break
+            services = {route.service}
+            if fallback is not None and fallback.service:
+                services.add(fallback.service)
+            await discovered.changes.wait(services)
+        self._followers.pop(model, None)
 
     async def _read_json(self, exchange: Exchange) -> Any:
         request, limits = exchange.request, exchange.runtime.config.limits
@@ -708,6 +829,8 @@ class Gateway:
     def _charge(self, exchange: Exchange, prompt: int, completion: int) -> None:
         event = exchange.event
         event.prompt_tokens, event.completion_tokens = prompt, completion
+        if event.model is not None:
+            self.demand.tokens(event.model, prompt, completion)
         if exchange.policy is not None and exchange.identity is not None:
             self.quotas.record_tokens(
                 quota_key(exchange.policy, exchange.identity),
@@ -732,7 +855,10 @@ class Gateway:
         if not targets:
             raise GatewayError(503, "no_ready_replica", f"{route.name} has no ready replica")
         path = exchange.request.path
-        waiting = self.metering.child(self.metering.upstream_waiting, route.name)
+        waiting = _Waiting(
+            self.metering.child(self.metering.upstream_waiting, route.name),
+            self.demand.model(route.name),
+        )
         started = time.perf_counter()
         last_error = "no replica answered"
         for attempt, target in enumerate(targets):
@@ -778,6 +904,28 @@ class Gateway:
                         waiting.dec()
         log.warning("no replica of %s answered: %s", route.name, last_error)
         raise GatewayError(503, "no_ready_replica", f"no replica of {route.name} answered")
+
+
+@dataclass(slots=True)
+class _Waiting:
+    """Requests sent to a model and not yet answered: a gauge and the model's demand."""
+
+    gauge: Any
+    figures: ModelDemand
+
+    def inc(self) -> None:
+        self.gauge.inc()
+        self.figures.waiting += 1
+
+    def dec(self) -> None:
+        self.gauge.dec()
+        self.figures.waiting -= 1
+
+
+def _client_gone(request: web.Request) -> asyncio.Future[None] | None:
+    """Done once the client's connection is gone, when the listener tells (listener.py)."""
+    gone = getattr(request.protocol, "client_gone", None)
+    return gone if isinstance(gone, asyncio.Future) else None
 
 
 def _payload_for(body: dict[str, Any], target: Target) -> bytes:
@@ -836,5 +984,5 @@ def _error_response(error: GatewayError, request_id: str) -> web.Response:
         status=error.status,
         body=error.body(),
         content_type="application/json",
-        headers={REQUEST_ID_HEADER: request_id},
+        headers={**error.headers, REQUEST_ID_HEADER: request_id},
     )

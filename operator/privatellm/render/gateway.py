@@ -25,6 +25,7 @@ from privatellm.gateway.config import (
     DiscoverySettings,
     EncryptionSettings,
     GatewayConfig,
+    HoldSettings,
     ModelRoute,
     NamedPolicy,
     OIDCSettings,
@@ -50,6 +51,7 @@ from .meta import (
     ZONE_LABEL,
 )
 from .tls import tls_secret
+from .weights import estimated_restore_seconds
 from .workload import (
     Manifest,
     container_security_context,
@@ -142,6 +144,26 @@ def _selector() -> dict[str, str]:
     return {COMPONENT_LABEL: GATEWAY_COMPONENT, INSTANCE_LABEL: GATEWAY_NAME}
 
 
+# Holding requests while a model scales from zero (gateway/holding.py): a request waits
+# for the weights to load (estimatedRestoreSeconds) plus this, for scheduling, the
+# container's start and vLLM's warm-up on a node that is already there.
+HOLD_START_MARGIN_SECONDS = 120
+# Past a wait that long a client is better told to come back.
+HOLD_MAX_WAIT_SECONDS = 1800
+HOLD_MAX_QUEUE = 256
+
+
+def render_hold(model: InferenceDeployment) -> HoldSettings | None:
+    """Hold settings for a model that may have no replica by design: one that scales to zero
+    (autoscaling.minReplicas 0) or a batch model; None for the others (503 at once)."""
+    spec = model.spec
+    scales_to_zero = spec.autoscaling is not None and spec.autoscaling.min_replicas == 0
+    if not scales_to_zero and spec.workload_class != "batch":
+        return None
+    wait = min(HOLD_MAX_WAIT_SECONDS, estimated_restore_seconds(spec) + HOLD_START_MARGIN_SECONDS)
+    return HoldSettings(max_queue=HOLD_MAX_QUEUE, max_wait_seconds=wait)
+
+
 def render_gateway_config(inputs: GatewayInputs) -> GatewayConfig:
     """The gateway's configuration file, as a model."""
     ns = inputs.namespace
@@ -157,6 +179,7 @@ def render_gateway_config(inputs: GatewayInputs) -> GatewayConfig:
             fallback=m.spec.fallback.model if m.spec.fallback else None,
             max_model_len=m.spec.engine.max_model_len,
             transit_key=key_name(m) if inputs.vault_addr else None,
+            hold=render_hold(m),
         )
         for m in models
     ]

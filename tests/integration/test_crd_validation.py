@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,10 +37,18 @@ def example(kind: str, name: str) -> dict[str, Any]:
     )
 
 
-def create(cluster: Cluster, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+def create(
+    cluster: Cluster, namespace: str, body: dict[str, Any], dry_run: bool = False
+) -> dict[str, Any]:
     plural = KINDS[body["kind"]].crd_info.plural
     created: dict[str, Any] = cluster.custom.create_namespaced_custom_object(
-        GROUP, VERSION, namespace, plural, body, field_validation="Strict"
+        GROUP,
+        VERSION,
+        namespace,
+        plural,
+        body,
+        field_validation="Strict",
+        **({"dry_run": "All"} if dry_run else {}),
     )
     return created
 
@@ -90,6 +99,14 @@ def drop(path: str) -> Callable[[Spec], None]:
     def mutate(obj: Spec) -> None:
         node, leaf = _parent(obj, path)
         del node[leaf]
+
+    return mutate
+
+
+def in_turn(*mutations: Callable[[Spec], None]) -> Callable[[Spec], None]:
+    def mutate(obj: Spec) -> None:
+        for change in mutations:
+            change(obj)
 
     return mutate
 
@@ -286,7 +303,7 @@ INVALID = [
         "currency-not-iso",
         CB,
         "support",
-        put("spec.currency", "euro"),
+        put("spec.currency", "eur"),
         "spec.currency",
         "should match",
     ),
@@ -322,7 +339,259 @@ INVALID = [
         "spec.idleTimeout",
         "should match",
     ),
+    # Specs the API server used to accept and the operator could not honour.
+    Invalid(
+        "cidr-octet-out-of-range",
+        DC,
+        "crm-writeback",
+        put("spec.egress.0", {"cidr": "10.0.0.300/8", "ports": [443]}),
+        "spec.egress[0].cidr",
+        "cidr must be an IPv4 or IPv6 block such as 10.20.0.0/16",
+    ),
+    Invalid(
+        "cidr-prefix-too-long",
+        DC,
+        "crm-writeback",
+        put("spec.egress.0", {"cidr": "10.0.0.0/33", "ports": [443]}),
+        "spec.egress[0].cidr",
+        "cidr must be an IPv4 or IPv6 block such as 10.20.0.0/16",
+    ),
+    Invalid(
+        "cidr-with-host-bits",
+        DC,
+        "crm-writeback",
+        put("spec.egress.0", {"cidr": "10.0.0.1/8", "ports": [443]}),
+        "spec.egress[0].cidr",
+        "cidr must start at its block's network address",
+    ),
+    Invalid(
+        "unknown-time-zone",
+        CB,
+        "support",
+        put("spec.businessHours.timezone", "Mars/Olympus"),
+        "spec.businessHours.timezone",
+        "timezone must be an IANA time zone name such as Europe/Amsterdam",
+    ),
+    Invalid(
+        "negative-cpu",
+        ID,
+        "llama-70b",
+        put("spec.resources.cpu", "-1"),
+        "spec.resources.cpu",
+        "cpu must be a positive Kubernetes quantity such as 500m or 4",
+    ),
+    Invalid(
+        "cpu-two-decimal-points",
+        ID,
+        "llama-70b",
+        put("spec.resources.cpu", "1..5"),
+        "spec.resources.cpu",
+        "cpu must be a positive Kubernetes quantity such as 500m or 4",
+    ),
+    Invalid(
+        "memory-unknown-suffix",
+        ID,
+        "llama-70b",
+        put("spec.resources.memory", "1Qi"),
+        "spec.resources.memory",
+        "memory must be a positive Kubernetes quantity such as 512Mi or 32Gi",
+    ),
+    Invalid(
+        "empty-weight-cache",
+        ID,
+        "llama-70b",
+        put("spec.weightCache.size", "0"),
+        "spec.weightCache.size",
+        "size must be a positive Kubernetes quantity such as 200Gi",
+    ),
+    Invalid(
+        "megabyte-engine-argument",
+        ID,
+        "llama-70b",
+        put("spec.engine.extraArgs", ["--seed=" + "1" * 1024 * 1024]),
+        "spec.engine.extraArgs[0]",
+        "Too long: may not be more than 1024 bytes",
+    ),
+    Invalid(
+        "dotted-model-name",
+        ID,
+        "llama-8b",
+        put("metadata.name", "llama-3.1-8b"),
+        "metadata.name",
+        "metadata.name must start with a letter and contain only lowercase letters, digits"
+        " and '-' (no '.'): it also names the model's Service",
+    ),
+    Invalid(
+        "model-name-too-long",
+        ID,
+        "llama-8b",
+        put("metadata.name", "m" * 53),
+        "metadata.name",
+        "metadata.name must be at most 52 characters: the operator names each zone's weight"
+        " pre-staging Job <name>-prestage-<zone>",
+    ),
+    Invalid(
+        "model-name-and-zone-too-long",
+        ID,
+        "llama-8b",
+        put("spec.zones", ["zone-a", "z" * 46]),
+        "spec.zones",
+        "metadata.name and each zone together must be at most 53 characters",
+    ),
+    Invalid(
+        "zone-not-a-name-part",
+        ID,
+        "llama-8b",
+        put("spec.zones", ["zone-a", "Zone_B"]),
+        "spec.zones[1]",
+        "a zone must be lowercase letters, digits and '-'",
+    ),
+    Invalid(
+        "connector-name-too-long",
+        DC,
+        "crm-writeback",
+        put("metadata.name", "c" * 233),
+        "metadata.name",
+        "metadata.name must be at most 232 characters: the connector's Pods run as the"
+        " ServiceAccount privatellm-connector-<name>",
+    ),
+    Invalid(
+        "label-value-too-long",
+        CB,
+        "support",
+        put("spec.selector.matchLabels", {"privatellm.io/team": "s" * 64}),
+        "spec.selector.matchLabels",
+        "Too long: may not be more than 63 bytes",
+    ),
+    Invalid(
+        "label-value-not-a-label",
+        CB,
+        "support",
+        put("spec.selector.matchLabels", {"privatellm.io/team": "-support"}),
+        "spec.selector.matchLabels",
+        "a label value must be empty or letters, digits, '-', '_' and '.'",
+    ),
+    Invalid(
+        "label-key-with-two-slashes",
+        CB,
+        "support",
+        put("spec.selector.matchLabels", {"privatellm.io/team/x": "support"}),
+        "spec.selector.matchLabels",
+        "each key must be a label key",
+    ),
+    Invalid(
+        "limitless-budget",
+        CB,
+        "support",
+        put("spec.monthlyLimit", 1e300),
+        "spec.monthlyLimit",
+        "less than or equal to 1e+12",
+    ),
+    Invalid(
+        "limitless-price",
+        CB,
+        "support",
+        put("spec.gpuPrices.0.onDemandPerHour", 1e300),
+        "spec.gpuPrices[0].onDemandPerHour",
+        "less than or equal to 1e+09",
+    ),
 ]
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A valid example, changed to the edge of a rule; the API server must still accept it."""
+
+    case: str
+    kind: str
+    name: str
+    mutate: Callable[[Spec], None]
+
+
+ACCEPTED = [
+    Accepted(
+        "cidr-one-address",
+        DC,
+        "crm-writeback",
+        put("spec.egress.0", {"cidr": "10.0.0.1/32", "ports": [443]}),
+    ),
+    Accepted(
+        "cidr-ipv6",
+        DC,
+        "crm-writeback",
+        put("spec.egress.0", {"cidr": "fd00:10::/64", "ports": [443]}),
+    ),
+    Accepted("cpu-fraction", ID, "llama-70b", put("spec.resources.cpu", "0.5")),
+    Accepted("cpu-millicores", ID, "llama-70b", put("spec.resources.cpu", "500m")),
+    Accepted("memory-exponent", ID, "llama-70b", put("spec.resources.memory", "128e9")),
+    Accepted("cache-in-terabytes", ID, "llama-70b", put("spec.weightCache.size", "1T")),
+    Accepted(
+        "longest-engine-argument",
+        ID,
+        "llama-70b",
+        put("spec.engine.extraArgs", ["--seed=" + "1" * 1017]),
+    ),
+    Accepted(
+        "longest-model-name",
+        ID,
+        "llama-8b",
+        in_turn(put("metadata.name", "m" * 52), put("spec.zones", ["a"])),
+    ),
+    Accepted("longest-name-and-zone", ID, "llama-8b", put("spec.zones", ["z" * 45])),
+    Accepted("longest-connector-name", DC, "crm-writeback", put("metadata.name", "c" * 232)),
+    Accepted(
+        "empty-label-value",
+        CB,
+        "support",
+        put("spec.selector.matchLabels", {"privatellm.io/team": ""}),
+    ),
+    Accepted(
+        "label-value-with-dots",
+        CB,
+        "support",
+        put("spec.selector.matchLabels", {"team": "s" * 60 + "_.x"}),
+    ),
+]
+
+
+@pytest.mark.parametrize("edge", ACCEPTED, ids=lambda c: c.case)
+def test_the_edge_of_each_rule_is_accepted(crds: Cluster, edge: Accepted) -> None:
+    body = example(edge.kind, edge.name)
+    edge.mutate(body)
+    assert create(crds, "default", body, dry_run=True)["metadata"]["name"]
+
+
+# IANA names and look-alikes: the API server judges each as Python's tz database does.
+TIME_ZONES = [
+    "Europe/Amsterdam",
+    "America/Argentina/Buenos_Aires",
+    "Etc/GMT+5",
+    "US/Pacific",
+    "UTC",
+    "EST5EDT",
+    "GMT+0",
+    "Mars/Olympus",
+    "Europe/Amsterdan",
+    "europe/amsterdam",
+    "Local",
+    "posixrules",
+    "right/UTC",
+    "+01:00",
+]
+
+
+@pytest.mark.parametrize("zone", TIME_ZONES)
+def test_the_api_server_knows_the_time_zones_python_knows(crds: Cluster, zone: str) -> None:
+    body = example(CB, "support")
+    put("spec.businessHours.timezone", zone)(body)
+    if zone in zoneinfo.available_timezones():
+        assert create(crds, "default", body, dry_run=True)["metadata"]["name"]
+        return
+    with pytest.raises(ApiException) as rejected:
+        create(crds, "default", body, dry_run=True)
+    message = json.loads(rejected.value.body)["message"]
+    assert "spec.businessHours.timezone" in message, message
+    assert "timezone must be an IANA time zone name" in message, message
 
 
 def test_table_is_large_and_distinct() -> None:

@@ -63,12 +63,66 @@ def test_every_field_has_a_description(resource: type) -> None:
     assert undocumented == []
 
 
+# Formats whose values have a bounded length.
+BOUNDED_FORMATS = {"date", "date-time"}
+
+
+def unbounded(schema: dict[str, Any], path: str) -> list[str]:
+    """Every node under `schema` whose size or value the schema leaves open, and what it lacks.
+
+    A string needs maxLength (or an enum or a bounded format), a list maxItems, a map
+    maxProperties, a floating-point number a minimum and a maximum.
+    """
+    found = []
+    for where, node in walk(schema, path):
+        kind = node.get("type")
+        if kind == "string" and not (
+            "maxLength" in node or "enum" in node or node.get("format") in BOUNDED_FORMATS
+        ):
+            found.append(f"{where}: string without maxLength")
+        elif kind == "array" and "maxItems" not in node:
+            found.append(f"{where}: list without maxItems")
+        elif kind == "object" and "additionalProperties" in node and "maxProperties" not in node:
+            found.append(f"{where}: map without maxProperties")
+        elif kind == "number" and not {"minimum", "maximum"} <= node.keys():
+            found.append(f"{where}: number without minimum and maximum")
+    return found
+
+
 @pytest.mark.parametrize("resource", RESOURCES, ids=lambda r: r.__name__)
-def test_lists_and_strings_in_cel_rules_are_bounded(resource: type) -> None:
-    """Unbounded lists make the API server's CEL cost estimate reject the CRD."""
-    for path, node in walk(root_schema(resource)):
-        if node.get("type") == "array" and not path.startswith(".status"):
-            assert "maxItems" in node, f"{path} needs maxItems"
+def test_every_value_in_a_spec_is_bounded(resource: type) -> None:
+    """Nothing a user writes is unbounded: no 1 MB argument is stored, no CEL rule over an
+    unbounded list or string makes the API server's cost estimate refuse the CRD, and no
+    amount is too large to compute with.
+
+    Status is left out: only the operator writes it, from values the spec and the cluster
+    bound, and a limit there could only make the operator's status write fail.
+    """
+    spec = root_schema(resource)["properties"]["spec"]
+    assert unbounded(spec, ".spec") == []
+
+
+def test_the_bounds_check_finds_every_kind_of_unbounded_value() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "text": {"type": "string"},
+            "args": {"type": "array", "items": {"type": "string", "maxLength": 8}},
+            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+            "price": {"type": "number", "minimum": 0},
+            "mode": {"type": "string", "enum": ["a", "b"]},
+            "since": {"type": "string", "format": "date-time"},
+            "name": {"type": "string", "maxLength": 63},
+            "share": {"type": "number", "minimum": 0, "maximum": 1},
+        },
+    }
+    assert unbounded(schema, ".spec") == [
+        ".spec.text: string without maxLength",
+        ".spec.args: list without maxItems",
+        ".spec.labels: map without maxProperties",
+        ".spec.labels{}: string without maxLength",
+        ".spec.price: number without minimum and maximum",
+    ]
 
 
 def test_nested_objects_carry_their_full_defaults() -> None:

@@ -54,8 +54,8 @@ NOT_OBJECT_NAMES: dict[str, tuple[tuple[str, str], ...]] = {
         (CB, ".spec.gpuPrices[].gpuProduct"),
         (CB, ".spec.selector.matchLabels{}"),
     ),
-    # Zones are also parts of child names: the operator checks them as such before it
-    # renders anything (render.inference.spec_errors) and reports Degraded.
+    # Zones are also parts of child names: the API server refuses a zone that cannot be
+    # one, and the operator checks again before it renders (render.inference.spec_errors).
     "a zone (topology.kubernetes.io/zone label value)": ((ID, ".spec.zones[]"),),
     "an argument, prompt or term for the model or the filters": (
         (ID, ".spec.engine.extraArgs[]"),

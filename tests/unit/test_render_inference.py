@@ -11,6 +11,7 @@ and review the diff like code.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ import pytest
 import yaml
 
 from privatellm.api import InferenceDeployment
+from privatellm.api.base import DNS_LABEL, MAX_DNS_LABEL
+from privatellm.api.inference import MAX_INFERENCE_DEPLOYMENT_NAME, MAX_NAME_AND_ZONE
 from privatellm.render.engine import ALLOWED_EXTRA_FLAGS, check_extra_args, vllm_args
 from privatellm.render.inference import (
     InvalidSpecError,
@@ -684,12 +687,54 @@ def test_names_that_cannot_become_child_names_are_reported() -> None:
         "spec.zones[1]: 'Zone_B' is part of child object names, so it may contain only"
         " lowercase letters, digits and '-'"
     ]
-    long_zone = example("llama-8b", zones=["z" * 46])
+    long_zone = example("llama-8b", zones=["z" * (MAX_NAME_AND_ZONE - len("llama-8b") + 1)])
     assert spec_errors(long_zone)[0].startswith("spec.zones[0]: the pre-staging Job name")
     dotted = InferenceDeployment.model_validate(
         {**DOCUMENTS["llama-8b"], "metadata": {"name": "llama-3.1-8b", "uid": "u"}}
     )
     assert spec_errors(dotted)[0].startswith("metadata.name: 'llama-3.1-8b' also names")
+
+
+def label_values(manifest: Any) -> Iterator[str]:
+    """Every label value in `manifest`: its own, its Pod template's and its selectors'."""
+    if isinstance(manifest, dict):
+        for key, value in manifest.items():
+            if key in ("labels", "matchLabels"):
+                yield from value.values()
+            else:
+                yield from label_values(value)
+    elif isinstance(manifest, list):
+        for item in manifest:
+            yield from label_values(item)
+
+
+@pytest.mark.parametrize(
+    ("name", "zone"),
+    [
+        ("m" * MAX_INFERENCE_DEPLOYMENT_NAME, "a"),
+        ("llama-8b", "z" * (MAX_NAME_AND_ZONE - len("llama-8b"))),
+    ],
+    ids=["longest-name", "longest-zone"],
+)
+def test_the_longest_names_the_api_server_accepts_give_valid_child_names(
+    name: str, zone: str
+) -> None:
+    """The API server's limits on metadata.name and zones (api/inference.py) are the
+    renderers' own: at the limit, every child name is a DNS label and every label value fits."""
+    doc = DOCUMENTS["llama-8b"]
+    obj = InferenceDeployment.model_validate(
+        {
+            **doc,
+            "metadata": {**doc["metadata"], "name": name},
+            "spec": {**doc["spec"], "zones": [zone]},
+        }
+    )
+    assert spec_errors(obj) == []
+    children = render(obj)
+    names = [child["metadata"]["name"] for child in children]
+    assert [n for n in names if len(n) > MAX_DNS_LABEL or not re.fullmatch(DNS_LABEL, n)] == []
+    assert max(len(n) for n in names) == MAX_DNS_LABEL, "the limit is no tighter than needed"
+    assert [v for v in label_values(children) if len(v) > MAX_DNS_LABEL] == []
 
 
 def test_an_image_source_needs_a_path() -> None:

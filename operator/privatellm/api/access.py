@@ -44,6 +44,11 @@ PII_ENTITIES = Literal[
     "secret",
 ]
 
+# A data class, as AccessPolicies allow them and DataConnectors declare them.
+DataClassName = Annotated[str, Field(min_length=1, max_length=MAX_DNS_LABEL, pattern=DNS_LABEL)]
+# A term matched in responses; internal codes and names are short.
+InternalTerm = Annotated[str, Field(min_length=1, max_length=256)]
+
 # An InferenceDeployment name, or "*" for all of them in the namespace.
 ModelReference = Annotated[
     str,
@@ -99,11 +104,8 @@ class Subject(ApiModel):
 class DataClassRule(ApiModel):
     """What happens to content of one data class in prompts and responses."""
 
-    name: str = Field(
-        description="Data class, e.g. public, internal, confidential, pii, financial, health.",
-        min_length=1,
-        max_length=63,
-        pattern=DNS_LABEL,
+    name: DataClassName = Field(
+        description="Data class, e.g. public, internal, confidential, pii, financial, health."
     )
     action: FilterAction = Field(description="allow, redact, mask, hash or block.")
 
@@ -145,7 +147,7 @@ class OutboundFilters(ApiModel):
         default=None,
         description="Secret listing names and identifiers of other customers; they never pass.",
     )
-    internal_terms: list[str] = Field(
+    internal_terms: list[InternalTerm] = Field(
         default_factory=list,
         description="Internal-only terms (e.g. price-list codes) that must not leave.",
         max_length=1024,

@@ -34,7 +34,6 @@ MAX_DNS_LABEL = 63
 MAX_DNS_SUBDOMAIN = 253
 SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
 DURATION = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
-QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 
 
 def unanchored(pattern: str) -> str:
@@ -69,12 +68,42 @@ class Rule:
     message: str
     field_path: str | None = None
     reason: ValidationReason = "FieldValueInvalid"
+    # The rule also runs on create, with `oldSelf` an optional that is empty there. A rule
+    # on the root sees every write, status and finalizers included, and the API server's
+    # ratcheting cannot spare an object stored before the rule: such a rule uses `oldSelf`
+    # to judge only what changed.
+    optional_old_self: bool = False
 
-    def as_schema(self) -> dict[str, str]:
-        out = {"rule": self.rule, "message": self.message, "reason": self.reason}
+    def as_schema(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"rule": self.rule, "message": self.message, "reason": self.reason}
         if self.field_path:
             out["fieldPath"] = self.field_path
+        if self.optional_old_self:
+            out["optionalOldSelf"] = True
         return out
+
+
+def cel(*rules: Rule) -> dict[str, Any]:
+    """Schema extra for a field or list item: CEL rules on its value.
+
+    A rule's message says in words what a pattern error would only show as a regex.
+    """
+    return {"x-kubernetes-validations": [r.as_schema() for r in rules]}
+
+
+def positive_quantity(field: str, examples: str) -> dict[str, Any]:
+    """Schema extra for a resource amount: a Kubernetes quantity greater than zero.
+
+    isQuantity parses with Kubernetes' own grammar (resource.ParseQuantity), so the API
+    server refuses what a Pod or PVC would refuse (-1, 1..5, 1Qi) before the operator
+    renders it.
+    """
+    return cel(
+        Rule(
+            "isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))",
+            f"{field} must be a positive Kubernetes quantity such as {examples}",
+        )
+    )
 
 
 def _attach_rules(schema: dict[str, Any], cls: type[BaseModel]) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
 from .base import (
     DURATION,
+    MAX_DNS_LABEL,
+    MAX_LIST,
     ApiModel,
     CommonStatus,
     CRDInfo,
@@ -15,6 +17,7 @@ from .base import (
     Resource,
     Rule,
     age_column,
+    cel,
     map_list,
     ready_column,
     set_list,
@@ -22,6 +25,44 @@ from .base import (
 
 HHMM = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
 Weekday = Literal["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+
+# The shape of an IANA zone name. Every name in the tz database starts with a capital;
+# the other files a tz directory may hold (localtime, posixrules, posix/..., right/...)
+# do not, and what they mean depends on the host that reads them.
+IANA_ZONE_NAME = r"^[A-Z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$"
+# CEL has no list of zones, but getHours(zone) loads the zone from the API server's tz
+# database and fails on an unknown one; the API server then refuses the object with that
+# error ahead of the message. "Local" would load the API server's own zone, as for CronJobs.
+TIME_ZONE_RULE = Rule(
+    f"self.matches(r'{IANA_ZONE_NAME}') && self != 'Local'"
+    " && timestamp('2000-01-01T00:00:00Z').getHours(self) >= 0",
+    "timezone must be an IANA time zone name such as Europe/Amsterdam or UTC",
+)
+# Bounds that keep every amount finite and exact to the cent, also in currencies whose
+# unit is worth little (IDR, VND).
+MAX_MONTHLY_LIMIT = 1e12
+MAX_PRICE_PER_HOUR = 1e9
+
+# Kubernetes' label rules (k8s.io/apimachinery/pkg/util/validation), through the CEL
+# format library that applies them.
+LabelValue = Annotated[
+    str,
+    Field(
+        max_length=MAX_DNS_LABEL,
+        json_schema_extra=cel(
+            Rule(
+                "!format.labelValue().validate(self).hasValue()",
+                "a label value must be empty or letters, digits, '-', '_' and '.',"
+                " starting and ending with a letter or digit",
+            )
+        ),
+    ),
+]
+LABEL_KEYS_RULE = Rule(
+    "self.all(k, !format.qualifiedName().validate(k).hasValue())",
+    "each key must be a label key: an optional DNS subdomain prefix and '/', then at most"
+    " 63 letters, digits, '-', '_' and '.', starting and ending with a letter or digit",
+)
 
 
 def _working_week() -> list[Weekday]:
@@ -31,8 +72,11 @@ def _working_week() -> list[Weekday]:
 class LabelSelector(ApiModel):
     """Selects InferenceDeployments by label."""
 
-    match_labels: dict[str, str] = Field(
-        default_factory=dict, description="Labels an InferenceDeployment must carry."
+    match_labels: dict[str, LabelValue] = Field(
+        default_factory=dict,
+        description="Labels an InferenceDeployment must carry.",
+        max_length=MAX_LIST,
+        json_schema_extra=cel(LABEL_KEYS_RULE),
     )
 
 
@@ -44,9 +88,11 @@ class GPUPrice(ApiModel):
         min_length=1,
         max_length=128,
     )
-    on_demand_per_hour: float = Field(description="Price per GPU-hour on demand.", gt=0)
+    on_demand_per_hour: float = Field(
+        description="Price per GPU-hour on demand.", gt=0, le=MAX_PRICE_PER_HOUR
+    )
     spot_per_hour: float | None = Field(
-        default=None, description="Price per GPU-hour on spot.", gt=0
+        default=None, description="Price per GPU-hour on spot.", gt=0, le=MAX_PRICE_PER_HOUR
     )
 
     cel_rules = (
@@ -66,7 +112,7 @@ class BusinessHours(ApiModel):
         description="IANA time zone, e.g. Europe/Amsterdam.",
         min_length=1,
         max_length=64,
-        pattern=r"^[A-Za-z]+(/[A-Za-z0-9_+-]+)*$",
+        json_schema_extra=cel(TIME_ZONE_RULE),
     )
     days: list[Weekday] = Field(
         default_factory=_working_week,
@@ -76,9 +122,14 @@ class BusinessHours(ApiModel):
         json_schema_extra=set_list(),
     )
     start: str = Field(
-        default="08:00", description="Start of the working day (HH:MM).", pattern=HHMM
+        default="08:00",
+        description="Start of the working day (HH:MM).",
+        pattern=HHMM,
+        max_length=5,
     )
-    end: str = Field(default="18:00", description="End of the working day (HH:MM).", pattern=HHMM)
+    end: str = Field(
+        default="18:00", description="End of the working day (HH:MM).", pattern=HHMM, max_length=5
+    )
     off_hours_max_replicas: int = Field(
         default=1, description="Replica ceiling outside business hours.", ge=0, le=1000
     )
@@ -104,8 +155,12 @@ class CostBudgetSpec(ApiModel):
         default_factory=LabelSelector,
         description="InferenceDeployments the budget covers; empty selects all in the namespace.",
     )
-    currency: str = Field(description="ISO 4217 currency code.", pattern=r"^[A-Z]{3}$")
-    monthly_limit: float = Field(description="Spend limit per calendar month.", gt=0)
+    currency: str = Field(
+        description="ISO 4217 currency code.", pattern=r"^[A-Z]{3}$", max_length=3
+    )
+    monthly_limit: float = Field(
+        description="Spend limit per calendar month.", gt=0, le=MAX_MONTHLY_LIMIT
+    )
     gpu_prices: list[GPUPrice] = Field(
         description="Prices per GPU type.",
         min_length=1,

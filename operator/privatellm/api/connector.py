@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
-from .access import FilterAction, PIIRule
+from .access import DataClassName, FilterAction, PIIRule
 from .base import (
+    MAX_DNS_SUBDOMAIN,
     MAX_LIST,
     MAX_NAME,
     ApiModel,
@@ -19,10 +20,17 @@ from .base import (
     Rule,
     SubdomainName,
     age_column,
+    cel,
     map_list,
     ready_column,
     set_list,
 )
+
+# A connector's Pods run as the ServiceAccount privatellm-connector-<name>
+# (render.gateway.connector_service_account), and a ServiceAccount name is a DNS subdomain.
+MAX_DATA_CONNECTOR_NAME = MAX_DNS_SUBDOMAIN - len("privatellm-connector-")
+# type/subtype, each at most 127 characters (RFC 6838).
+MimeType = Annotated[str, Field(min_length=1, max_length=255)]
 
 
 class EgressEndpoint(ApiModel):
@@ -33,9 +41,21 @@ class EgressEndpoint(ApiModel):
     )
     cidr: str | None = Field(
         default=None,
-        description="IP block of the destination, e.g. 10.20.0.0/16.",
+        description="IP block of the destination, e.g. 10.20.0.0/16; /32 or /128 for one address.",
         max_length=64,
-        pattern=r"^[0-9a-fA-F:.]+/[0-9]{1,3}$",
+        json_schema_extra=cel(
+            Rule(
+                "isCIDR(self)",
+                "cidr must be an IPv4 or IPv6 block such as 10.20.0.0/16 or fd00::/64",
+            ),
+            # 10.0.0.1/8 is a typo for 10.0.0.1/32 or 10.0.0.0/8; read as the latter it
+            # would open the egress allow-list to 16 million addresses nobody declared.
+            Rule(
+                "!isCIDR(self) || cidr(self).masked() == cidr(self)",
+                "cidr must start at its block's network address (10.20.0.0/16, not"
+                " 10.20.0.1/16); use /32 or /128 for one address",
+            ),
+        ),
     )
     ports: list[int] = Field(
         description="TCP ports.", min_length=1, max_length=16, json_schema_extra=set_list()
@@ -58,7 +78,7 @@ class EgressEndpoint(ApiModel):
 class ConnectorFilters(ApiModel):
     """Filters every item passes in the connector's sidecar."""
 
-    allowed_file_types: list[str] = Field(
+    allowed_file_types: list[MimeType] = Field(
         default_factory=list,
         description="MIME types accepted inbound, checked on content, not on the file name.",
         max_length=MAX_LIST,
@@ -115,7 +135,7 @@ class DataConnectorSpec(ApiModel):
         max_length=MAX_LIST,
         json_schema_extra=set_list(),
     )
-    data_classes: list[str] = Field(
+    data_classes: list[DataClassName] = Field(
         default_factory=list,
         description="Data classes the connector's items carry; an AccessPolicy must allow them.",
         max_length=32,
@@ -159,6 +179,16 @@ class DataConnector(Resource):
             PrinterColumn("Type", ".spec.type"),
             PrinterColumn("Direction", ".spec.direction"),
             age_column(),
+        ),
+        root_rules=(
+            # A name cannot change, so this judges it on create only.
+            Rule(
+                f"oldSelf.hasValue() || size(self.metadata.name) <= {MAX_DATA_CONNECTOR_NAME}",
+                f"metadata.name must be at most {MAX_DATA_CONNECTOR_NAME} characters: the"
+                " connector's Pods run as the ServiceAccount privatellm-connector-<name>, and a"
+                f" ServiceAccount name must be at most {MAX_DNS_SUBDOMAIN} characters",
+                optional_old_self=True,
+            ),
         ),
     )
 

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
 from .base import (
+    DNS_1035_LABEL,
+    DNS_LABEL,
     DNS_SUBDOMAIN,
     DURATION,
+    MAX_DNS_LABEL,
     MAX_DNS_SUBDOMAIN,
     MAX_LIST,
     MAX_NAME,
     MAX_TEXT,
-    QUANTITY,
     ApiModel,
     CommonStatus,
     CRDInfo,
@@ -24,7 +26,9 @@ from .base import (
     SecretKeyReference,
     SubdomainName,
     age_column,
+    cel,
     map_list,
+    positive_quantity,
     ready_column,
     set_list,
     unanchored,
@@ -35,6 +39,33 @@ MODEL_URI = (
     rf"^(pvc://{unanchored(DNS_SUBDOMAIN)}(/.*)?"
     r"|s3://[a-z0-9][-a-z0-9.]*[a-z0-9](/.*)?|image://[^\s]+)$"
 )
+
+# The operator names a zone's children after the model and the zone (render/workload.py):
+# <name>-<zone>, <name>-weights-<zone> and, longest, the pre-staging Job
+# <name>-prestage-<zone>. A Job's Pods carry its name as a label value, so it is at most
+# 63 characters; a zone has at least one, which bounds the name on its own.
+MAX_NAME_AND_ZONE = MAX_DNS_LABEL - len("-prestage-")
+MAX_INFERENCE_DEPLOYMENT_NAME = MAX_NAME_AND_ZONE - 1
+
+# A zone is a topology.kubernetes.io/zone label value that is also part of object names.
+Zone = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_DNS_LABEL,
+        json_schema_extra=cel(
+            Rule(
+                f"self.matches(r'{DNS_LABEL}')",
+                "a zone must be lowercase letters, digits and '-', starting and ending with a"
+                " letter or digit: it is part of the names of the zone's Deployment, cache PVC"
+                " and pre-staging Job",
+            )
+        ),
+    ),
+]
+# vLLM flags with their values; --speculative-config takes JSON, the longest in use.
+EngineArgument = Annotated[str, Field(min_length=1, max_length=1024)]
+DecisionField = Annotated[str, Field(min_length=1, max_length=128)]
 
 
 class ModelSource(ApiModel):
@@ -117,8 +148,8 @@ class WeightCacheSpec(ApiModel):
     size: str | None = Field(
         default=None,
         description="PVC size (a Kubernetes quantity); defaults to 1.2 x the weights size.",
-        pattern=QUANTITY,
         max_length=32,
+        json_schema_extra=positive_quantity("size", "200Gi"),
     )
     bandwidth_mi_bps: int = Field(
         default=500,
@@ -150,10 +181,16 @@ class ResourcesSpec(ApiModel):
         max_length=128,
     )
     cpu: str = Field(
-        default="4", description="CPU request per replica.", pattern=QUANTITY, max_length=32
+        default="4",
+        description="CPU request per replica.",
+        max_length=32,
+        json_schema_extra=positive_quantity("cpu", "500m or 4"),
     )
     memory: str = Field(
-        default="32Gi", description="Memory request per replica.", pattern=QUANTITY, max_length=32
+        default="32Gi",
+        description="Memory request per replica.",
+        max_length=32,
+        json_schema_extra=positive_quantity("memory", "512Mi or 32Gi"),
     )
 
     cel_rules = (
@@ -232,7 +269,7 @@ class EngineSpec(ApiModel):
     quantization: VLLM_QUANTIZATIONS | None = Field(
         default=None, description="Quantization method of the weights."
     )
-    extra_args: list[str] = Field(
+    extra_args: list[EngineArgument] = Field(
         default_factory=list,
         description="Further vLLM arguments, each checked by the operator against the known list.",
         max_length=MAX_LIST,
@@ -325,7 +362,7 @@ class GovernanceSpec(ApiModel):
     risk_class: Literal["minimal", "limited", "high"] = Field(
         default="minimal", description="Risk class of the use case; high requires human review."
     )
-    decision_fields: list[str] = Field(
+    decision_fields: list[DecisionField] = Field(
         default_factory=list,
         description="Fields of the structured decision every answer must carry.",
         max_length=MAX_LIST,
@@ -393,7 +430,7 @@ class InferenceDeploymentSpec(ApiModel):
     resources: ResourcesSpec = Field(
         default_factory=ResourcesSpec, description="Compute per replica."
     )
-    zones: list[str] = Field(
+    zones: list[Zone] = Field(
         description="Zones (topology.kubernetes.io/zone) the replicas spread over.",
         min_length=1,
         max_length=16,
@@ -499,6 +536,33 @@ class InferenceDeployment(Resource):
                 "!has(self.spec.fallback) || self.spec.fallback.model != self.metadata.name",
                 "spec.fallback.model must name another InferenceDeployment, not this one",
                 field_path=".spec.fallback.model",
+            ),
+            # A name cannot change, so these two judge it on create only.
+            Rule(
+                f"oldSelf.hasValue() || self.metadata.name.matches(r'{DNS_1035_LABEL}')",
+                "metadata.name must start with a letter and contain only lowercase letters,"
+                " digits and '-' (no '.'): it also names the model's Service",
+                optional_old_self=True,
+            ),
+            Rule(
+                "oldSelf.hasValue()"
+                f" || size(self.metadata.name) <= {MAX_INFERENCE_DEPLOYMENT_NAME}",
+                f"metadata.name must be at most {MAX_INFERENCE_DEPLOYMENT_NAME} characters:"
+                " the operator names each zone's weight pre-staging Job"
+                f" <name>-prestage-<zone>, and a Job name must be at most {MAX_DNS_LABEL}"
+                " characters",
+                optional_old_self=True,
+            ),
+            Rule(
+                "(oldSelf.hasValue() && oldSelf.value().spec.zones == self.spec.zones)"
+                " || self.spec.zones.all(z,"
+                f" size(self.metadata.name) + size(z) <= {MAX_NAME_AND_ZONE})",
+                f"metadata.name and each zone together must be at most {MAX_NAME_AND_ZONE}"
+                " characters: the operator names each zone's weight pre-staging Job"
+                f" <name>-prestage-<zone>, and a Job name must be at most {MAX_DNS_LABEL}"
+                " characters",
+                field_path=".spec.zones",
+                optional_old_self=True,
             ),
         ),
     )

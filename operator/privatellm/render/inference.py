@@ -4,9 +4,9 @@ Everything here is a pure function of the custom resource (and, for Deployments,
 replica count per zone the controller chose): no I/O, no clock, no randomness, so the same
 input gives the same objects byte for byte and reconciling twice changes nothing.
 
-A spec can pass the API server's schema and still be unrenderable (an unknown vLLM flag,
-a zone name that cannot appear in an object name). `spec_errors` lists such problems, each
-naming the field; `render_children` raises `InvalidSpecError` with all of them before it
+A spec can pass the API server's schema and still be unrenderable (an unknown vLLM flag, or
+a name or zone stored before the CRD's rules refused it). `spec_errors` lists such problems,
+each naming the field; `render_children` raises `InvalidSpecError` with all of them before it
 renders anything, so the controller sets Degraded with the message and applies nothing.
 """
 
@@ -98,6 +98,8 @@ def spec_errors(obj: InferenceDeployment) -> list[str]:
             "spec.model.source.uri: an image:// source needs the path of the weights inside"
             " the image, as image://<image>//<path>"
         )
+    # The CRD refuses these names and zones on create; an object stored under
+    # an older CRD keeps them, and only what would really break the children is refused here.
     name = obj.metadata.name
     if not _DNS_1035_LABEL.fullmatch(name) or len(name) > MAX_DNS_LABEL:
         errors.append(

@@ -118,6 +118,7 @@ KINDS: dict[str, Kind] = {
         Kind("batch/v1", "Job", "jobs"),
         Kind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
         Kind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
+        Kind("discovery.k8s.io/v1", "EndpointSlice", "endpointslices"),
         Kind("rbac.authorization.k8s.io/v1", "Role", "roles", name_rule=PATH_SEGMENT_NAME),
         Kind(
             "rbac.authorization.k8s.io/v1",

@@ -204,6 +204,16 @@ def test_generations_tell_a_spec_change_from_a_status_write() -> None:
     assert seen.changed("DELETED", body(2))
 
 
+def test_an_object_re_created_under_its_name_is_a_new_version() -> None:
+    def body(uid: str) -> dict[str, object]:
+        meta = {"namespace": "ns", "name": "p", "generation": 1, "uid": uid}
+        return {"kind": "AccessPolicy", "metadata": meta}
+
+    seen = Generations()
+    assert seen.changed(None, body("first"))
+    assert seen.changed("ADDED", body("second")), "its deletion was not seen"
+
+
 def test_a_repeated_failure_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
     failures = FailureLog()
     refused = ApiError(422, '{"message": "Deployment.apps \\"m\\" is invalid"}')

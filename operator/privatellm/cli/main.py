@@ -146,12 +146,13 @@ def _run_operator(args: argparse.Namespace) -> int:
         print("operator: --audit-dir needs --audit-signing-key", file=sys.stderr)
         return 2
 
-    import privatellm.controllers.runtime  # noqa: F401  (registers the handlers)
+    from privatellm.controllers.runtime import operator_registry
 
     kopf.configure(verbose=False)
     # kopf logs every watch event it hands over at INFO; the controllers log what they do.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     kopf.run(
+        registry=operator_registry(),
         standalone=True,
         clusterwide=not args.namespace,
         namespaces=args.namespace,

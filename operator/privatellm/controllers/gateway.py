@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from privatellm.api import DataConnector, InferenceDeployment
 from privatellm.api.access import AccessPolicy
 from privatellm.audit import Signer
+from privatellm.audit.records import policy_change_record
 from privatellm.kube.client import KINDS, Kube
 from privatellm.render.access_policy import policy_problems, resolved_models
 from privatellm.render.conditions import ConditionState, merge_conditions
@@ -41,6 +42,17 @@ from privatellm.render.gateway import (
 )
 from privatellm.render.tls import secret_bytes
 
+from .builder import (
+    Context,
+    Controller,
+    For,
+    Key,
+    Watches,
+    WatchEvent,
+    namespace_key,
+    namespace_keys,
+    on_new_generation,
+)
 from .events import event_for, now
 from .inference import namespace_terminating
 from .tls import ensure_certificate
@@ -273,3 +285,36 @@ def _write_policy_status(
     before = {c.get("type"): c for c in previous.get("conditions") or []}.get("Ready")
     if problems and (before is None or before.get("reason") != reason):
         kube.post_event(event_for(raw, "Warning", reason, "; ".join(problems)))
+
+
+def _reconcile(context: Context, key: Key) -> None:
+    """The namespace's gateway, with the settings the chart puts in the environment."""
+    vault_addr = context.vault.addr if context.vault is not None else None
+    binding = os.environ.get(TOKEN_REVIEW_BINDING_ENV)
+    reconcile_gateway(
+        context.kube, key[0], vault_addr, binding, audit_shipping_from_env(os.environ)
+    )
+
+
+async def record_policy_version(context: Context, event: WatchEvent) -> None:
+    """Each AccessPolicy version the operator sees goes on its own audit record, once."""
+    if context.audit is not None and event.new_generation:
+        # Durable before the handler returns: kopf then moves on to the next event.
+        await context.audit.append_durable(policy_change_record(event.type, dict(event.body)))
+
+
+CONTROLLER = Controller(
+    name="Gateway",
+    # A gateway serves its namespace's models: the namespaces that have any are resynced.
+    for_=For(INFERENCE, key=namespace_key),
+    # What the policies allow, and what connectors carry where, is in its configuration.
+    watches=(
+        Watches(
+            ACCESS_POLICY, namespace_keys, urgent=on_new_generation, hook=record_policy_version
+        ),
+        Watches(DATA_CONNECTOR, namespace_keys, urgent=on_new_generation),
+    ),
+    reconcile=_reconcile,
+    # One worker: a namespace's gateway is small, and changes to it are rare.
+    workers=1,
+)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime
 import logging
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 from privatellm.api import InferenceDeployment
@@ -40,6 +40,18 @@ from privatellm.render.workload import (
     zone_deployment_name,
 )
 
+from .builder import (
+    Context,
+    Controller,
+    For,
+    Key,
+    Labels,
+    Owns,
+    Watches,
+    every_key,
+    never,
+    owner_label,
+)
 from .events import ReportedError, event_for, now
 from .keys import ensure_tenant_keys, release_tenant_keys
 from .tls import ensure_server_certificate
@@ -281,3 +293,32 @@ def _record_transitions(
                 f"{condition['type']}={condition['status']}: {condition['message']}",
             )
         )
+
+
+def node_signature(node: Mapping[str, Any]) -> Hashable:
+    """What of a node the replica plan reads: a change to anything else re-plans nothing."""
+    view = NodeView.from_node(node)
+    labels = tuple(sorted(view.labels.items()))
+    return (view.zone, view.ready, view.schedulable, view.allocatable_gpus, labels)
+
+
+def _reconcile(context: Context, key: Key) -> None:
+    reconcile(context.kube, context.vault, context.nodes(), *key)
+
+
+CHILD_LABELS: Labels = {MANAGED_BY_LABEL: MANAGED_BY, INFERENCE_DEPLOYMENT_LABEL: None}
+_owner = owner_label(INFERENCE_DEPLOYMENT_LABEL)
+
+CONTROLLER = Controller(
+    name="InferenceDeployment",
+    for_=For(INFERENCE),
+    owns=(
+        Owns(KINDS["Deployment"], _owner, CHILD_LABELS),
+        Owns(KINDS["Job"], _owner, CHILD_LABELS),
+        # Replicas coming and going change the status; the Deployments replace them.
+        Owns(KINDS["Pod"], _owner, {INFERENCE_DEPLOYMENT_LABEL: None}, urgent=never),
+    ),
+    # Every model is planned again when a node's ability to host replicas changes.
+    watches=(Watches(KINDS["Node"], every_key, signature=node_signature),),
+    reconcile=_reconcile,
+)

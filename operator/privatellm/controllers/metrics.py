@@ -12,4 +12,6 @@ RECONCILE_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1, 2.5, 5, 10, 30),
 )
 RECONCILES = Counter("privatellm_reconciles_total", "Reconciles by outcome.", ["kind", "result"])
-QUEUE_DEPTH = Gauge("privatellm_work_queue_depth", "Objects waiting to be reconciled.")
+QUEUE_DEPTH = Gauge(
+    "privatellm_work_queue_depth", "Keys waiting to be reconciled, per controller.", ["kind"]
+)

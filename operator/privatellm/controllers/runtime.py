@@ -1,11 +1,14 @@
-"""kopf wiring: watch events feed a work queue; a few workers reconcile one object at a time.
+"""kopf wiring: each controller's watch events feed its own work queue; its workers
+reconcile one key at a time.
 
-Only kopf's event-watching handlers are used. They keep no state on the objects (no
-progress annotations, no finalizers), so a restarted operator re-reads the world and,
-when nothing changed, writes nothing. The reconcile is level-triggered: watch events
-on the custom resources, their Deployments, Jobs and Pods, and on node readiness queue
-it; a periodic resync queues every object again. A failed reconcile is retried with
-exponential backoff, which only a new generation of the object or a deleted child cuts
+Every controller declares what it watches (`builder.py`); this module turns the
+declarations into kopf event handlers and gives each controller a queue, workers,
+metrics and retries. Only kopf's event-watching handlers are used. They keep no state
+on the objects (no progress annotations, no finalizers), so a restarted operator
+re-reads the world and, when nothing changed, writes nothing. The reconcile is
+level-triggered: watch events queue keys, and a periodic resync queues every known key
+of every controller again. A failed reconcile is retried with exponential backoff,
+which only an urgent event (a new generation of the object, a deleted child) cuts
 short.
 """
 
@@ -18,31 +21,29 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import kopf
 import prometheus_client
 
-from privatellm.api import GROUP, VERSION
 from privatellm.audit import AuditLog, Signer
-from privatellm.audit.records import policy_change_record
 from privatellm.keys.transit import VaultClient, vault_client_from_env
 from privatellm.kube.client import ApiError, Kube, new_api_client
 from privatellm.render.audit import render_operator_audit_public_key
 from privatellm.render.inference_status import NodeView
-from privatellm.render.meta import INFERENCE_DEPLOYMENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL
 
 from . import gateway, inference
+from .builder import Context, Controller, Declaration, For, Key, KnownKeys, Watches, WatchEvent
 from .events import ReportedError
 from .metrics import QUEUE_DEPTH, RECONCILE_SECONDS, RECONCILES
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str]
-KIND = "InferenceDeployment"
+# Every controller of the operator. Adding one is a module that declares it, and a line here.
+CONTROLLERS: list[Controller] = [inference.CONTROLLER, gateway.CONTROLLER]
 
 
 @dataclass(frozen=True)
@@ -182,138 +183,218 @@ def _key_text(key: Key) -> str:
 
 
 class Generations:
-    """The metadata.generation of each custom resource last seen in a watch event."""
+    """The version (uid and metadata.generation) of each object last seen in a watch event."""
 
     def __init__(self) -> None:
-        self._seen: dict[tuple[str, str, str], int] = {}
+        self._seen: dict[tuple[str, str, str], tuple[str, int]] = {}
 
     def changed(self, type_: str | None, body: Mapping[str, Any]) -> bool:
-        """Whether this event brings a generation not seen before, or the object's deletion.
+        """Whether this event brings a version not seen before, or the object's deletion.
 
         Only such a change ends a backoff early: status writes, the operator's own
-        among them, leave the generation as it is.
+        among them, leave the generation as it is. A new uid is a new object, even
+        when its deletion and re-creation under the same name were not seen.
         """
         meta = body["metadata"]
         key = (str(body.get("kind")), str(meta.get("namespace") or ""), str(meta["name"]))
         if type_ == "DELETED":
             self._seen.pop(key, None)
             return True
-        generation = int(meta.get("generation") or 0)
-        changed = self._seen.get(key) != generation
-        self._seen[key] = generation
+        version = (str(meta.get("uid") or ""), int(meta.get("generation") or 0))
+        changed = self._seen.get(key) != version
+        self._seen[key] = version
         return changed
 
 
-@dataclass
+# Stands for "no signature recorded", which no signature a declaration makes can equal.
+_GONE = object()
+# kopf passes each index to every handler as a keyword named after its id.
+NODE_INDEX = "node_views"
+
+
+class ControllerLoop:
+    """One controller's queue and the keys of its objects that exist."""
+
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+        self.queue = WorkQueue()
+        self.known = KnownKeys()
+
+    def request(self, key: Key, urgent: bool = False) -> None:
+        self.queue.add(key, urgent)
+        self.report_depth()
+
+    def report_depth(self) -> None:
+        QUEUE_DEPTH.labels(self.controller.name).set(self.queue.depth())
+
+
+class Watch:
+    """One declaration of one controller, with what its events are compared against."""
+
+    def __init__(self, loop: ControllerLoop, declaration: Declaration) -> None:
+        self.loop = loop
+        self.declaration = declaration
+        # kopf's handler id: named in its logs when the handler fails.
+        self.id = f"{loop.controller.name}/{type(declaration).__name__}/{declaration.kind.plural}"
+        self._generations = Generations()
+        self._signatures: dict[tuple[str, str], Hashable] = {}
+
+    def receive(self, type_: str | None, body: Mapping[str, Any]) -> WatchEvent | None:
+        """Queue the keys the event maps to; the event, or None when this watch ignores it."""
+        event = WatchEvent(type_, body, self._generations.changed(type_, body))
+        declaration = self.declaration
+        if isinstance(declaration, Watches) and not self._signature_changed(event, declaration):
+            return None
+        if isinstance(declaration, For):
+            self.loop.known.observe(event, declaration.key(event))
+        for key, urgent in declaration.requests(event, self.loop.known):
+            self.loop.request(key, urgent)
+        return event
+
+    def _signature_changed(self, event: WatchEvent, declaration: Watches) -> bool:
+        if declaration.signature is None:
+            return True
+        ref = (event.namespace, event.name)
+        if event.type == "DELETED":
+            return self._signatures.pop(ref, _GONE) is not _GONE
+        signature = declaration.signature(event.body)
+        if self._signatures.get(ref, _GONE) == signature:
+            return False
+        self._signatures[ref] = signature
+        return True
+
+
+async def node_views(name: str, body: kopf.Body, **_: Any) -> dict[str, NodeView]:
+    """What reconciles need of each node; kopf fills every index before any handler runs."""
+    return {name: NodeView.from_node(body)}
+
+
 class Runtime:
-    """What the handlers share, kept in kopf's memo."""
+    """Every controller's queue, workers and watches; `registry()` hands them to kopf."""
 
-    kube: Kube
-    # None when the operator runs without Vault: keys are then not provisioned.
-    vault: VaultClient | None
-    workers: int
-    resync_seconds: float
-    queue: WorkQueue = field(default_factory=WorkQueue)
-    # Namespaces whose gateway needs a look, keyed (namespace, "").
-    gateway_queue: WorkQueue = field(default_factory=WorkQueue)
-    known: set[Key] = field(default_factory=set)
-    failure_log: FailureLog = field(default_factory=FailureLog)
-    generations: Generations = field(default_factory=Generations)
-    node_signatures: dict[str, Hashable] = field(default_factory=dict)
-    # kopf's in-memory index of the nodes, kept current by the watch: no reconcile lists
-    # the nodes from the API server.
-    node_index: Mapping[str, Iterable[NodeView]] | None = None
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    # The operator's own audit log of control actions, when it has one.
-    audit: AuditLog | None = None
-    # (uid, generation) of each AccessPolicy last recorded, so resyncs add nothing.
-    recorded_policies: dict[Key, tuple[str, int]] = field(default_factory=dict)
+    def __init__(self, controllers: Sequence[Controller]) -> None:
+        self.loops = [ControllerLoop(controller) for controller in controllers]
+        self.watches = [
+            Watch(loop, declaration)
+            for loop in self.loops
+            for declaration in loop.controller.declarations()
+        ]
+        names = [loop.controller.name for loop in self.loops] + [w.id for w in self.watches]
+        if duplicates := sorted({name for name in names if names.count(name) > 1}):
+            raise ValueError(f"declared more than once: {', '.join(duplicates)}")
+        self.failure_log = FailureLog()
+        self.context: Context | None = None
+        self.tasks: list[asyncio.Task[None]] = []
 
-    def nodes(self) -> list[NodeView]:
-        if self.node_index is None:
-            return []
-        return [view for views in self.node_index.values() for view in views]
+    def registry(self) -> kopf.OperatorRegistry:
+        """kopf's handlers: login, startup, cleanup, the node index and one per declared watch.
+
+        Each watch has a handler of its own, so kopf calls every controller's handler
+        for an event on a kind that several controllers watch.
+        """
+        registry = kopf.OperatorRegistry()
+        # kopf's default registry falls back to this login; a registry of one's own must
+        # name it. kopf then connects as the reconciles' client does (in-cluster, else
+        # KUBECONFIG).
+        kopf.on.login(id="login", registry=registry)(kopf.login_via_client)
+        kopf.on.startup(id="start", registry=registry)(self.start)
+        kopf.on.cleanup(id="stop", registry=registry)(self.stop)
+        kopf.index("", "v1", "nodes", id=NODE_INDEX, registry=registry)(node_views)
+        for watch in self.watches:
+            kind, declared = watch.declaration.kind, watch.declaration.labels
+            group, _, version = kind.api_version.rpartition("/")
+            labels = {k: kopf.PRESENT if v is None else v for k, v in declared.items()}
+            kopf.on.event(
+                group,
+                version,
+                kind.plural,
+                id=watch.id,
+                labels=labels or None,
+                registry=registry,
+            )(self._handler(watch))
+        return registry
+
+    def _handler(self, watch: Watch) -> Callable[..., Awaitable[None]]:
+        async def on_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+            await self.handle(watch, type, body)
+
+        return on_event
+
+    async def handle(self, watch: Watch, type_: str | None, body: Mapping[str, Any]) -> None:
+        """One watch event for one declaration: queue its keys, then run its hook."""
+        event = watch.receive(type_, body)
+        declaration = watch.declaration
+        if event is not None and isinstance(declaration, Watches) and declaration.hook:
+            await declaration.hook(self._context(), event)
+
+    def _context(self) -> Context:
+        if self.context is None:
+            raise RuntimeError("the operator has not started")  # kopf runs startup first
+        return self.context
 
     def request_all(self) -> None:
-        for key in sorted(self.known):
-            self.queue.add(key)
-        for namespace in sorted({namespace for namespace, _ in self.known}):
-            self.gateway_queue.add((namespace, ""))
+        for loop in self.loops:
+            for key in loop.known:
+                loop.request(key)
 
+    async def start(self, settings: kopf.OperatorSettings, memo: Any, **kwargs: Any) -> None:
+        # The operator records its own Events on transitions; kopf's would be noise.
+        settings.posting.enabled = False
+        settings.watching.server_timeout = 300
+        options: Mapping[str, Any] = memo.get("options", {})
+        kube = Kube(new_api_client())
+        vault = _vault_from_env()
+        audit = None
+        if options.get("audit_dir"):
+            signer = Signer.from_file(Path(options["audit_signing_key"]))
+            audit = AuditLog(Path(options["audit_dir"]), signer)
+            # Published next to the operator, so auditors can verify its log.
+            if namespace := os.environ.get("POD_NAMESPACE"):
+                public_key = render_operator_audit_public_key(
+                    namespace, signer.public_pem().decode()
+                )
+                await asyncio.to_thread(kube.apply, public_key)
+        # kopf fills the index in place for the operator's life; no reconcile runs before
+        # a watch event, and none before the index holds every node.
+        self.context = Context(kube, vault, audit, kwargs[NODE_INDEX])
+        if options.get("metrics_port"):
+            prometheus_client.start_http_server(int(options["metrics_port"]))
+        workers = int(options.get("workers", 4))
+        for loop in self.loops:
+            loop.report_depth()
+            for _ in range(loop.controller.workers or workers):
+                self.tasks.append(asyncio.create_task(self._work(loop)))
+        resync_seconds = float(options.get("resync_seconds", 60))
+        self.tasks.append(asyncio.create_task(self._resync(resync_seconds)))
 
-def _runtime(memo: Any) -> Runtime:
-    runtime: Runtime = memo.runtime
-    return runtime
+    async def stop(self, **_: Any) -> None:
+        for task in self.tasks:
+            task.cancel()
+        if self.context is not None and self.context.audit is not None:
+            self.context.audit.close()
 
+    async def _work(self, loop: ControllerLoop) -> None:
+        context, queue, name = self._context(), loop.queue, loop.controller.name
+        while True:
+            key = await queue.get()
+            loop.report_depth()
+            started = time.perf_counter()
+            try:
+                await asyncio.to_thread(loop.controller.reconcile, context, key)
+            except Exception as error:
+                RECONCILES.labels(name, "error").inc()
+                self.failure_log.failed(name, key, error, queue.retry_later(key))
+            else:
+                RECONCILES.labels(name, "ok").inc()
+                self.failure_log.succeeded(name, key)
+                queue.done(key)
+            finally:
+                RECONCILE_SECONDS.labels(name).observe(time.perf_counter() - started)
 
-def _reconcile_model(runtime: Runtime, key: Key) -> None:
-    inference.reconcile(runtime.kube, runtime.vault, runtime.nodes(), *key)
-
-
-def _reconcile_gateway(runtime: Runtime, key: Key) -> None:
-    vault_addr = runtime.vault.addr if runtime.vault is not None else None
-    binding = os.environ.get(gateway.TOKEN_REVIEW_BINDING_ENV)
-    shipping = gateway.audit_shipping_from_env(os.environ)
-    gateway.reconcile_gateway(runtime.kube, key[0], vault_addr, binding, shipping)
-
-
-async def _worker(
-    runtime: Runtime, queue: WorkQueue, kind: str, reconcile: Callable[[Runtime, Key], None]
-) -> None:
-    while True:
-        key = await queue.get()
-        QUEUE_DEPTH.set(runtime.queue.depth() + runtime.gateway_queue.depth())
-        started = time.perf_counter()
-        try:
-            await asyncio.to_thread(reconcile, runtime, key)
-        except Exception as error:
-            RECONCILES.labels(kind, "error").inc()
-            runtime.failure_log.failed(kind, key, error, queue.retry_later(key))
-        else:
-            RECONCILES.labels(kind, "ok").inc()
-            runtime.failure_log.succeeded(kind, key)
-            queue.done(key)
-        finally:
-            RECONCILE_SECONDS.labels(kind).observe(time.perf_counter() - started)
-
-
-async def _resync(runtime: Runtime) -> None:
-    while True:
-        await asyncio.sleep(runtime.resync_seconds)
-        runtime.request_all()
-
-
-@kopf.on.startup()
-async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
-    # The operator records its own Events on transitions; kopf's would be noise.
-    settings.posting.enabled = False
-    settings.watching.server_timeout = 300
-    options: Mapping[str, Any] = memo.get("options", {})
-    runtime = Runtime(
-        kube=Kube(new_api_client()),
-        vault=_vault_from_env(),
-        workers=int(options.get("workers", 4)),
-        resync_seconds=float(options.get("resync_seconds", 60)),
-    )
-    if options.get("audit_dir"):
-        signer = Signer.from_file(Path(options["audit_signing_key"]))
-        runtime.audit = AuditLog(Path(options["audit_dir"]), signer)
-        # Published next to the operator, so auditors can verify its log.
-        if namespace := os.environ.get("POD_NAMESPACE"):
-            public_key = render_operator_audit_public_key(namespace, signer.public_pem().decode())
-            await asyncio.to_thread(runtime.kube.apply, public_key)
-    memo.runtime = runtime
-    if options.get("metrics_port"):
-        prometheus_client.start_http_server(int(options["metrics_port"]))
-    runtime.tasks = [
-        asyncio.create_task(_worker(runtime, runtime.queue, KIND, _reconcile_model))
-        for _ in range(runtime.workers)
-    ]
-    # One gateway worker: a namespace's gateway is small, and changes to it are rare.
-    runtime.tasks.append(
-        asyncio.create_task(_worker(runtime, runtime.gateway_queue, "Gateway", _reconcile_gateway))
-    )
-    runtime.tasks.append(asyncio.create_task(_resync(runtime)))
+    async def _resync(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            self.request_all()
 
 
 def _vault_from_env() -> VaultClient | None:
@@ -323,109 +404,6 @@ def _vault_from_env() -> VaultClient | None:
     return vault
 
 
-@kopf.on.cleanup()
-async def stop(memo: Any, **_: Any) -> None:
-    runtime = _runtime(memo)
-    for task in runtime.tasks:
-        task.cancel()
-    if runtime.audit is not None:
-        runtime.audit.close()
-
-
-@kopf.index("", "v1", "nodes")
-async def node_views(name: str, body: kopf.Body, **_: Any) -> dict[str, NodeView]:
-    """What reconciles need of each node; kopf fills every index before any handler runs."""
-    return {name: NodeView.from_node(body)}
-
-
-@kopf.on.event(GROUP, VERSION, "inferencedeployments")
-async def inference_deployment_event(
-    type: str, body: kopf.Body, namespace: str | None, name: str, memo: Any, **kwargs: Any
-) -> None:
-    runtime = _runtime(memo)
-    # kopf passes each index to every handler as a keyword named after its function.
-    runtime.node_index = kwargs["node_views"]
-    key = (namespace or "", name)
-    changed = runtime.generations.changed(type, body)
-    runtime.gateway_queue.add((key[0], ""), urgent=changed)
-    if type == "DELETED":
-        runtime.known.discard(key)
-        return
-    runtime.known.add(key)
-    runtime.queue.add(key, urgent=changed)
-
-
-@kopf.on.event(GROUP, VERSION, "accesspolicies")
-async def access_policy_event(
-    type: str | None, body: kopf.Body, namespace: str | None, name: str, memo: Any, **_: Any
-) -> None:
-    """A policy change re-renders the namespace's gateway configuration, and is recorded."""
-    runtime = _runtime(memo)
-    runtime.gateway_queue.add((namespace or "", ""), urgent=runtime.generations.changed(type, body))
-    if runtime.audit is None:
-        return
-    key = (namespace or "", name)
-    version = (str(body.metadata.uid), int(body.metadata.get("generation") or 0))
-    if type != "DELETED" and runtime.recorded_policies.get(key) == version:
-        return
-    runtime.recorded_policies[key] = version
-    record = policy_change_record(type, dict(body))
-    # Durable before the handler returns: kopf then moves on to the next event.
-    await runtime.audit.append_durable(record)
-
-
-@kopf.on.event(GROUP, VERSION, "dataconnectors")
-async def data_connector_event(
-    type: str | None, body: kopf.Body, namespace: str | None, memo: Any, **_: Any
-) -> None:
-    """What a connector's items carry and where they may go is in the gateway's configuration."""
-    runtime = _runtime(memo)
-    runtime.gateway_queue.add((namespace or "", ""), urgent=runtime.generations.changed(type, body))
-
-
-CHILD_LABELS: dict[str, Any] = {
-    MANAGED_BY_LABEL: MANAGED_BY,
-    INFERENCE_DEPLOYMENT_LABEL: kopf.PRESENT,
-}
-
-
-@kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS)
-@kopf.on.event("batch", "v1", "jobs", labels=CHILD_LABELS)
-async def child_event(
-    type: str | None, namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any
-) -> None:
-    """A deleted child is re-created at once, backoff or not; a changed one is only looked at."""
-    runtime = _runtime(memo)
-    key = (namespace or "", labels[INFERENCE_DEPLOYMENT_LABEL])
-    if key in runtime.known:
-        runtime.queue.add(key, urgent=type == "DELETED")
-
-
-@kopf.on.event("", "v1", "pods", labels={INFERENCE_DEPLOYMENT_LABEL: kopf.PRESENT})
-async def pod_event(namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any) -> None:
-    """Replicas coming and going change the status; the Deployments replace them."""
-    runtime = _runtime(memo)
-    key = (namespace or "", labels[INFERENCE_DEPLOYMENT_LABEL])
-    if key in runtime.known:
-        runtime.queue.add(key)
-
-
-@kopf.on.event("", "v1", "nodes")
-async def node_event(type: str, body: kopf.Body, name: str, memo: Any, **_: Any) -> None:
-    """Re-plan every model when a node's ability to host replicas changes."""
-    runtime = _runtime(memo)
-    if type == "DELETED":
-        signature: Hashable = None
-    else:
-        view = NodeView.from_node(body)
-        signature = (
-            view.zone,
-            view.ready,
-            view.schedulable,
-            view.allocatable_gpus,
-            tuple(sorted(view.labels.items())),
-        )
-    if runtime.node_signatures.get(name, ...) == signature:
-        return
-    runtime.node_signatures[name] = signature
-    runtime.request_all()
+def operator_registry() -> kopf.OperatorRegistry:
+    """The handlers `privatellm operator` runs kopf with."""
+    return Runtime(CONTROLLERS).registry()

@@ -493,6 +493,30 @@ class EncryptionKeyStatus(ApiModel):
     version: int = Field(description="Latest key version; new data keys are wrapped with it.", ge=1)
 
 
+class AutoscalingStatus(ApiModel):
+    """The autoscaler's last decision, from the demand the namespace's gateways report."""
+
+    desired_replicas: int = Field(description="Replicas the autoscaler asks for.", ge=0)
+    reason: str = Field(
+        description=(
+            "Why: ScaleUp, ScaleDown, Stabilizing, ScaledToZero, WakeFromZero, AtMaximum,"
+            " AtMinimum, Steady, or DemandUnknown (no gateway replica answered)."
+        ),
+        max_length=64,
+    )
+    signal: str = Field(
+        description="The figure that decided, e.g. requests, kvCacheUsage, idleSeconds.",
+        max_length=64,
+    )
+    value: float = Field(description="That figure's value.")
+    message: str = Field(default="", description="The decision in words.", max_length=MAX_TEXT)
+    last_scale_time: str | None = Field(
+        default=None,
+        description="When the replica count last changed (RFC 3339).",
+        json_schema_extra={"format": "date-time"},
+    )
+
+
 class InferenceDeploymentStatus(CommonStatus):
     """Observed state of an InferenceDeployment."""
 
@@ -513,6 +537,9 @@ class InferenceDeploymentStatus(CommonStatus):
     )
     encryption_key: EncryptionKeyStatus | None = Field(
         default=None, description="Transit key of the model's data, when Vault is configured."
+    )
+    autoscaling: AutoscalingStatus | None = Field(
+        default=None, description="The autoscaler's last decision, when spec.autoscaling is set."
     )
 
 

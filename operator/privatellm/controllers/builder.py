@@ -19,6 +19,8 @@ from privatellm.keys.transit import VaultClient
 from privatellm.kube.client import Kind, Kube
 from privatellm.render.inference_status import NodeView
 
+from .autoscaling import Autoscaler
+
 # (namespace, name); a controller keyed by namespace uses (namespace, "").
 Key = tuple[str, str]
 # Which objects of a kind: a label and its value, or None when any value will do.
@@ -95,6 +97,8 @@ class Context:
     # kopf's in-memory index of the nodes, kept current by its watch: no reconcile lists
     # the nodes from the API server.
     node_index: Mapping[str, Iterable[NodeView]]
+    # Sets the replica count of models with spec.autoscaling; None: their baseline.
+    autoscaler: Autoscaler | None = None
 
     def nodes(self) -> list[NodeView]:
         return [view for views in self.node_index.values() for view in views]
@@ -214,6 +218,9 @@ class Controller:
     watches: tuple[Watches, ...] = ()
     # Keys reconciled at the same time; None: as many as `privatellm operator --workers`.
     workers: int | None = None
+    # Its keys are queued when a namespace's gateways report new demand (urgently when a
+    # model at zero was asked for): the autoscaler decides in its reconcile.
+    follows_demand: bool = False
 
     def declarations(self) -> list[Declaration]:
         return [self.for_, *self.owns, *self.watches]

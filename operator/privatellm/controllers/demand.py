@@ -69,12 +69,15 @@ class DemandCollector:
         on_change: Callable[[str, bool], None],
         find_replicas: FindReplicas,
         find_access: FindAccess,
+        poll_wait: float = POLL_WAIT_SECONDS,
     ) -> None:
         """`on_change(namespace, wake)` is called after each answer; `wake` when a model
-        became wanted since the replica's previous answer."""
+        became wanted since the replica's previous answer. `poll_wait` bounds how old a
+        replica's figures get while nothing wakes."""
         self._on_change = on_change
         self._find_replicas = find_replicas
         self._find_access = find_access
+        self._poll_wait = poll_wait
         self._answers: dict[str, dict[str, ReplicaAnswer]] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -134,7 +137,7 @@ class DemandCollector:
             query = {}
             if previous is not None:
                 query = {"since": str(previous.seq), "instance": previous.instance}
-                query["wait"] = str(POLL_WAIT_SECONDS)
+                query["wait"] = str(self._poll_wait)
             try:
                 async with session.get(
                     f"{url}/demand",

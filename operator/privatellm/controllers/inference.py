@@ -40,6 +40,7 @@ from privatellm.render.workload import (
     zone_deployment_name,
 )
 
+from .autoscaling import Autoscaler
 from .builder import (
     Context,
     Controller,
@@ -82,15 +83,23 @@ def _owned_by(obj: Obj, uid: str) -> bool:
 
 
 def reconcile(
-    kube: Kube, vault: VaultClient | None, nodes: Sequence[NodeView], namespace: str, name: str
+    kube: Kube,
+    vault: VaultClient | None,
+    nodes: Sequence[NodeView],
+    namespace: str,
+    name: str,
+    autoscaler: Autoscaler | None = None,
 ) -> None:
     """Bring one InferenceDeployment's children and status in line with its spec.
 
     `nodes` is the operator's current view of the cluster's nodes; `vault`, when the
-    operator has one, holds the namespace's keys.
+    operator has one, holds the namespace's keys; `autoscaler`, when it has one, sets
+    the replica count of models with spec.autoscaling from their demand.
     """
     raw = kube.get(INFERENCE, namespace, name)
     if raw is None:
+        if autoscaler is not None:
+            autoscaler.forget((namespace, name))
         return
     finalizers: list[str] = raw["metadata"].get("finalizers") or []
     if raw["metadata"].get("deletionTimestamp"):
@@ -102,9 +111,12 @@ def reconcile(
     if namespace_terminating(kube, namespace):
         return  # re-creating what the namespace controller removes would only fight it
     obj = InferenceDeployment.model_validate(raw)
+    previous = raw.get("status") or {}
+    scaling = autoscaler.decide(obj, previous) if autoscaler is not None else None
     live = _zonal_children(kube, obj)
     zones = _observe_zones(obj, live)
-    plan = replica_plan(obj, nodes, warm={z for z, view in zones.items() if view.cache_warm})
+    warm = {z for z, view in zones.items() if view.cache_warm}
+    plan = replica_plan(obj, nodes, warm, scaling.replicas if scaling else None)
     invalid: Sequence[str] = spec_errors(obj)
     problems: list[Problem] = []
     encryption_key = None
@@ -133,12 +145,15 @@ def reconcile(
         refused=refused,
         failed_creates=_failed_creates(kube, obj, live),
     )
-    previous = raw.get("status") or {}
-    status = compute_status(obj, observed, plan, invalid, previous, now(), problems, encryption_key)
+    status = compute_status(
+        obj, observed, plan, invalid, previous, now(), problems, encryption_key, scaling
+    )
     if status != {k: previous.get(k) for k in status} or set(previous) - set(status):
         removed = {key: None for key in previous if key not in status}
         kube.patch_status(INFERENCE, namespace, name, {**removed, **status})
         _record_transitions(kube, raw, previous, status)
+    if scaling is not None and scaling.changed:
+        kube.post_event(event_for(raw, "Normal", str(scaling.reason), scaling.message))
     if refused:
         # Reported in status; raising makes the runtime retry with backoff.
         raise ReportedError("; ".join(map(str, refused)))
@@ -303,7 +318,7 @@ def node_signature(node: Mapping[str, Any]) -> Hashable:
 
 
 def _reconcile(context: Context, key: Key) -> None:
-    reconcile(context.kube, context.vault, context.nodes(), *key)
+    reconcile(context.kube, context.vault, context.nodes(), *key, context.autoscaler)
 
 
 CHILD_LABELS: Labels = {MANAGED_BY_LABEL: MANAGED_BY, INFERENCE_DEPLOYMENT_LABEL: None}
@@ -321,4 +336,5 @@ CONTROLLER = Controller(
     # Every model is planned again when a node's ability to host replicas changes.
     watches=(Watches(KINDS["Node"], every_key, signature=node_signature),),
     reconcile=_reconcile,
+    follows_demand=True,
 )

@@ -15,3 +15,19 @@ RECONCILES = Counter("privatellm_reconciles_total", "Reconciles by outcome.", ["
 QUEUE_DEPTH = Gauge(
     "privatellm_work_queue_depth", "Keys waiting to be reconciled, per controller.", ["kind"]
 )
+# The autoscaler: what it saw and what it decided, per model.
+DEMAND_REQUESTS = Gauge(
+    "privatellm_autoscaler_demand_requests",
+    "Requests in flight and held at the namespace's gateways, per model.",
+    ["namespace", "model"],
+)
+DESIRED_REPLICAS = Gauge(
+    "privatellm_autoscaler_desired_replicas",
+    "Replicas the autoscaler asks for, per model.",
+    ["namespace", "model"],
+)
+SCALING_DECISIONS = Counter(
+    "privatellm_autoscaler_decisions_total",
+    "Decisions that changed a model's replica count, by reason.",
+    ["reason"],
+)

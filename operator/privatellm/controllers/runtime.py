@@ -36,7 +36,9 @@ from privatellm.render.audit import render_operator_audit_public_key
 from privatellm.render.inference_status import NodeView
 
 from . import gateway, inference
+from .autoscaling import Autoscaler
 from .builder import Context, Controller, Declaration, For, Key, KnownKeys, Watches, WatchEvent
+from .demand import DemandCollector, access_from_secrets, replicas_from_slices
 from .events import ReportedError
 from .metrics import QUEUE_DEPTH, RECONCILE_SECONDS, RECONCILES
 
@@ -332,6 +334,14 @@ class Runtime:
             raise RuntimeError("the operator has not started")  # kopf runs startup first
         return self.context
 
+    def demand_changed(self, namespace: str, wake: bool) -> None:
+        """A gateway of `namespace` reported: its models' autoscalers look again."""
+        for loop in self.loops:
+            if loop.controller.follows_demand:
+                for key in loop.known:
+                    if key[0] == namespace:
+                        loop.request(key, urgent=wake)
+
     def request_all(self) -> None:
         for loop in self.loops:
             for key in loop.known:
@@ -356,7 +366,13 @@ class Runtime:
                 await asyncio.to_thread(kube.apply, public_key)
         # kopf fills the index in place for the operator's life; no reconcile runs before
         # a watch event, and none before the index holds every node.
-        self.context = Context(kube, vault, audit, kwargs[NODE_INDEX])
+        collector = DemandCollector(
+            self.demand_changed,
+            lambda namespace: replicas_from_slices(kube, namespace),
+            lambda namespace: access_from_secrets(kube, namespace),
+        )
+        self.tasks.append(asyncio.create_task(collector.run()))
+        self.context = Context(kube, vault, audit, kwargs[NODE_INDEX], Autoscaler(collector))
         if options.get("metrics_port"):
             prometheus_client.start_http_server(int(options["metrics_port"]))
         workers = int(options.get("workers", 4))

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from privatellm.api import InferenceDeployment, InferenceDeploymentSpec
+from privatellm.autoscale import Decision, Reason
 
 from .conditions import ConditionState, merge_conditions
 from .engine import SERVING_PORT
@@ -177,14 +178,45 @@ def serving_zones(
 
 
 def replica_plan(
-    obj: InferenceDeployment, nodes: Sequence[NodeView], warm: Collection[str]
+    obj: InferenceDeployment,
+    nodes: Sequence[NodeView],
+    warm: Collection[str],
+    total: int | None = None,
 ) -> dict[str, int]:
-    """Replicas per zone: the baseline spread over the serving zones; none while there are none."""
+    """Replicas per zone: `total` (the autoscaler's count; by default the baseline) spread
+    over the serving zones; none while there are none."""
     spec = obj.spec
     serving = serving_zones(obj, nodes, warm)
     if not serving:
         return dict.fromkeys(spec.zones, 0)
-    return zone_replica_plan(baseline_replicas(spec), spec.zones, serving)
+    count = baseline_replicas(spec) if total is None else total
+    return zone_replica_plan(count, spec.zones, serving)
+
+
+def autoscaling_status(
+    decision: Decision, previous: Mapping[str, Any] | None, now: str
+) -> dict[str, Any]:
+    """The status of the autoscaler's decision; its last scale time kept until the count moves."""
+    last = (previous or {}).get("lastScaleTime")
+    status: dict[str, Any] = {
+        "desiredReplicas": decision.replicas,
+        "reason": str(decision.reason),
+        "signal": str(decision.signal),
+        "value": decision.value,
+        "message": decision.message,
+    }
+    if decision.changed or (previous or {}).get("desiredReplicas") != decision.replicas:
+        last = now
+    if last:
+        status["lastScaleTime"] = last
+    return status
+
+
+def autoscaling_problems(decision: Decision | None) -> list[Problem]:
+    """What the autoscaler cannot do, for the Degraded condition."""
+    if decision is None or decision.reason != Reason.DEMAND_UNKNOWN:
+        return []
+    return [Problem("DemandUnknown", f"spec.autoscaling: {decision.message}")]
 
 
 def _requirement(spec: InferenceDeploymentSpec) -> str:
@@ -251,6 +283,7 @@ def _conditions(
     plan: Mapping[str, int],
     invalid: Sequence[str],
     reported: Sequence[Problem],
+    scaling: Decision | None,
 ) -> list[ConditionState]:
     if invalid:
         message = "; ".join(invalid)
@@ -274,6 +307,7 @@ def _conditions(
         *_child_problems(observed),
         *_placement_problems(obj.spec, observed.nodes),
         *reported,
+        *autoscaling_problems(scaling),
     ]
     if observed.fallback_endpoint == "" and obj.spec.fallback:
         missing = f"InferenceDeployment {obj.spec.fallback.model!r} not found"
@@ -288,7 +322,8 @@ def _conditions(
         waiting = f"weight cache warming in {', '.join(cold)}" if cold else "no zone can host"
         ready_state = ConditionState("Ready", "False", "NoServingZone", waiting)
     elif desired == 0:
-        ready_state = ConditionState("Ready", "True", "ScaledToZero", "no replicas requested")
+        idle = scaling.message if scaling else "no replicas requested"
+        ready_state = ConditionState("Ready", "True", "ScaledToZero", idle)
     elif ready >= desired:
         ready_state = ConditionState(
             "Ready", "True", "ReplicasReady", f"{ready}/{desired} replicas ready"
@@ -339,11 +374,13 @@ def compute_status(
     now: str,
     problems: Sequence[Problem] = (),
     encryption_key: tuple[str, int] | None = None,
+    scaling: Decision | None = None,
 ) -> dict[str, Any]:
     """The status to store; equal to `previous` when nothing changed, whatever `now` is.
 
     `problems` are what the controller found beyond the observations (Vault unreachable,
-    say); `encryption_key` is the Transit key protecting the model's data and its version.
+    say); `encryption_key` is the Transit key protecting the model's data and its version;
+    `scaling` the autoscaler's decision, for a model with spec.autoscaling.
     """
     zones = [
         {
@@ -358,7 +395,7 @@ def compute_status(
         "observedGeneration": obj.metadata.generation,
         "conditions": merge_conditions(
             previous.get("conditions") or [],
-            _conditions(obj, observed, plan, invalid, problems),
+            _conditions(obj, observed, plan, invalid, problems, scaling),
             obj.metadata.generation,
             now,
         ),
@@ -372,4 +409,6 @@ def compute_status(
         status["fallbackEndpoint"] = observed.fallback_endpoint
     if encryption_key:
         status["encryptionKey"] = {"name": encryption_key[0], "version": encryption_key[1]}
+    if scaling is not None:
+        status["autoscaling"] = autoscaling_status(scaling, previous.get("autoscaling"), now)
     return status

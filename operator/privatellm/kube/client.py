@@ -244,6 +244,11 @@ class Kube:
         if not needs_apply(live, desired):
             return False
         self._count_write("apply", kind.kind)
+        self._server_side_apply(kind, desired)
+        return True
+
+    def _server_side_apply(self, kind: Kind, desired: Obj) -> None:
+        meta = desired["metadata"]
         self._call(
             "PATCH",
             kind.path(meta.get("namespace"), meta["name"]),
@@ -251,7 +256,6 @@ class Kube:
             query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
             content_type="application/apply-patch+yaml",
         )
-        return True
 
     def delete(self, kind: Kind, namespace: str | None, name: str) -> None:
         """Delete an object and, in the background, what it owns; gone already is fine."""
@@ -332,10 +336,4 @@ class Kube:
         # Server-side apply treats a resourceVersion in the body as a precondition.
         version = live["metadata"]["resourceVersion"]
         desired["metadata"] = {**desired["metadata"], "resourceVersion": version}
-        self._call(
-            "PATCH",
-            kind.path(meta.get("namespace"), meta["name"]),
-            body=desired,
-            query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
-            content_type="application/apply-patch+yaml",
-        )
+        self._server_side_apply(kind, desired)

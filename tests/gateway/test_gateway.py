@@ -14,6 +14,7 @@ import yaml
 from privatellm.gateway.audit import MemorySink
 from privatellm.gateway.config import GatewayConfig
 from privatellm.gateway.reload import ConfigWatcher
+from privatellm.gateway.server import Gateway
 from tests.gateway.conftest import (
     ALICE_KEY,
     BOB_KEY,
@@ -338,3 +339,13 @@ def test_requests_the_model_has_not_answered_yet_are_its_queue() -> None:
             assert waiting._value.get() == 0
 
     asyncio.run(scenario())
+
+
+def test_every_configured_model_has_its_demand_gauges_before_any_request() -> None:
+    """An idle model reads 0, not a missing sample, to whatever reads the gauges (KEDA)."""
+    gateway = Gateway(GatewayConfig.model_validate(base_config({"llama": []})), MemorySink())
+    registry = gateway.metering.registry
+    for metric in ("privatellm_gateway_in_flight", "privatellm_gateway_held"):
+        assert registry.get_sample_value(metric, {"model": "llama"}) == 0
+    gateway.reload(GatewayConfig.model_validate(base_config({"llama": [], "small": []})))
+    assert registry.get_sample_value("privatellm_gateway_held", {"model": "small"}) == 0

@@ -1,5 +1,7 @@
 """Scale to zero and back on the real API server: the model controller's reconcile, with
-its autoscaler reading a real gateway's demand through the operator's collector.
+its autoscaler reading a real gateway's demand through the operator's collector; and
+what the operator needs to read vLLM's own figures: the ready replicas, a NetworkPolicy
+that admits it, and a client certificate the model's server accepts.
 
 The operator's event loop is left out: the test calls the reconcile the way a worker
 does, with an injected clock, so that an idle period passes in no time.
@@ -8,21 +10,34 @@ does, with an injected clock, so that an idle period passes in no time.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+import aiohttp
 
 from privatellm.api import GROUP, VERSION
 from privatellm.controllers.autoscaling import Autoscaler
 from privatellm.controllers.demand import DemandCollector, PeerAccess
+from privatellm.controllers.engines import (
+    ClientCertificates,
+    engine_replicas,
+    namespace_ca,
+    scrape_engine,
+    server_name,
+)
 from privatellm.controllers.inference import reconcile
 from privatellm.gateway.discovery import Replica
 from privatellm.gateway.quotas import peer_token
 from privatellm.kube.client import KINDS, Kube
 from privatellm.render.inference_status import NodeView
+from privatellm.render.tls import secret_bytes
 from tests.gateway.test_gateway_holding import HASH_KEY, at_zero, chat, peer_port, until
+from tests.support.fake_openai import FakeOpenAI
 
-from .conftest import Cluster
+from .conftest import Cluster, wait_until
 
 SCALING = {"minReplicas": 0, "maxReplicas": 3, "targetInFlightPerReplica": 2}
 
@@ -151,3 +166,72 @@ def test_a_model_goes_to_zero_when_idle_and_a_burst_wakes_it_once(
             running.cancel()
 
     asyncio.run(scenario())
+
+
+def test_the_operator_may_reach_each_ready_replica_and_its_server_accepts_its_certificate(
+    crds: Cluster, namespace: str, tmp_path: Path
+) -> None:
+    kube = Kube(crds.api)
+    model = llama()
+    model["spec"]["autoscaling"] = {**SCALING, "minReplicas": 2}
+    # Replicas that run: weights from a store, not from a claim that does not exist here.
+    source = {"uri": "s3://models/llama", "s3Endpoint": "https://minio.storage.svc:9000"}
+    model["spec"]["model"]["source"] = {**source, "sizeGiB": 1}
+    crds.custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "inferencedeployments", model
+    )
+    nodes = [NodeView.from_node(n) for n in kube.list(KINDS["Node"])]
+    reconcile(kube, None, nodes, namespace, "llama", operator_namespace="privatellm-system")
+
+    # The API server takes the rule that admits the operator's Pods to the serving port.
+    policy = kube.get(KINDS["NetworkPolicy"], namespace, "llama-ingress")
+    assert policy is not None
+    [rule] = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8000}]
+    assert rule["from"][1] == {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "privatellm-system"}},
+        "podSelector": {
+            "matchLabels": {
+                "app.kubernetes.io/component": "operator",
+                "app.kubernetes.io/part-of": "privatellm",
+            }
+        },
+    }
+
+    # The replicas to read are the ready endpoints of the model's Service, on vLLM's port.
+    urls = wait_until(
+        lambda: len(found := engine_replicas(kube, namespace, "llama")) == 2 and found,
+        timeout=120,
+        what="two ready replicas",
+    )
+    selector = "privatellm.io/inference-deployment=llama"
+    pods = crds.core.list_namespaced_pod(namespace, label_selector=selector).items
+    assert sorted(urls) == sorted(f"https://{p.status.pod_ip}:8000" for p in pods if p.status)
+
+    # A server set up from the Secret the operator wrote for the model, as vLLM is under
+    # encryption.tls: mutual, answers the operator's own client certificate.
+    secret = kube.get(KINDS["Secret"], namespace, "llama-tls")
+    for key in ("tls.crt", "tls.key", "ca.crt"):
+        (tmp_path / key).write_bytes(secret_bytes(secret, key))
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=tmp_path / "ca.crt")
+    server_tls.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
+    server_tls.verify_mode = ssl.CERT_REQUIRED
+    access = ClientCertificates(lambda ns: namespace_ca(kube, ns)).access(namespace)
+    assert access is not None
+
+    async def scrape() -> tuple[str, Any]:
+        async with (
+            FakeOpenAI(model="llama", ssl_context=server_tls) as server,
+            aiohttp.ClientSession() as session,
+        ):
+            server.running, server.waiting, server.kv_cache_usage = 3, 1, 0.4
+            name = server_name(namespace, "llama")
+            return server.url, await scrape_engine(session, server.url, access, name)
+
+    url, report = asyncio.run(scrape())
+    assert (report.source, report.running, report.waiting, report.kv_cache_usage) == (
+        url,
+        3,
+        1,
+        0.4,
+    )

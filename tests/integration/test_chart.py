@@ -17,6 +17,7 @@ from privatellm.api import GROUP, KINDS
 from privatellm.audit import Signer
 from privatellm.devcluster import Toolchain
 from privatellm.devcluster.nodes import GPU_RESOURCE
+from privatellm.render.meta import operator_pods
 
 from .conftest import ROOT, Cluster, wait_until
 
@@ -56,6 +57,7 @@ EXPECTED_CLUSTER_RULES = (
     | triples(
         ["cert-manager.io"], ["certificates", "issuers"], ("get", "create", "patch", "update")
     )
+    | triples(["keda.sh"], ["scaledobjects"], ("list", "create", "patch", "delete"))
     | triples([""], ["pods", "nodes"], READ)
     | triples(["", "events.k8s.io"], ["events"], ("create", "patch", "update"))
     | triples([""], ["events"], ("list",))
@@ -184,6 +186,17 @@ def test_the_operator_keeps_an_audit_log_signed_with_a_key_made_once(helm_binary
         for a in only(off, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
         if a.startswith("--audit")
     ]
+
+
+@pytest.mark.parametrize("names", [(), ("nameOverride=llm", "fullnameOverride=ops")])
+def test_the_operators_pods_carry_the_labels_its_network_policies_admit(
+    helm_binary: str, names: tuple[str, ...]
+) -> None:
+    # Whatever the release and its objects are called, the gateways' peer port and the
+    # scaled models' servers let the operator in.
+    pod = only(render(helm_binary, *names), "Deployment")["spec"]["template"]
+    admitted = operator_pods(NAMESPACE)["podSelector"]["matchLabels"]
+    assert admitted.items() <= pod["metadata"]["labels"].items()
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,10 @@ It answers the endpoints a proxy forwards (`/v1/models`, `/v1/chat/completions`,
 `/v1/completions`, `/v1/embeddings`, `/health`) with a fixed reply, streams it as
 server-sent events in OpenAI's chunk format, and counts tokens by whitespace. Tests
 set the reply (e.g. one with an email address in it), a delay, or a fail mode, and
-read back the requests it received. The benchmark uses it as the "direct" baseline,
-so the non-streaming bodies are encoded once and only the usage is spliced in.
+read back the requests it received. `/metrics` is vLLM's Prometheus page, with the
+running and waiting requests and the KV-cache usage the test sets. The benchmark uses
+it as the "direct" baseline, so the non-streaming bodies are encoded once and only the
+usage is spliced in.
 
 Run it in-process (`async with FakeOpenAI() as upstream`), in a background thread
 (`with FakeOpenAI() as upstream`), or as a process:
@@ -41,6 +43,10 @@ ReplyField = Literal["content", "refusal", "tool_call"]
 TOOL_CALL_ID = "call_Zx8PqR2tYv7WmN3kLs9H4dGf"
 FAIL_MODES: tuple[FailMode, ...] = ("500", "close")
 JSON = "application/json"
+PROMETHEUS_TEXT = "text/plain; version=0.0.4"
+# vLLM's name for the KV-cache fraction, and the one older versions used.
+KV_CACHE_USAGE = "vllm:kv_cache_usage_perc"
+GPU_CACHE_USAGE = "vllm:gpu_cache_usage_perc"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -115,6 +121,41 @@ def sse(payload: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
 
+def vllm_metrics_text(
+    model: str,
+    running: float | str,
+    waiting: float | str,
+    kv_cache_usage: float | str,
+    kv_cache_name: str = KV_CACHE_USAGE,
+) -> str:
+    """A page like vLLM's `/metrics`: the three gauges among a counter, a histogram and
+    the Python process's own metrics. A figure may be given as the page writes it ("NaN")."""
+    labels = f'engine="0",model_name="{model}"'
+    return (
+        "# HELP python_gc_objects_collected_total Objects collected during gc\n"
+        "# TYPE python_gc_objects_collected_total counter\n"
+        'python_gc_objects_collected_total{generation="0"} 8021.0\n'
+        "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
+        "# TYPE vllm:num_requests_running gauge\n"
+        f"vllm:num_requests_running{{{labels}}} {running}\n"
+        "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n"
+        "# TYPE vllm:num_requests_waiting gauge\n"
+        f"vllm:num_requests_waiting{{{labels}}} {waiting}\n"
+        f"# HELP {kv_cache_name} KV-cache usage. 1 means 100 percent usage.\n"
+        f"# TYPE {kv_cache_name} gauge\n"
+        f"{kv_cache_name}{{{labels}}} {kv_cache_usage}\n"
+        "# HELP vllm:prompt_tokens_total Number of prefill tokens processed.\n"
+        "# TYPE vllm:prompt_tokens_total counter\n"
+        f"vllm:prompt_tokens_total{{{labels}}} 18231.0\n"
+        "# HELP vllm:time_to_first_token_seconds Histogram of time to first token in seconds.\n"
+        "# TYPE vllm:time_to_first_token_seconds histogram\n"
+        f'vllm:time_to_first_token_seconds_bucket{{{labels},le="0.1"}} 40.0\n'
+        f'vllm:time_to_first_token_seconds_bucket{{{labels},le="+Inf"}} 42.0\n'
+        f"vllm:time_to_first_token_seconds_count{{{labels}}} 42.0\n"
+        f"vllm:time_to_first_token_seconds_sum{{{labels}}} 3.5\n"
+    )
+
+
 def error_body(message: str, kind: str, status: int) -> bytes:
     """An error in OpenAI's shape."""
     error = {"message": message, "type": kind, "param": None, "code": status}
@@ -141,7 +182,9 @@ class FakeOpenAI:
     `fail` makes the `/v1/` endpoints answer 500 or drop the connection, for every
     request or (with `fail_count`) only the next `fail_count` ones. `reply_field`
     puts a chat reply in the content, a refusal or a tool call's arguments. `delay` holds
-    each `/v1/` response back; `chunk_delay` spaces the streamed chunks.
+    each `/v1/` response back; `chunk_delay` spaces the streamed chunks. `running`,
+    `waiting` and `kv_cache_usage` are what `/metrics` reports, under `kv_cache_name`;
+    `metrics_page`, when set, is served there instead; `metrics_reads` counts its readers.
     """
 
     def __init__(
@@ -166,6 +209,12 @@ class FakeOpenAI:
         self.fail_count = fail_count
         self.record = record
         self.requests: list[RecordedRequest] = []
+        self.running: float = 0
+        self.waiting: float = 0
+        self.kv_cache_usage = 0.0
+        self.kv_cache_name = KV_CACHE_USAGE
+        self.metrics_page: str | None = None
+        self.metrics_reads = 0
         self.host = host
         self.port = port
         self.ssl_context = ssl_context
@@ -317,6 +366,7 @@ class FakeOpenAI:
         """The aiohttp application, for embedding it in another server or a test client."""
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_get("/health", self._health)
+        app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/v1/models", self._guarded(self._models))
         app.router.add_post("/v1/chat/completions", self._guarded(self._chat))
         app.router.add_post("/v1/completions", self._guarded(self._completions))
@@ -373,6 +423,15 @@ class FakeOpenAI:
 
     async def _health(self, _: web.Request) -> web.Response:
         return web.Response()
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        self.metrics_reads += 1
+        page = self.metrics_page
+        if page is None:
+            page = vllm_metrics_text(
+                self._model, self.running, self.waiting, self.kv_cache_usage, self.kv_cache_name
+            )
+        return web.Response(body=page.encode(), headers={"Content-Type": PROMETHEUS_TEXT})
 
     async def _models(self, _: web.Request) -> web.StreamResponse:
         return web.Response(body=self._models_body, content_type=JSON)

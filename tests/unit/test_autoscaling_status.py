@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from privatellm.autoscale import GatewayReport
+from privatellm.autoscale import EngineReport, GatewayReport
 from privatellm.controllers.autoscaling import Autoscaler
 from privatellm.render.inference_status import (
     Observed,
@@ -19,10 +19,12 @@ SCALED = {"minReplicas": 0, "maxReplicas": 6, "targetInFlightPerReplica": 4}
 
 
 class Reports:
-    """What the gateways report, set by the test; `watched` says which namespaces were asked."""
+    """What the gateways and engines report, set by the test; `watched` says which
+    namespaces were asked."""
 
     def __init__(self) -> None:
         self.by_model: dict[str, list[GatewayReport]] = {}
+        self.engines_by_model: dict[str, list[EngineReport]] = {}
         self.watched: set[str] = set()
 
     def watch(self, namespace: str) -> None:
@@ -30,6 +32,9 @@ class Reports:
 
     def reports(self, namespace: str, model: str) -> list[GatewayReport]:
         return self.by_model.get(model, [])
+
+    def engines(self, namespace: str, model: str) -> list[EngineReport]:
+        return self.engines_by_model.get(model, [])
 
     def set(self, in_flight: int = 0, held: int = 0, wanted: bool = False) -> None:
         report = GatewayReport("gw-0", in_flight, 0, held, 0, 0.0, 0.0, wanted)
@@ -82,6 +87,26 @@ def test_load_scales_up_to_the_maximum_spread_over_zones() -> None:
         previous = status_for(obj, autoscaler, previous)
     assert previous["replicas"] == 6 and previous["autoscaling"]["reason"] == "AtMaximum"
     assert [z["replicas"] for z in previous["zones"]] == [2, 2, 2]
+
+
+def test_full_kv_caches_raise_the_count_where_the_requests_alone_would_not() -> None:
+    reports, clock = Reports(), Clock()
+    autoscaler = Autoscaler(reports, clock)
+    obj = model(autoscaling={**SCALED, "minReplicas": 2})
+    reports.set(in_flight=8)
+    steady = status_for(obj, autoscaler, {})
+    assert steady["replicas"] == 2 and steady["autoscaling"]["reason"] == "Steady"
+
+    # Few but long requests: the two replicas' KV caches are 95% full.
+    reports.engines_by_model["m"] = [EngineReport(f"vllm-{i}", 4, 0, 0.95) for i in range(2)]
+    pressed = status_for(obj, autoscaler, steady)
+    assert pressed["replicas"] == 3
+    assert pressed["autoscaling"]["reason"] == "ScaleUp"
+    assert pressed["autoscaling"]["signal"] == "kvCacheUsage"
+
+    # An engine whose figures are absurd is left out, not believed.
+    reports.engines_by_model["m"] = [EngineReport("vllm-0", 4, 0, 3.5)]
+    assert status_for(obj, autoscaler, pressed)["replicas"] == 3
 
 
 def test_without_a_gateway_report_the_count_holds_and_status_says_so() -> None:

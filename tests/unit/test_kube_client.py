@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from privatellm.kube.client import KINDS, InvalidObjectNameError, Kube
+from privatellm.kube.client import KINDS, InvalidObjectNameError, Kube, applies_field
 
 SECRET, ROLE_BINDING = KINDS["Secret"], KINDS["RoleBinding"]
 TRAVERSALS = ["../../kube-system/secrets/x", "..", ".", "a/b", "a%2Fb", "Upper", "a\n", ""]
@@ -127,3 +127,25 @@ def test_namespaces_are_named_by_dns_labels() -> None:
     assert namespace.path(None, "team-a") == "/api/v1/namespaces/team-a"
     with pytest.raises(InvalidObjectNameError, match="DNS-1123 label"):
         namespace.path(None, "team.a")
+
+
+def _managed(manager: str, operation: str, field: str) -> list[dict[str, Any]]:
+    return [{"manager": manager, "operation": operation, "fieldsV1": {"f:spec": {field: {}}}}]
+
+
+@pytest.mark.parametrize(
+    ("managed", "owned"),
+    [
+        (_managed("privatellm-operator", "Apply", "f:replicas"), True),
+        (_managed("privatellm-operator", "Apply", "f:selector"), False),
+        (_managed("privatellm-handover", "Apply", "f:replicas"), False),
+        # An Update (a scale, say) is not what the operator's applies declare.
+        (_managed("privatellm-operator", "Update", "f:replicas"), False),
+        ([], False),
+    ],
+)
+def test_a_field_belongs_to_the_operator_only_where_its_applies_set_it(
+    managed: list[dict[str, Any]], owned: bool
+) -> None:
+    deployment = {"metadata": {"name": "llama-zone-a", "managedFields": managed}}
+    assert applies_field(deployment, ("spec", "replicas")) is owned

@@ -169,8 +169,9 @@ def test_replicas_count_quotas_together_over_a_port_only_gateways_reach() -> Non
     peers = services[sharing.service]["spec"]
     assert peers["clusterIP"] == "None"
     assert peers["selector"] == objects["StatefulSet"]["spec"]["selector"]["matchLabels"]
-    [port] = peers["ports"]
-    assert (port["name"], port["targetPort"]) == ("https", "peers")
+    ports = {port["name"]: port["targetPort"] for port in peers["ports"]}
+    assert ports == {"https": "peers", "metrics": "metrics"}
+    port = next(port for port in peers["ports"] if port["name"] == "https")
     assert sharing.server_name == "privatellm-gateway.team.svc"
     container = objects["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]
     assert f"--peer-port={port['port']}" in container["args"]
@@ -180,8 +181,31 @@ def test_replicas_count_quotas_together_over_a_port_only_gateways_reach() -> Non
     rules = objects["NetworkPolicy"]["spec"]["ingress"]
     [peer_rule] = [r for r in rules if r["ports"][0]["port"] == port["port"]]
     selector = objects["StatefulSet"]["spec"]["selector"]
+    # An operator outside the cluster (no POD_NAMESPACE) has no Pods to admit.
     assert peer_rule["from"] == [{"podSelector": selector}]
     assert all("from" not in r for r in rules if r is not peer_rule)
+
+
+def test_the_operators_pods_in_its_namespace_may_read_demand_on_the_peer_port_only() -> None:
+    inputs = dataclasses.replace(INPUTS, operator_namespace="privatellm-system")
+    objects = {o["kind"]: o for o in render_gateway(inputs, KEYS, "abc")}
+    rules = objects["NetworkPolicy"]["spec"]["ingress"]
+    [peer_rule] = [r for r in rules if "from" in r]
+    assert peer_rule["ports"] == [{"protocol": "TCP", "port": 8444}]
+    gateways = {"podSelector": objects["StatefulSet"]["spec"]["selector"]}
+    operator = {
+        # Both selectors in one peer: those Pods, in that namespace only.
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "privatellm-system"}},
+        "podSelector": {
+            "matchLabels": {
+                "app.kubernetes.io/component": "operator",
+                "app.kubernetes.io/part-of": "privatellm",
+            }
+        },
+    }
+    assert peer_rule["from"] == [gateways, operator]
+    # The API and metrics ports are open as before; nothing else names the operator.
+    assert [r["ports"][0]["port"] for r in rules if r is not peer_rule] == [8443, 9090]
 
 
 def test_the_gateway_may_only_read_its_namespaces_endpoint_slices() -> None:

@@ -289,6 +289,33 @@ def test_only_the_gateway_reaches_the_serving_port() -> None:
     ]
 
 
+def test_the_operator_reaches_the_serving_port_of_the_models_it_scales_only() -> None:
+    def ingress(name: str, operator_namespace: str | None) -> list[Manifest]:
+        obj = example(name)
+        plan = zone_replica_plan(baseline_replicas(obj.spec), obj.spec.zones)
+        children = render_children(obj, plan, operator_namespace=operator_namespace)
+        [policy] = of_kind(children, "NetworkPolicy")
+        rules: list[Manifest] = policy["spec"]["ingress"]
+        return rules
+
+    [rule] = ingress("llama-70b", "privatellm-system")
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8000}]
+    gateway, operator = rule["from"]
+    assert gateway["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "gateway"
+    assert operator == {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "privatellm-system"}},
+        "podSelector": {
+            "matchLabels": {
+                "app.kubernetes.io/component": "operator",
+                "app.kubernetes.io/part-of": "privatellm",
+            }
+        },
+    }
+    # llama-8b has no spec.autoscaling: nothing of the operator reads it.
+    assert ingress("llama-8b", "privatellm-system") == ingress("llama-8b", None)
+    assert ingress("llama-70b", None) == ingress("llama-8b", None)
+
+
 # --- GPUs and capacity -----------------------------------------------------------------
 
 

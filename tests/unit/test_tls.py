@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import datetime
 
+import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from privatellm.api import InferenceDeployment
 from privatellm.keys.tls import (
     issue_ca,
+    issue_client,
     issue_leaf,
     needs_renewal,
     serial_hex,
@@ -45,6 +47,18 @@ def test_a_leaf_is_signed_by_its_namespace_ca_only() -> None:
     assert signed_by(leaf.cert_pem, ca.cert_pem)
     assert not signed_by(leaf.cert_pem, other.cert_pem)
     assert not signed_by(b"not a certificate", ca.cert_pem)
+
+
+def test_a_client_certificate_authenticates_a_client_only_and_names_no_host() -> None:
+    ca = issue_ca("team-a", NOW)
+    client = issue_client(ca, "privatellm-operator", NOW, DAY)
+    cert = client.certificate
+    usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usages) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    with pytest.raises(x509.ExtensionNotFound):
+        cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    assert signed_by(client.cert_pem, ca.cert_pem)
+    assert cert.not_valid_after_utc == NOW + DAY
 
 
 def test_renewal_comes_thirty_days_before_expiry() -> None:

@@ -33,6 +33,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: operator
 {{- end }}
 
+{{/*
+The operator's Pods carry these. The NetworkPolicies it renders admit it to the
+gateways' peer port and the autoscaled models' servers by two of them,
+app.kubernetes.io/component=operator and app.kubernetes.io/part-of=privatellm
+(render/meta.py operator_pods): keep both, whatever the release is called.
+*/}}
 {{- define "privatellm.labels" -}}
 helm.sh/chart: {{ include "privatellm.chart" . }}
 {{ include "privatellm.selectorLabels" . }}

@@ -222,9 +222,23 @@ class AutoscalingSpec(ApiModel):
     )
     scale_to_zero_after: str | None = Field(
         default=None,
-        description="Idle time after which replicas go to zero (needs minReplicas 0), e.g. 30m.",
+        description=(
+            "Idle time after which replicas go to zero (needs minReplicas 0), e.g. 30m;"
+            " defaults to 30m, 15m for workloadClass batch."
+        ),
         pattern=DURATION,
         max_length=32,
+    )
+    scaled_by: Literal["operator", "keda"] = Field(
+        default="operator",
+        description=(
+            "Who sets the replica count within these bounds. operator: the operator, from"
+            " the demand the gateways report. keda: one KEDA ScaledObject per zone, reading"
+            " the same demand from the gateways' metrics, and the operator leaves the"
+            " Deployments' replicas to KEDA (docs/autoscaling.md says when to choose which);"
+            " it needs KEDA's CRDs, and without them the model is Degraded with reason"
+            " KEDAUnavailable and the operator scales it meanwhile."
+        ),
     )
 
     cel_rules = (
@@ -446,7 +460,13 @@ class InferenceDeploymentSpec(ApiModel):
     )
     health: HealthSpec = Field(default_factory=HealthSpec, description="Model-level health checks.")
     workload_class: Literal["interactive", "batch"] = Field(
-        default="interactive", description="Interactive traffic or batch jobs."
+        default="interactive",
+        description=(
+            "Interactive traffic or batch jobs. batch: the autoscaler removes replicas only"
+            " after 30 minutes of lower demand instead of 5, scaleToZeroAfter defaults to 15m"
+            " instead of 30m, the gateway holds requests while the model has no ready"
+            " replica, and capacityType spot is allowed."
+        ),
     )
     capacity_type: Literal["on-demand", "spot"] = Field(
         default="on-demand", description="Node capacity to run on; spot only for batch."

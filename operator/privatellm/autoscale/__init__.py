@@ -1,6 +1,7 @@
 """Pure autoscaling decisions: demand -> replicas, windows, scale from and to zero.
 
-`aggregate_demand` checks and sums what the gateways and engines report for a model;
+`aggregate_demand` checks and sums what the gateways and engines report for a model
+(`read_engine_metrics` reads an engine's report from vLLM's metrics page);
 `policy_for` reads the bounds and timings from its spec; `decide` turns both into a
 replica count with a reason, given the `State` the previous decision returned (or
 `start_state` for a model first seen, or after a restart). No I/O, no clock: the
@@ -16,6 +17,7 @@ from .demand import (
     engine_report_problem,
     gateway_report_problem,
 )
+from .engine_metrics import MetricsError, read_engine_metrics
 from .policy import Policy, duration_seconds, policy_for
 
 __all__ = [
@@ -23,6 +25,7 @@ __all__ = [
     "Demand",
     "EngineReport",
     "GatewayReport",
+    "MetricsError",
     "Policy",
     "Reason",
     "Signal",
@@ -33,5 +36,6 @@ __all__ = [
     "engine_report_problem",
     "gateway_report_problem",
     "policy_for",
+    "read_engine_metrics",
     "start_state",
 ]

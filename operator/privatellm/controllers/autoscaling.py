@@ -1,9 +1,10 @@
 """The autoscaler's side of the model controller: demand in, a replica count out.
 
 The decision is `privatellm.autoscale.decide` (pure); this keeps each model's state
-between reconciles, asks the demand collector for the namespace's reports and counts
-the decisions. After an operator restart a model's state starts from the count in its
-status, so a restart neither scales down early nor repeats a scale-up.
+between reconciles, asks the demand collector for the gateways' reports and the
+engines' own figures, and counts the decisions. After an operator restart a model's
+state starts from the count in its status, so a restart neither scales down early nor
+repeats a scale-up.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, Protocol
 from privatellm.api import InferenceDeployment
 from privatellm.autoscale import (
     Decision,
+    EngineReport,
     GatewayReport,
     State,
     aggregate_demand,
@@ -31,11 +33,14 @@ Key = tuple[str, str]
 
 
 class DemandSource(Protocol):
-    """Where the gateways' reports come from (controllers/demand.py's collector)."""
+    """Where the gateways' reports and the engines' figures come from (controllers/demand.py's
+    collector)."""
 
     def watch(self, namespace: str) -> None: ...
 
     def reports(self, namespace: str, model: str) -> list[GatewayReport]: ...
+
+    def engines(self, namespace: str, model: str) -> list[EngineReport]: ...
 
 
 class Autoscaler:
@@ -53,7 +58,9 @@ class Autoscaler:
         namespace, name = obj.metadata.namespace or "", obj.metadata.name
         key = (namespace, name)
         self.demand.watch(namespace)
-        demand = aggregate_demand(self.demand.reports(namespace, name))
+        demand = aggregate_demand(
+            self.demand.reports(namespace, name), self.demand.engines(namespace, name)
+        )
         now = self.clock()
         state = self._states.get(key) or start_state(_running(obj, status), now)
         decision = decide(policy_for(obj.spec), state, demand, now)

@@ -99,6 +99,9 @@ class Context:
     node_index: Mapping[str, Iterable[NodeView]]
     # Sets the replica count of models with spec.autoscaling; None: their baseline.
     autoscaler: Autoscaler | None = None
+    # The operator's own namespace (POD_NAMESPACE, set by the chart); None outside a
+    # cluster. NetworkPolicies admit its Pods to what the autoscaler reads.
+    operator_namespace: str | None = None
 
     def nodes(self) -> list[NodeView]:
         return [view for views in self.node_index.values() for view in views]

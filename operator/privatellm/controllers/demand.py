@@ -7,8 +7,9 @@ Each answer replaces that replica's reports; a replica that stops answering is d
 until it answers again. Every answer calls `on_change`: at once when a model became
 wanted (a request came while it had no ready replica), so a model at zero is scaled up
 on the first request, not at the next resync; otherwise at the end of each long poll,
-which gives the autoscaler a fresh look at every model about twice a minute. See
-docs/autoscaling.md.
+which gives the autoscaler a fresh look at every model about twice a minute. Beside
+the gateways' figures it hands out the engines' own, which an `EngineScraper`
+(engines.py) reads from vLLM. See docs/autoscaling.md.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from privatellm.autoscale import GatewayReport
+from privatellm.autoscale import EngineReport, GatewayReport
 from privatellm.autoscale.answers import AnswerError, ReplicaAnswer, read_answer
 from privatellm.gateway.quotas import peer_token
 from privatellm.kube.client import KINDS, Kube
@@ -33,6 +34,8 @@ from privatellm.render.gateway import (
     PEERS_SERVICE,
 )
 from privatellm.render.tls import CA_CERT_KEY, NAMESPACE_CA_SECRET, secret_bytes
+
+from .engines import EngineScraper
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +73,17 @@ class DemandCollector:
         find_replicas: FindReplicas,
         find_access: FindAccess,
         poll_wait: float = POLL_WAIT_SECONDS,
+        engines: EngineScraper | None = None,
     ) -> None:
         """`on_change(namespace, wake)` is called after each answer; `wake` when a model
         became wanted since the replica's previous answer. `poll_wait` bounds how old a
-        replica's figures get while nothing wakes."""
+        replica's figures get while nothing wakes. Without `engines`, no engine's own
+        figures are read."""
         self._on_change = on_change
         self._find_replicas = find_replicas
         self._find_access = find_access
         self._poll_wait = poll_wait
+        self._engines = engines
         self._answers: dict[str, dict[str, ReplicaAnswer]] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -87,6 +93,10 @@ class DemandCollector:
         answers = self._answers.get(namespace, {})
         return [a.reports[model] for a in list(answers.values()) if model in a.reports]
 
+    def engines(self, namespace: str, model: str) -> list[EngineReport]:
+        """The model's vLLM replicas' own figures, where they are read; callable from any thread."""
+        return self._engines.engines(namespace, model) if self._engines is not None else []
+
     def watch(self, namespace: str) -> None:
         """Start reading the namespace's gateways; callable from any thread."""
         if self._loop is None:
@@ -94,10 +104,14 @@ class DemandCollector:
         self._loop.call_soon_threadsafe(self._start, namespace)
 
     async def run(self) -> None:
-        """Serve `watch` calls until cancelled; then stop every namespace's polls."""
+        """Serve `watch` calls, and read the engines, until cancelled; then stop every
+        namespace's polls."""
         self._loop = asyncio.get_running_loop()
         try:
-            await asyncio.Event().wait()
+            if self._engines is not None:
+                await self._engines.run()
+            else:
+                await asyncio.Event().wait()
         finally:
             for task in self._tasks.values():
                 task.cancel()
@@ -112,8 +126,14 @@ class DemandCollector:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
             try:
                 while True:
-                    replicas = await asyncio.to_thread(self._find_replicas, namespace)
-                    access = await asyncio.to_thread(self._find_access, namespace)
+                    try:
+                        replicas = await asyncio.to_thread(self._find_replicas, namespace)
+                        access = await asyncio.to_thread(self._find_access, namespace)
+                    except Exception as error:
+                        # The API server is away: keep the polls there are, look again.
+                        log.warning("gateways of %s: %s", namespace, error)
+                        await asyncio.sleep(RETRY_SECONDS)
+                        continue
                     for url in set(polls) - set(replicas):
                         polls.pop(url).cancel()
                         answers.pop(url, None)

@@ -100,6 +100,7 @@ def reconcile_gateway(
     vault_addr: str | None = None,
     token_review_binding: str | None = None,
     audit_shipping: AuditShipping | None = None,
+    operator_namespace: str | None = None,
 ) -> None:
     """Render and apply the namespace's gateway; write each AccessPolicy's status.
 
@@ -107,6 +108,7 @@ def reconcile_gateway(
     response with the namespace's Transit keys, logging in with its own role.
     `token_review_binding` names the chart's ClusterRoleBinding to
     system:auth-delegator, which lists the gateways allowed to review tokens.
+    `operator_namespace`, where the operator runs, lets its Pods read the gateway's demand.
     """
     if namespace_terminating(kube, namespace):
         # Re-creating what the namespace controller removes would only fight it.
@@ -138,6 +140,7 @@ def reconcile_gateway(
             connectors=[
                 c for _, c in parse_stored(DataConnector, kube.list(DATA_CONNECTOR, namespace))[0]
             ],
+            operator_namespace=operator_namespace,
         )
         tls_revision = ensure_certificate(
             kube,
@@ -292,7 +295,12 @@ def _reconcile(context: Context, key: Key) -> None:
     vault_addr = context.vault.addr if context.vault is not None else None
     binding = os.environ.get(TOKEN_REVIEW_BINDING_ENV)
     reconcile_gateway(
-        context.kube, key[0], vault_addr, binding, audit_shipping_from_env(os.environ)
+        context.kube,
+        key[0],
+        vault_addr,
+        binding,
+        audit_shipping_from_env(os.environ),
+        context.operator_namespace,
     )
 
 

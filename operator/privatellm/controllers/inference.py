@@ -32,6 +32,13 @@ from privatellm.render.inference_status import (
     job_failed_create,
     job_lacks_pods,
     replica_plan,
+    serving_zones,
+)
+from privatellm.render.keda import (
+    keda_problem,
+    keda_replicas,
+    render_scaled_objects,
+    scaled_by_keda,
 )
 from privatellm.render.meta import INFERENCE_DEPLOYMENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL
 from privatellm.render.workload import (
@@ -54,6 +61,7 @@ from .builder import (
     owner_label,
 )
 from .events import ReportedError, event_for, now
+from .keda import hand_over_replicas, keda_present
 from .keys import ensure_tenant_keys, release_tenant_keys
 from .tls import ensure_server_certificate
 
@@ -64,6 +72,8 @@ INFERENCE = KINDS["InferenceDeployment"]
 # these are the only children whose names change with the spec, so the only ones to
 # prune). The other children have one fixed name each and are read one by one.
 ZONAL_KINDS = ("Deployment", "Job", "PersistentVolumeClaim")
+# KEDA's per-zone objects, listed with them where KEDA is installed.
+SCALED_OBJECT = "ScaledObject"
 # Held while the object's Vault access may still need narrowing or revoking.
 KEY_FINALIZER = "privatellm.io/transit-key"
 LiveChildren = dict[tuple[str, str], Obj]
@@ -89,12 +99,16 @@ def reconcile(
     namespace: str,
     name: str,
     autoscaler: Autoscaler | None = None,
+    operator_namespace: str | None = None,
 ) -> None:
     """Bring one InferenceDeployment's children and status in line with its spec.
 
     `nodes` is the operator's current view of the cluster's nodes; `vault`, when the
     operator has one, holds the namespace's keys; `autoscaler`, when it has one, sets
-    the replica count of models with spec.autoscaling from their demand.
+    the replica count of models with spec.autoscaling from their demand, which the
+    operator's Pods in `operator_namespace` read from the models' servers. Where KEDA is
+    installed, a model with autoscaling.scaledBy keda gets a ScaledObject per zone instead,
+    and its Deployments' counts are left to KEDA.
     """
     raw = kube.get(INFERENCE, namespace, name)
     if raw is None:
@@ -112,13 +126,34 @@ def reconcile(
         return  # re-creating what the namespace controller removes would only fight it
     obj = InferenceDeployment.model_validate(raw)
     previous = raw.get("status") or {}
-    scaling = autoscaler.decide(obj, previous) if autoscaler is not None else None
-    live = _zonal_children(kube, obj)
+    keda = keda_present(kube)
+    # Where KEDA can scale the model its HPAs set the count, and the operator's
+    # autoscaler leaves it alone; where it cannot, the operator scales it meanwhile.
+    by_keda = keda and scaled_by_keda(obj.spec)
+    if by_keda and autoscaler is not None:
+        autoscaler.forget((namespace, name))
+    scaling = autoscaler.decide(obj, previous) if autoscaler and not by_keda else None
+    live = _zonal_children(kube, obj, keda)
     zones = _observe_zones(obj, live)
     warm = {z for z, view in zones.items() if view.cache_warm}
-    plan = replica_plan(obj, nodes, warm, scaling.replicas if scaling else None)
+    scaled_objects: list[Obj] = []
+    replicas: dict[str, int | None]
+    if by_keda:
+        serving = serving_zones(obj, nodes, warm)
+        existing = {
+            zone: zones[zone].desired
+            for zone in obj.spec.zones
+            if ("Deployment", zone_deployment_name(obj, zone)) in live
+        }
+        replicas, plan = keda_replicas(obj, serving, existing)
+        scaled_objects = render_scaled_objects(obj, serving)
+    else:
+        plan = replica_plan(obj, nodes, warm, scaling.replicas if scaling else None)
+        replicas = dict(plan)
     invalid: Sequence[str] = spec_errors(obj)
     problems: list[Problem] = []
+    if unavailable := keda_problem(obj.spec, keda):
+        problems.append(unavailable)
     encryption_key = None
     if vault is not None and not invalid:
         try:
@@ -137,7 +172,11 @@ def reconcile(
         except VaultError as error:
             message = f"spec.encryption: cannot provision the Transit key: {error}"
             problems.append(Problem("VaultUnavailable", message))
-    refused = [] if invalid else _apply_children(kube, obj, plan, live)
+    refused = (
+        []
+        if invalid
+        else _apply_children(kube, obj, replicas, live, operator_namespace, scaled_objects)
+    )
     observed = Observed(
         nodes=nodes,
         zones=zones,
@@ -160,9 +199,15 @@ def reconcile(
 
 
 def _apply_children(
-    kube: Kube, obj: InferenceDeployment, plan: dict[str, int], live: LiveChildren
+    kube: Kube,
+    obj: InferenceDeployment,
+    replicas: dict[str, int | None],
+    live: LiveChildren,
+    operator_namespace: str | None,
+    scaled_objects: Sequence[Obj],
 ) -> list[ChildFailure]:
-    """Apply every rendered child; the ones the API server refused, with its message.
+    """Apply every rendered child and `scaled_objects`; the ones the API server refused,
+    with its message.
 
     One refused child does not stop the others. Nothing is pruned then: the children a
     changed spec no longer renders may be all that still serves.
@@ -175,12 +220,18 @@ def _apply_children(
             raise
         # Pods would mount a Secret that is not there: render nothing until it is.
         return [ChildFailure("Secret", tls_secret_name(obj), error.message)]
-    children = render_children(obj, plan, tls_revision)
+    children = [
+        *render_children(obj, replicas, tls_revision, operator_namespace),
+        *scaled_objects,
+    ]
     for child in children:
         key = (child["kind"], child["metadata"]["name"])
         # The zonal children were listed already; the others are read by name.
-        known = live.get(key) if child["kind"] in ZONAL_KINDS else LOOKUP
+        known = live.get(key) if child["kind"] in (*ZONAL_KINDS, SCALED_OBJECT) else LOOKUP
+        deployment = live.get(key) if child["kind"] == "Deployment" else None
         try:
+            if deployment is not None and "replicas" not in child["spec"]:
+                hand_over_replicas(kube, deployment)
             kube.apply(child, known)
         except ApiError as error:
             if error.status in TRANSIENT_STATUSES:
@@ -238,12 +289,14 @@ def namespace_terminating(kube: Kube, namespace: str) -> bool:
     return found is None or (found.get("status") or {}).get("phase") == "Terminating"
 
 
-def _zonal_children(kube: Kube, obj: InferenceDeployment) -> LiveChildren:
-    """The per-zone children as they are now, by (kind, name): three list requests."""
+def _zonal_children(kube: Kube, obj: InferenceDeployment, keda: bool) -> LiveChildren:
+    """The per-zone children as they are now, by (kind, name): three list requests, and a
+    fourth for the ScaledObjects where KEDA is installed (so that they are pruned too)."""
     namespace, selector = obj.metadata.namespace, _child_selector(obj.metadata.name)
+    kinds = (*ZONAL_KINDS, SCALED_OBJECT) if keda else ZONAL_KINDS
     return {
         (kind, item["metadata"]["name"]): item
-        for kind in ZONAL_KINDS
+        for kind in kinds
         for item in kube.list(KINDS[kind], namespace, selector)
     }
 
@@ -318,7 +371,14 @@ def node_signature(node: Mapping[str, Any]) -> Hashable:
 
 
 def _reconcile(context: Context, key: Key) -> None:
-    reconcile(context.kube, context.vault, context.nodes(), *key, context.autoscaler)
+    reconcile(
+        context.kube,
+        context.vault,
+        context.nodes(),
+        *key,
+        context.autoscaler,
+        context.operator_namespace,
+    )
 
 
 CHILD_LABELS: Labels = {MANAGED_BY_LABEL: MANAGED_BY, INFERENCE_DEPLOYMENT_LABEL: None}

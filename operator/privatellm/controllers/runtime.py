@@ -39,11 +39,14 @@ from . import gateway, inference
 from .autoscaling import Autoscaler
 from .builder import Context, Controller, Declaration, For, Key, KnownKeys, Watches, WatchEvent
 from .demand import DemandCollector, access_from_secrets, replicas_from_slices
+from .engines import ClientCertificates, EngineScraper, engine_replicas, namespace_ca
 from .events import ReportedError
 from .metrics import QUEUE_DEPTH, RECONCILE_SECONDS, RECONCILES
 
 log = logging.getLogger(__name__)
 
+# Set by the chart to the namespace the operator's Pod runs in.
+OPERATOR_NAMESPACE_ENV = "POD_NAMESPACE"
 # Every controller of the operator. Adding one is a module that declares it, and a line here.
 CONTROLLERS: list[Controller] = [inference.CONTROLLER, gateway.CONTROLLER]
 
@@ -354,25 +357,38 @@ class Runtime:
         options: Mapping[str, Any] = memo.get("options", {})
         kube = Kube(new_api_client())
         vault = _vault_from_env()
+        operator_namespace = os.environ.get(OPERATOR_NAMESPACE_ENV) or None
         audit = None
         if options.get("audit_dir"):
             signer = Signer.from_file(Path(options["audit_signing_key"]))
             audit = AuditLog(Path(options["audit_dir"]), signer)
             # Published next to the operator, so auditors can verify its log.
-            if namespace := os.environ.get("POD_NAMESPACE"):
+            if operator_namespace:
                 public_key = render_operator_audit_public_key(
-                    namespace, signer.public_pem().decode()
+                    operator_namespace, signer.public_pem().decode()
                 )
                 await asyncio.to_thread(kube.apply, public_key)
         # kopf fills the index in place for the operator's life; no reconcile runs before
         # a watch event, and none before the index holds every node.
+        engines = EngineScraper(
+            lambda namespace, model: engine_replicas(kube, namespace, model),
+            ClientCertificates(lambda namespace: namespace_ca(kube, namespace)).access,
+        )
         collector = DemandCollector(
             self.demand_changed,
             lambda namespace: replicas_from_slices(kube, namespace),
             lambda namespace: access_from_secrets(kube, namespace),
+            engines=engines,
         )
         self.tasks.append(asyncio.create_task(collector.run()))
-        self.context = Context(kube, vault, audit, kwargs[NODE_INDEX], Autoscaler(collector))
+        self.context = Context(
+            kube,
+            vault,
+            audit,
+            kwargs[NODE_INDEX],
+            Autoscaler(collector),
+            operator_namespace,
+        )
         if options.get("metrics_port"):
             prometheus_client.start_http_server(int(options["metrics_port"]))
         workers = int(options.get("workers", 4))

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+# Read by KEDA's ScaledObjects of models it scales (render/keda.py).
+IN_FLIGHT_METRIC = "privatellm_gateway_in_flight"
+HELD_METRIC = "privatellm_gateway_held"
 
 
 class Metering:
@@ -43,7 +47,7 @@ class Metering:
             registry=r,
         )
         self.in_flight = Gauge(
-            "privatellm_gateway_in_flight",
+            IN_FLIGHT_METRIC,
             "Requests being served, by model.",
             ["model"],
             registry=r,
@@ -56,7 +60,7 @@ class Metering:
             registry=r,
         )
         self.held = Gauge(
-            "privatellm_gateway_held",
+            HELD_METRIC,
             "Requests held while the model has no ready replica (scaling from zero).",
             ["model"],
             registry=r,
@@ -79,6 +83,16 @@ class Metering:
             ["result"],
             registry=r,
         )
+
+    def show_models(self, models: Iterable[str]) -> None:
+        """Give each configured model its demand gauges, at 0 until it has demand.
+
+        A reader of one model's gauge (KEDA, docs/autoscaling.md) then finds an idle model
+        at 0; a missing sample would be an error to it, which stops its scaling down.
+        """
+        for model in models:
+            for gauge in (self.in_flight, self.upstream_waiting, self.held):
+                self.child(gauge, model)
 
     def child(self, metric: Any, *labels: str) -> Any:
         """`metric.labels(*labels)`, remembered: the lookup is on every request's path."""

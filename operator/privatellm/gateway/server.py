@@ -163,6 +163,7 @@ class Gateway:
         self.router = Router()
         self.quotas = QuotaTracker()
         self.runtime = Runtime.build(config, self.hash_key)
+        self.metering.show_models(self.runtime.routes)
         self._session: aiohttp.ClientSession | None = None
         self._sealer: PayloadSealer | None = None
         self._auth: Authenticator | None = None
@@ -294,6 +295,7 @@ class Gateway:
     def reload(self, config: GatewayConfig) -> None:
         """Apply a new configuration to the requests that start from now on."""
         self.runtime = Runtime.build(config, self.hash_key)
+        self.metering.show_models(self.runtime.routes)
         if self._auth is not None:
             self._auth.replace_api_keys(config.auth.api_keys)
         if self._session is not None:

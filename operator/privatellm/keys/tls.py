@@ -153,6 +153,20 @@ def issue_leaf(
     )
 
 
+def issue_client(
+    ca: KeyPair, common_name: str, now: datetime.datetime, validity: datetime.timedelta
+) -> KeyPair:
+    """A certificate for client auth only, naming no host, signed by `ca`."""
+    return issue_certificate(
+        ca,
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]),
+        [ExtendedKeyUsageOID.CLIENT_AUTH],
+        [],
+        now,
+        validity,
+    )
+
+
 def needs_renewal(
     cert_pem: bytes, now: datetime.datetime, renew_before: datetime.timedelta = RENEW_BEFORE
 ) -> bool:

@@ -28,6 +28,10 @@ from privatellm.api.base import DNS_LABEL, DNS_SUBDOMAIN, MAX_DNS_LABEL, MAX_DNS
 from .drift import needs_apply, with_applied_hash
 
 FIELD_MANAGER = "privatellm-operator"
+# Applies only the fields the operator hands to another owner (a Deployment's replicas to
+# KEDA's HPA), so that the operator can stop applying them without the API server
+# resetting them to their defaults in between (Kubernetes' documented handover).
+HANDOVER_FIELD_MANAGER = "privatellm-handover"
 API_WRITES = Counter(
     "privatellm_api_writes_total", "Write requests sent to the API server.", ["verb", "kind"]
 )
@@ -141,6 +145,7 @@ KINDS: dict[str, Kind] = {
         ),
         Kind("cert-manager.io/v1", "Issuer", "issuers"),
         Kind("cert-manager.io/v1", "Certificate", "certificates"),
+        Kind("keda.sh/v1alpha1", "ScaledObject", "scaledobjects"),
         Kind(f"{GROUP}/{VERSION}", "InferenceDeployment", "inferencedeployments"),
         Kind(f"{GROUP}/{VERSION}", "AccessPolicy", "accesspolicies"),
         Kind(f"{GROUP}/{VERSION}", "DataConnector", "dataconnectors"),
@@ -150,6 +155,22 @@ KINDS: dict[str, Kind] = {
 
 def kind_of(obj: Obj) -> Kind:
     return KINDS[obj["kind"]]
+
+
+def applies_field(obj: Obj, path: Sequence[str], manager: str = FIELD_MANAGER) -> bool:
+    """Whether `manager`'s server-side applies own the field at `path` (e.g. spec, replicas)
+    of `obj` as read, by its managedFields."""
+    for entry in obj["metadata"].get("managedFields") or []:
+        if entry.get("manager") != manager or entry.get("operation") != "Apply":
+            continue
+        fields = entry.get("fieldsV1") or {}
+        for key in path:
+            fields = fields.get(f"f:{key}")
+            if fields is None:
+                break
+        else:
+            return True
+    return False
 
 
 def new_api_client() -> client.ApiClient:
@@ -247,15 +268,23 @@ class Kube:
         self._server_side_apply(kind, desired)
         return True
 
-    def _server_side_apply(self, kind: Kind, desired: Obj) -> None:
+    def _server_side_apply(self, kind: Kind, desired: Obj, manager: str = FIELD_MANAGER) -> None:
         meta = desired["metadata"]
         self._call(
             "PATCH",
             kind.path(meta.get("namespace"), meta["name"]),
             body=desired,
-            query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+            query=[("fieldManager", manager), ("force", "true")],
             content_type="application/apply-patch+yaml",
         )
+
+    def hand_over(self, fields: Obj) -> None:
+        """Apply `fields` (an existing object's name and the fields to hand over, at their
+        live values) as HANDOVER_FIELD_MANAGER: they stay when the operator stops applying
+        them, and their new owner changes them freely."""
+        kind = kind_of(fields)
+        self._count_write("apply", kind.kind)
+        self._server_side_apply(kind, fields, HANDOVER_FIELD_MANAGER)
 
     def delete(self, kind: Kind, namespace: str | None, name: str) -> None:
         """Delete an object and, in the background, what it owns; gone already is fine."""

@@ -49,6 +49,7 @@ from .meta import (
     PART_OF,
     PART_OF_LABEL,
     ZONE_LABEL,
+    operator_pods,
 )
 from .tls import tls_secret
 from .weights import estimated_restore_seconds
@@ -75,8 +76,8 @@ AUDIT_SHIPPING_SECRET = "privatellm-audit-shipping"
 GATEWAY_TLS_SECRET = "privatellm-gateway-tls"
 GATEWAY_PORT = 8443
 METRICS_PORT = 9090
-# Replicas read each other's quota counts here, found through a headless Service;
-# only gateway Pods may connect.
+# Replicas read each other's quota counts here, found through a headless Service, and
+# the operator reads their demand; only gateway and operator Pods may connect.
 PEER_PORT = 8444
 PEERS_SERVICE = f"{GATEWAY_NAME}-peers"
 CONFIG_DIR = "/etc/privatellm/gateway"
@@ -122,6 +123,9 @@ class GatewayInputs:
     vault_addr: str | None = None
     audit_shipping: AuditShipping | None = None
     connectors: Sequence[DataConnector] = ()
+    # Where the operator runs (its POD_NAMESPACE): its Pods there may read the replicas'
+    # demand on the peer port. None when it runs outside the cluster.
+    operator_namespace: str | None = None
 
 
 def connector_service_account(connector: str) -> str:
@@ -425,9 +429,16 @@ def render_gateway_peers_service(inputs: GatewayInputs) -> Manifest:
         "spec": {
             "clusterIP": "None",
             "selector": _selector(),
-            # Named https: the port the gateway's EndpointSlice reader takes.
+            # Named https: the port the gateway's EndpointSlice reader takes. The metrics
+            # port lets KEDA read every replica's figures (render/keda.py).
             "ports": [
-                {"name": "https", "protocol": "TCP", "port": PEER_PORT, "targetPort": "peers"}
+                {"name": "https", "protocol": "TCP", "port": PEER_PORT, "targetPort": "peers"},
+                {
+                    "name": "metrics",
+                    "protocol": "TCP",
+                    "port": METRICS_PORT,
+                    "targetPort": "metrics",
+                },
             ],
         },
     }
@@ -445,7 +456,11 @@ def render_gateway_pdb(inputs: GatewayInputs) -> Manifest:
 
 def render_gateway_network_policy(inputs: GatewayInputs) -> Manifest:
     """The gateway is the namespace's door: its API and metrics ports are open, and its
-    peer port to the other gateway Pods only."""
+    peer port to the other gateway Pods and the operator's Pods only."""
+    callers: list[Manifest] = [{"podSelector": {"matchLabels": _selector()}}]
+    if inputs.operator_namespace:
+        # The operator's demand collector calls GET /demand there (docs/autoscaling.md).
+        callers.append(operator_pods(inputs.operator_namespace))
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -456,10 +471,7 @@ def render_gateway_network_policy(inputs: GatewayInputs) -> Manifest:
             "ingress": [
                 {"ports": [{"protocol": "TCP", "port": GATEWAY_PORT}]},
                 {"ports": [{"protocol": "TCP", "port": METRICS_PORT}]},
-                {
-                    "from": [{"podSelector": {"matchLabels": _selector()}}],
-                    "ports": [{"protocol": "TCP", "port": PEER_PORT}],
-                },
+                {"from": callers, "ports": [{"protocol": "TCP", "port": PEER_PORT}]},
             ],
         },
     }

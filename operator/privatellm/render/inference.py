@@ -38,6 +38,7 @@ from .meta import (
     SPOT,
     TLS_REVISION_ANNOTATION,
     ZONE_LABEL,
+    operator_pods,
 )
 from .probe import server_probes
 from .weights import (
@@ -272,9 +273,17 @@ def render_service_account(obj: InferenceDeployment) -> Manifest:
     }
 
 
-def render_network_policy(obj: InferenceDeployment) -> Manifest:
-    """Admits traffic to the vLLM Pods only from the gateway in the same namespace."""
+def render_network_policy(
+    obj: InferenceDeployment, operator_namespace: str | None = None
+) -> Manifest:
+    """Admits traffic to the vLLM Pods only from the gateway in the same namespace, and,
+    for an autoscaled model, from the operator's Pods in `operator_namespace`."""
     gateway = {COMPONENT_LABEL: GATEWAY_COMPONENT, PART_OF_LABEL: PART_OF}
+    callers: list[Manifest] = [{"podSelector": {"matchLabels": gateway}}]
+    if obj.spec.autoscaling is not None and operator_namespace:
+        # The autoscaler reads vLLM's own figures at GET /metrics, which vLLM serves on
+        # its API port (docs/autoscaling.md); models without autoscaling stay gateway-only.
+        callers.append(operator_pods(operator_namespace))
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -282,12 +291,7 @@ def render_network_policy(obj: InferenceDeployment) -> Manifest:
         "spec": {
             "podSelector": {"matchLabels": selector_labels(obj)},
             "policyTypes": ["Ingress"],
-            "ingress": [
-                {
-                    "from": [{"podSelector": {"matchLabels": gateway}}],
-                    "ports": [{"protocol": "TCP", "port": SERVING_PORT}],
-                }
-            ],
+            "ingress": [{"from": callers, "ports": [{"protocol": "TCP", "port": SERVING_PORT}]}],
         },
     }
 
@@ -325,12 +329,13 @@ def render_pod_disruption_budget(obj: InferenceDeployment) -> Manifest:
 
 
 def render_zone_deployment(
-    obj: InferenceDeployment, zone: str, replicas: int, tls_revision: str = ""
+    obj: InferenceDeployment, zone: str, replicas: int | None, tls_revision: str = ""
 ) -> Manifest:
     """The vLLM Deployment of `zone`: `replicas` Pods pinned to the zone and its weights.
 
-    `tls_revision` names the server certificate; vLLM reads it only at start, so a new
-    certificate rolls the Pods.
+    `replicas` None leaves the count out: another owner (KEDA's HPA) sets it, and a
+    field the operator does not apply is not the operator's. `tls_revision` names the
+    server certificate; vLLM reads it only at start, so a new certificate rolls the Pods.
     """
     spec = obj.spec
     weights, sub_path, copy_first = _server_weights(obj, zone)
@@ -361,7 +366,7 @@ def render_zone_deployment(
         "kind": "Deployment",
         "metadata": child_metadata(obj, zone_deployment_name(obj, zone), zone),
         "spec": {
-            "replicas": replicas,
+            **({} if replicas is None else {"replicas": replicas}),
             "selector": {"matchLabels": zone_selector(obj, zone)},
             # Never give up a serving replica before its replacement has loaded the weights:
             # a rollout waits for a free GPU instead.
@@ -386,13 +391,18 @@ def _pod_template_metadata(obj: InferenceDeployment, zone: str, tls_revision: st
 
 
 def render_children(
-    obj: InferenceDeployment, replicas_per_zone: Mapping[str, int], tls_revision: str = ""
+    obj: InferenceDeployment,
+    replicas_per_zone: Mapping[str, int | None],
+    tls_revision: str = "",
+    operator_namespace: str | None = None,
 ) -> list[Manifest]:
     """Every child of `obj`, in a stable order that creates what Pods need before the Pods.
 
-    Zones missing from `replicas_per_zone` get no replicas. Raises `InvalidSpecError` with every
-    problem `spec_errors` finds, before rendering anything. The TLS Secret is not among them:
-    its key material comes from the controller (render/tls.py renders it).
+    Zones missing from `replicas_per_zone` get no replicas; a zone mapped to None gets a
+    Deployment without a count (see `render_zone_deployment`). Raises `InvalidSpecError`
+    with every problem `spec_errors` finds, before rendering anything. The TLS Secret is
+    not among them: its key material comes from the controller (render/tls.py renders it).
+    `operator_namespace` is where the operator runs; None when it runs outside the cluster.
     """
     errors = spec_errors(obj)
     if errors:
@@ -400,7 +410,7 @@ def render_children(
     zones = obj.spec.zones
     children = [
         render_service_account(obj),
-        render_network_policy(obj),
+        render_network_policy(obj, operator_namespace),
         render_service(obj),
         render_pod_disruption_budget(obj),
     ]

@@ -17,6 +17,12 @@ MANAGED_BY = "privatellm-operator"
 # The gateway's Pods carry COMPONENT_LABEL=GATEWAY_COMPONENT and PART_OF_LABEL=PART_OF;
 # network policies admit traffic from exactly those.
 GATEWAY_COMPONENT = "gateway"
+# The chart's operator Pods carry COMPONENT_LABEL=OPERATOR_COMPONENT and PART_OF_LABEL=PART_OF
+# whatever the release is called (charts/privatellm/templates/_helpers.tpl); network
+# policies admit the operator by those two labels in its own namespace.
+OPERATOR_COMPONENT = "operator"
+# Set by the API server on every namespace: a namespaceSelector picks one namespace by it.
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 
 # Project labels: which custom resource a child belongs to, and which zone a Pod serves.
 INFERENCE_DEPLOYMENT_LABEL = "privatellm.io/inference-deployment"
@@ -58,4 +64,14 @@ def owner_reference(obj: Resource) -> dict[str, Any]:
         "uid": obj.metadata.uid,
         "controller": True,
         "blockOwnerDeletion": True,
+    }
+
+
+def operator_pods(namespace: str) -> dict[str, Any]:
+    """A NetworkPolicy peer: the operator's Pods in `namespace`, the chart's release namespace."""
+    return {
+        "namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: namespace}},
+        "podSelector": {
+            "matchLabels": {COMPONENT_LABEL: OPERATOR_COMPONENT, PART_OF_LABEL: PART_OF}
+        },
     }

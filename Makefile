@@ -80,6 +80,7 @@ bench: $(READY) testenv
 	$(BIN)/python -m tests.benchmarks.bench_filters
 	$(BIN)/python -m tests.benchmarks.bench_audit
 	$(BIN)/python -m tests.benchmarks.bench_autoscale
+	$(BIN)/python -m tests.benchmarks.bench_scale_from_zero --cycles 20 --burst 50
 
 # The demo runs on $$KUBECONFIG when it is set, else on a local simulated cluster.
 # The operator runs in the background as a local process; `make demo-down` stops

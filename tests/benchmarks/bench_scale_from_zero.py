@@ -98,7 +98,7 @@ async def run(cycles: int, burst: int, engine_start: float) -> dict[str, Any]:
         cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
         cluster.kubectl("wait", "--for=condition=Established", "-f", str(ROOT / "crds"))
         cluster.kubectl("create", "namespace", NAMESPACE)
-        kube = Kube(config.new_client_from_config(str(cluster.kubeconfig)))
+        kube = Kube(config.new_client_from_config(str(cluster.kubeconfig)))  # type: ignore[no-untyped-call]
         kube.apply(inference_deployment(), live=None)
         nodes = [NodeView.from_node(n) for n in kube.list(KINDS["Node"])]
         return await _cycles(kube, nodes, cycles, burst, engine_start)
@@ -124,7 +124,7 @@ async def _cycles(
         collector_task = asyncio.create_task(collector.run())
         await asyncio.sleep(0)
         autoscaler = Autoscaler(collector, clock)
-        decisions: list[str] = []
+        decisions: list[str | None] = []
 
         async def step() -> None:
             await asyncio.to_thread(reconcile, kube, None, nodes, NAMESPACE, MODEL, autoscaler)

@@ -134,3 +134,13 @@ def test_a_model_without_autoscaling_is_not_decided() -> None:
     reports = Reports()
     assert Autoscaler(reports, Clock()).decide(model(), {}) is None
     assert reports.watched == set()
+
+
+def test_fewer_replicas_than_zones_is_explained() -> None:
+    reports = Reports()
+    reports.set(in_flight=100)
+    obj = model(autoscaling={"minReplicas": 1, "maxReplicas": 2, "targetInFlightPerReplica": 4})
+    status = status_for(obj, Autoscaler(reports, Clock()), {})
+    status = status_for(obj, Autoscaler(reports, Clock()), status)
+    assert [z["replicas"] for z in status["zones"]] == [1, 1, 0]
+    assert "maxReplicas 2 is below the 3 zones" in status["autoscaling"]["message"]

@@ -411,4 +411,18 @@ def compute_status(
         status["encryptionKey"] = {"name": encryption_key[0], "version": encryption_key[1]}
     if scaling is not None:
         status["autoscaling"] = autoscaling_status(scaling, previous.get("autoscaling"), now)
+        if spread := _spread_note(obj):
+            status["autoscaling"]["message"] += spread
     return status
+
+
+def _spread_note(obj: InferenceDeployment) -> str:
+    """What a maxReplicas below the zone count means for the spread, in words."""
+    scaling, zones = obj.spec.autoscaling, obj.spec.zones
+    if scaling is None or scaling.max_replicas >= len(zones):
+        return ""
+    return (
+        f"; maxReplicas {scaling.max_replicas} is below the {len(zones)} zones: replicas go"
+        " to the first zones of spec.zones that can serve, and the others stand by for"
+        " failover"
+    )

@@ -261,10 +261,16 @@ def test_pods_refused_for_a_missing_priority_class_are_degraded_with_failed_crea
     assert [(e.type, e.count) for e in warnings] == [("Warning", 1)]
 
     patch_spec(cluster, namespace, "unranked", {"priorityClassName": None})
-    fixed = wait_until(
-        lambda: settled(cluster, namespace, "unranked", 1), timeout=120, what="Ready once fixed"
+    # The Deployment drops its ReplicaFailure condition a moment after its new Pods are
+    # ready, so Degraded clears a reconcile after Ready: wait for both.
+    wait_until(
+        lambda: (
+            (obj := settled(cluster, namespace, "unranked", 1))
+            and condition(obj, "Degraded")["status"] == "False"
+        ),
+        timeout=120,
+        what="Ready and no longer Degraded once fixed",
     )
-    assert condition(fixed, "Degraded")["status"] == "False"
 
 
 def test_a_job_whose_pods_are_refused_is_degraded_with_failed_create(

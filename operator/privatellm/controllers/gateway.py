@@ -24,7 +24,7 @@ from privatellm.audit import Signer
 from privatellm.audit.records import policy_change_record
 from privatellm.kube.client import KINDS, Kube
 from privatellm.render.access_policy import policy_problems, resolved_models
-from privatellm.render.conditions import ConditionState, merge_conditions
+from privatellm.render.conditions import ConditionState, merge_conditions, validation_messages
 from privatellm.render.gateway import (
     AUDIT_KEY_KEY,
     CONFIG_SECRET,
@@ -183,14 +183,8 @@ def parse_stored(
             valid.append((raw, cls.model_validate(raw)))
         except ValidationError as error:
             log.warning("%s %s/%s does not validate", raw["kind"], *_where(raw))
-            invalid.append((raw, _validation_reason(error)))
+            invalid.append((raw, "; ".join(validation_messages(error)) + "; it is not enforced"))
     return valid, invalid
-
-
-def _validation_reason(error: ValidationError) -> str:
-    """Each field that failed, with why, as the API server would say it."""
-    fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-    return f"{fields}; it is not enforced"
 
 
 def _where(raw: dict[str, Any]) -> tuple[str, str]:

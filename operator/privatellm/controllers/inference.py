@@ -12,10 +12,12 @@ import logging
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
+from pydantic import ValidationError
+
 from privatellm.api import InferenceDeployment
 from privatellm.keys.transit import VaultClient, VaultError
 from privatellm.kube.client import KINDS, LOOKUP, ApiError, Kube, Obj
-from privatellm.render.conditions import find_condition
+from privatellm.render.conditions import find_condition, merge_conditions, validation_messages
 from privatellm.render.inference import (
     render_children,
     spec_errors,
@@ -29,6 +31,7 @@ from privatellm.render.inference_status import (
     compute_status,
     deployment_failed_create,
     endpoint,
+    invalid_spec_conditions,
     job_failed_create,
     job_lacks_pods,
     replica_plan,
@@ -124,8 +127,13 @@ def reconcile(
         return
     if namespace_terminating(kube, namespace):
         return  # re-creating what the namespace controller removes would only fight it
-    obj = InferenceDeployment.model_validate(raw)
     previous = raw.get("status") or {}
+    try:
+        obj = InferenceDeployment.model_validate(raw)
+    except ValidationError as error:
+        # Stored before a stricter schema: say why at once; nothing is rendered.
+        _report_unreadable(kube, raw, previous, validation_messages(error))
+        return
     keda = keda_present(kube)
     # Where KEDA can scale the model its HPAs set the count, and the operator's
     # autoscaler leaves it alone; where it cannot, the operator scales it meanwhile.
@@ -196,6 +204,21 @@ def reconcile(
     if refused:
         # Reported in status; raising makes the runtime retry with backoff.
         raise ReportedError("; ".join(map(str, refused)))
+
+
+def _report_unreadable(kube: Kube, raw: Obj, previous: Obj, invalid: list[str]) -> None:
+    generation = raw["metadata"].get("generation")
+    conditions = merge_conditions(
+        previous.get("conditions") or [], invalid_spec_conditions(invalid), generation, now()
+    )
+    status = {"observedGeneration": generation, "conditions": conditions}
+    if any(previous.get(k) != v for k, v in status.items()):
+        kube.patch_status(INFERENCE, *_ref(raw), status)
+        _record_transitions(kube, raw, previous, status)
+
+
+def _ref(raw: Obj) -> tuple[str, str]:
+    return raw["metadata"].get("namespace", ""), raw["metadata"]["name"]
 
 
 def _apply_children(

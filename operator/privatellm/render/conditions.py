@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pydantic import ValidationError
+
 ConditionStatus = Literal["True", "False", "Unknown"]
 
 
@@ -61,3 +63,8 @@ def merge_conditions(
 def find_condition(conditions: Sequence[dict[str, Any]], type_: str) -> dict[str, Any] | None:
     """The condition of `type_`, if present."""
     return next((c for c in conditions if c.get("type") == type_), None)
+
+
+def validation_messages(error: ValidationError) -> list[str]:
+    """Each field of a stored object that fails the current API models, with why."""
+    return [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()]

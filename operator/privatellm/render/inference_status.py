@@ -277,6 +277,16 @@ def _child_problems(observed: Observed) -> list[Problem]:
     ]
 
 
+def invalid_spec_conditions(invalid: Sequence[str]) -> list[ConditionState]:
+    """Not Ready and Degraded with every reason the spec is refused; nothing rendered."""
+    message = "; ".join(invalid)
+    return [
+        ConditionState("Ready", "False", "InvalidSpec", message),
+        ConditionState("Progressing", "False", "InvalidSpec", "nothing was rendered"),
+        ConditionState("Degraded", "True", "InvalidSpec", message),
+    ]
+
+
 def _conditions(
     obj: InferenceDeployment,
     observed: Observed,
@@ -286,12 +296,7 @@ def _conditions(
     scaling: Decision | None,
 ) -> list[ConditionState]:
     if invalid:
-        message = "; ".join(invalid)
-        return [
-            ConditionState("Ready", "False", "InvalidSpec", message),
-            ConditionState("Progressing", "False", "InvalidSpec", "nothing was rendered"),
-            ConditionState("Degraded", "True", "InvalidSpec", message),
-        ]
+        return invalid_spec_conditions(invalid)
     desired = sum(plan.values())
     ready = sum(observed.zones.get(z, ZoneView()).ready for z in obj.spec.zones)
     rolling = [

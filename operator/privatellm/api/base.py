@@ -8,6 +8,7 @@ itself rejects a bad spec with a message that names the field.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -34,6 +35,17 @@ MAX_DNS_LABEL = 63
 MAX_DNS_SUBDOMAIN = 253
 SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
 DURATION = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+
+
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration_seconds(text: str) -> float:
+    """Seconds in a duration of the DURATION grammar, such as "30m" or "1h30m"."""
+    if not re.fullmatch(DURATION, text):
+        raise ValueError(f"not a duration: {text!r}")
+    return sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(text))
 
 
 def unanchored(pattern: str) -> str:

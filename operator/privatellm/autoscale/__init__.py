@@ -8,6 +8,8 @@ replica count with a reason, given the `State` the previous decision returned (o
 caller passes the time in, keeps the state and applies the count.
 """
 
+from privatellm.api.base import duration_seconds
+
 from .decision import Decision, Reason, Signal, State, decide, start_state
 from .demand import (
     Demand,
@@ -18,7 +20,7 @@ from .demand import (
     gateway_report_problem,
 )
 from .engine_metrics import MetricsError, read_engine_metrics
-from .policy import Policy, duration_seconds, policy_for
+from .policy import Policy, policy_for
 
 __all__ = [
     "Decision",

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from privatellm.api import InferenceDeploymentSpec
-from privatellm.api.base import DURATION
+from privatellm.api.base import duration_seconds
 from privatellm.api.inference import AutoscalingSpec
 
 # How long a lower demand must last before replicas go: the highest count asked for in
@@ -18,16 +17,6 @@ SCALE_DOWN_WINDOW_SECONDS = {"interactive": 300.0, "batch": 1800.0}
 # Batch callers tolerate the wake-up (about a minute for a restore and engine start)
 # and idle for long stretches between jobs; an interactive user should rarely meet it.
 DEFAULT_SCALE_TO_ZERO_AFTER = {"interactive": "30m", "batch": "15m"}
-
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def duration_seconds(text: str) -> float:
-    """Seconds in a duration of the API's DURATION grammar, such as "30m" or "1h30m"."""
-    if not re.fullmatch(DURATION, text):
-        raise ValueError(f"not a duration: {text!r}")
-    return sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(text))
 
 
 @dataclass(frozen=True)

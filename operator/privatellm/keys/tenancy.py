@@ -8,11 +8,11 @@ has and write only the difference.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
 from privatellm.api import InferenceDeployment
+from privatellm.api.base import duration_seconds as api_duration_seconds
 
 # The ServiceAccount the gateway of every namespace runs as.
 GATEWAY_SERVICE_ACCOUNT = "privatellm-gateway"
@@ -21,9 +21,6 @@ GATEWAY_SERVICE_ACCOUNT = "privatellm-gateway"
 GATEWAY_OPERATIONS = ("datakey/plaintext", "datakey/wrapped", "encrypt", "decrypt", "rewrap")
 TOKEN_TTL = "1h"
 TOKEN_MAX_TTL = "4h"
-
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
 
 
 def namespace_key_name(namespace: str) -> str:
@@ -63,11 +60,8 @@ def gateway_role(namespace: str) -> dict[str, Any]:
 
 
 def duration_seconds(duration: str) -> int:
-    """Seconds in a duration such as "720h" or "1h30m" (the API's DURATION pattern)."""
-    parts = _DURATION_PART.findall(duration)
-    if not parts or "".join(n + u for n, u in parts) != duration:
-        raise ValueError(f"not a duration: {duration!r}")
-    return round(sum(float(n) * _UNIT_SECONDS[u] for n, u in parts))
+    """Whole seconds in a duration such as "720h" or "1h30m" (the API's DURATION pattern)."""
+    return round(api_duration_seconds(duration))
 
 
 def operator_policy(mount: str = "transit", auth_mount: str = "kubernetes") -> str:

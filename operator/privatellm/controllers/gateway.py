@@ -22,7 +22,7 @@ from privatellm.api import DataConnector, InferenceDeployment
 from privatellm.api.access import AccessPolicy
 from privatellm.audit import Signer
 from privatellm.audit.records import policy_change_record
-from privatellm.kube.client import KINDS, Kube
+from privatellm.kube.client import KINDS, Kube, namespace_and_name
 from privatellm.render.access_policy import policy_problems, resolved_models
 from privatellm.render.conditions import ConditionState, merge_conditions, validation_messages
 from privatellm.render.gateway import (
@@ -182,13 +182,9 @@ def parse_stored(
         try:
             valid.append((raw, cls.model_validate(raw)))
         except ValidationError as error:
-            log.warning("%s %s/%s does not validate", raw["kind"], *_where(raw))
+            log.warning("%s %s/%s does not validate", raw["kind"], *namespace_and_name(raw))
             invalid.append((raw, "; ".join(validation_messages(error)) + "; it is not enforced"))
     return valid, invalid
-
-
-def _where(raw: dict[str, Any]) -> tuple[str, str]:
-    return raw["metadata"].get("namespace", ""), raw["metadata"]["name"]
 
 
 def _api_key_digests(
@@ -278,7 +274,7 @@ def _write_policy_status(
     }
     if all(previous.get(k) == v for k, v in status.items()):
         return
-    kube.patch_status(ACCESS_POLICY, *_where(raw), status)
+    kube.patch_status(ACCESS_POLICY, *namespace_and_name(raw), status)
     before = {c.get("type"): c for c in previous.get("conditions") or []}.get("Ready")
     if problems and (before is None or before.get("reason") != reason):
         kube.post_event(event_for(raw, "Warning", reason, "; ".join(problems)))

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from privatellm.api import InferenceDeployment
 from privatellm.keys.transit import VaultClient, VaultError
-from privatellm.kube.client import KINDS, LOOKUP, ApiError, Kube, Obj
+from privatellm.kube.client import KINDS, LOOKUP, ApiError, Kube, Obj, namespace_and_name
 from privatellm.render.conditions import find_condition, merge_conditions, validation_messages
 from privatellm.render.inference import (
     render_children,
@@ -213,12 +213,8 @@ def _report_unreadable(kube: Kube, raw: Obj, previous: Obj, invalid: list[str]) 
     )
     status = {"observedGeneration": generation, "conditions": conditions}
     if any(previous.get(k) != v for k, v in status.items()):
-        kube.patch_status(INFERENCE, *_ref(raw), status)
+        kube.patch_status(INFERENCE, *namespace_and_name(raw), status)
         _record_transitions(kube, raw, previous, status)
-
-
-def _ref(raw: Obj) -> tuple[str, str]:
-    return raw["metadata"].get("namespace", ""), raw["metadata"]["name"]
 
 
 def _apply_children(

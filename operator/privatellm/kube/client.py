@@ -157,6 +157,11 @@ def kind_of(obj: Obj) -> Kind:
     return KINDS[obj["kind"]]
 
 
+def namespace_and_name(obj: Obj) -> tuple[str, str]:
+    """Where an object is: its namespace ("" for a cluster-wide one) and its name."""
+    return obj["metadata"].get("namespace", ""), obj["metadata"]["name"]
+
+
 def applies_field(obj: Obj, path: Sequence[str], manager: str = FIELD_MANAGER) -> bool:
     """Whether `manager`'s server-side applies own the field at `path` (e.g. spec, replicas)
     of `obj` as read, by its managedFields."""

@@ -39,6 +39,8 @@ BINARIES = (
     "kubectl",
 )
 SERVICE_CIDR = "10.96.0.0/16"
+# KWOK gives Pods addresses from here; nothing routes them unless a test makes them local.
+POD_CIDR = "10.244.0.0/16"
 # Every write, with who made it, goes to the audit log: tests count a component's writes.
 AUDIT_POLICY = {
     "apiVersion": "audit.k8s.io/v1",
@@ -320,7 +322,7 @@ class LocalCluster:
             "--manage-all-nodes=false",
             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
             "--node-lease-duration-seconds=40",
-            "--cidr=10.244.0.0/16",
+            f"--cidr={POD_CIDR}",
             "--node-ip=10.240.0.1",
         ]
         args += [f"--config={stage}" for stage in self.tools.kwok_stages()]

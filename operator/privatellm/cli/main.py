@@ -13,6 +13,7 @@ from privatellm.api.crd import crd_files
 from privatellm.cli.audit_cmd import UsageError, add_audit_parser, record_control_action, run_audit
 from privatellm.cli.filter_cmd import add_filter_parser, run_filter
 from privatellm.cli.gateway_cmd import add_gateway_parser, run_gateway
+from privatellm.cli.quarantine_cmd import add_quarantine_parser, run_quarantine
 from privatellm.devcluster import LocalCluster, Toolchain
 from privatellm.keys import TransitClient, VaultClient, VaultError
 from privatellm.keys.drill import (
@@ -98,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_filter_parser(commands)
     add_gateway_parser(commands)
     add_audit_parser(commands)
+    add_quarantine_parser(commands)
     return parser
 
 
@@ -235,6 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_gateway(args)
     if args.command == "audit":
         return run_audit(args)
+    if args.command == "quarantine":
+        return run_quarantine(args)
     raise AssertionError(args.command)
 
 

@@ -1,0 +1,1 @@
+"""Connectors: the filter sidecar's item inspection and decisions, beside each DataConnector."""

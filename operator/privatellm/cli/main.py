@@ -11,6 +11,7 @@ from pathlib import Path
 
 from privatellm.api.crd import crd_files
 from privatellm.cli.audit_cmd import UsageError, add_audit_parser, record_control_action, run_audit
+from privatellm.cli.connector_cmd import add_connector_parsers, run_connector, run_sidecar
 from privatellm.cli.filter_cmd import add_filter_parser, run_filter
 from privatellm.cli.gateway_cmd import add_gateway_parser, run_gateway
 from privatellm.cli.quarantine_cmd import add_quarantine_parser, run_quarantine
@@ -100,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_gateway_parser(commands)
     add_audit_parser(commands)
     add_quarantine_parser(commands)
+    add_connector_parsers(commands)
     return parser
 
 
@@ -239,6 +241,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_audit(args)
     if args.command == "quarantine":
         return run_quarantine(args)
+    if args.command == "sidecar":
+        return run_sidecar(args)
+    if args.command == "connector":
+        return run_connector(args)
     raise AssertionError(args.command)
 
 

@@ -81,6 +81,7 @@ bench: $(READY) testenv
 	$(BIN)/python -m tests.benchmarks.bench_audit
 	$(BIN)/python -m tests.benchmarks.bench_autoscale
 	$(BIN)/python -m tests.benchmarks.bench_scale_from_zero --cycles 20 --burst 50
+	$(BIN)/python -m tests.benchmarks.bench_connector --items 500 --seed 7
 
 # The demo runs on $$KUBECONFIG when it is set, else on a local simulated cluster.
 # The operator runs in the background as a local process; `make demo-down` stops

@@ -1,4 +1,5 @@
-"""Provision the Vault side of a namespace: its Transit key, its gateway's policy and role.
+"""Provision the Vault side of a namespace: its Transit key, its gateway's policy and role,
+and its connector sidecars' (seal only).
 
 Reads what Vault has and writes only what differs, so a resync of an unchanged
 namespace writes nothing to Vault either. Keys are created, never deleted here:
@@ -11,11 +12,15 @@ from collections.abc import Sequence
 
 from privatellm.api import InferenceDeployment
 from privatellm.keys.tenancy import (
+    connector_policy,
+    connector_policy_name,
+    connector_role,
     duration_seconds,
     gateway_policy,
     gateway_policy_name,
     gateway_role,
     key_name,
+    namespace_key_name,
 )
 from privatellm.keys.transit import TransitClient, VaultClient, VaultError
 
@@ -54,6 +59,40 @@ def ensure_tenant_keys(
         if not _role_matches(_read(vault, path), role):
             vault.request("POST", path, role)
     return name, key.latest_version
+
+
+def ensure_connector_keys(
+    vault: VaultClient, namespace: str, service_accounts: Sequence[str]
+) -> str:
+    """The namespace key, and the policy and role its connector sidecars seal with;
+    with no connector left, the role and policy go. Returns the key's name.
+
+    Raises VaultUnavailableError when Vault cannot be reached (the caller reports it).
+    """
+    name = namespace_key_name(namespace)
+    transit = TransitClient(vault)
+    try:
+        transit.read_key(name)
+    except VaultError as error:
+        if error.status != 404:
+            raise
+        transit.create_key(name)
+    policy_name = connector_policy_name(namespace)
+    path = f"auth/{KUBERNETES_AUTH}/role/{policy_name}"
+    kubernetes_auth = f"{KUBERNETES_AUTH}/" in vault.request("GET", "sys/auth").get("data", {})
+    if not service_accounts:
+        if kubernetes_auth:
+            _delete(vault, path)
+        _delete(vault, f"sys/policies/acl/{policy_name}")
+        return name
+    policy = connector_policy(namespace)
+    if _read(vault, f"sys/policies/acl/{policy_name}").get("policy") != policy:
+        vault.request("PUT", f"sys/policies/acl/{policy_name}", {"policy": policy})
+    if kubernetes_auth:
+        role = connector_role(namespace, service_accounts)
+        if not _role_matches(_read(vault, path), role):
+            vault.request("POST", path, role)
+    return name
 
 
 def release_tenant_keys(

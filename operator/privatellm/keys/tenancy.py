@@ -59,6 +59,32 @@ def gateway_role(namespace: str) -> dict[str, Any]:
     }
 
 
+def connector_policy_name(namespace: str) -> str:
+    """The Vault ACL policy of a namespace's connector sidecars."""
+    return f"privatellm-connector-{namespace}"
+
+
+def connector_policy(namespace: str, mount: str = "transit") -> str:
+    """HCL letting a sidecar seal quarantined items under the namespace key, and nothing
+    more: it asks for new data keys, never decrypts, so it cannot read what it sealed,
+    nor the gateway's sealed payloads. Reading an item back is a reviewer's right."""
+    key = namespace_key_name(namespace)
+    return (
+        f'path "{mount}/datakey/plaintext/{key}" {{\n  capabilities = {_hcl_list(["update"])}\n}}\n'
+    )
+
+
+def connector_role(namespace: str, service_accounts: Sequence[str]) -> dict[str, Any]:
+    """Kubernetes-auth role: the namespace's connector ServiceAccounts get their policy."""
+    return {
+        "bound_service_account_names": sorted(set(service_accounts)),
+        "bound_service_account_namespaces": [namespace],
+        "token_policies": [connector_policy_name(namespace)],
+        "token_ttl": TOKEN_TTL,
+        "token_max_ttl": TOKEN_MAX_TTL,
+    }
+
+
 def duration_seconds(duration: str) -> int:
     """Whole seconds in a duration such as "720h" or "1h30m" (the API's DURATION pattern)."""
     return round(api_duration_seconds(duration))

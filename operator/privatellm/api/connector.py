@@ -11,6 +11,7 @@ from .base import (
     MAX_DNS_SUBDOMAIN,
     MAX_LIST,
     MAX_NAME,
+    MAX_TEXT,
     ApiModel,
     CommonStatus,
     CRDInfo,
@@ -160,11 +161,31 @@ class DataConnectorSpec(ApiModel):
     )
 
 
+class ConnectorError(ApiModel):
+    """The latest error a connector's filter sidecar reported."""
+
+    time: str = Field(
+        description="When it happened (RFC 3339).", json_schema_extra={"format": "date-time"}
+    )
+    reason: str = Field(description="Machine-readable CamelCase reason.", max_length=128)
+    message: str = Field(default="", description="Human-readable explanation.", max_length=MAX_TEXT)
+
+
 class DataConnectorStatus(CommonStatus):
-    """Observed state of a DataConnector."""
+    """Observed state of a DataConnector.
+
+    The counters are the sums of what the connector's filter sidecars report; a sidecar
+    keeps its counts on its state volume, which lives as long as its Pod.
+    """
 
     items_passed: int = Field(default=0, description="Items that passed the filters.", ge=0)
     items_blocked: int = Field(default=0, description="Items the filters blocked.", ge=0)
+    items_quarantined: int = Field(
+        default=0, description="Items the filters held back for review.", ge=0
+    )
+    last_error: ConnectorError | None = Field(
+        default=None, description="The latest error a filter sidecar reported."
+    )
 
 
 class DataConnector(Resource):
@@ -178,6 +199,9 @@ class DataConnector(Resource):
             ready_column(),
             PrinterColumn("Type", ".spec.type"),
             PrinterColumn("Direction", ".spec.direction"),
+            PrinterColumn("Passed", ".status.itemsPassed", type="integer"),
+            PrinterColumn("Blocked", ".status.itemsBlocked", type="integer"),
+            PrinterColumn("Quarantined", ".status.itemsQuarantined", type="integer"),
             age_column(),
         ),
         root_rules=(

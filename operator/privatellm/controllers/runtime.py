@@ -35,7 +35,7 @@ from privatellm.kube.client import ApiError, Kube, new_api_client
 from privatellm.render.audit import render_operator_audit_public_key
 from privatellm.render.inference_status import NodeView
 
-from . import gateway, inference
+from . import connector, gateway, inference
 from .autoscaling import Autoscaler
 from .builder import Context, Controller, Declaration, For, Key, KnownKeys, Watches, WatchEvent
 from .demand import DemandCollector, access_from_secrets, replicas_from_slices
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 # Set by the chart to the namespace the operator's Pod runs in.
 OPERATOR_NAMESPACE_ENV = "POD_NAMESPACE"
 # Every controller of the operator. Adding one is a module that declares it, and a line here.
-CONTROLLERS: list[Controller] = [inference.CONTROLLER, gateway.CONTROLLER]
+CONTROLLERS: list[Controller] = [inference.CONTROLLER, gateway.CONTROLLER, connector.CONTROLLER]
 
 
 @dataclass(frozen=True)

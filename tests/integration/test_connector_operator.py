@@ -22,9 +22,10 @@ from privatellm.api import GROUP, VERSION
 from privatellm.controllers.connector import reconcile
 from privatellm.controllers.events import ReportedError
 from privatellm.devcluster import Toolchain
-from privatellm.kube.client import Kube
+from privatellm.keys.transit import VaultError
+from privatellm.kube.client import KINDS, Kube
 
-from .conftest import ROOT, Cluster, wait_until
+from .conftest import ROOT, Cluster, VaultServer, wait_until
 from .operator_process import (
     USERNAME,
     OperatorProcess,
@@ -518,3 +519,28 @@ def _recreated(cluster: Cluster, namespace: str, uid: str) -> bool:
     except client.ApiException:
         return False
     return bool(found.metadata.uid != uid)
+
+
+def test_with_vault_the_sidecars_seal_under_a_role_of_their_own(
+    crds: Cluster, kube: Kube, stack: str, vault: VaultServer
+) -> None:
+    namespace = stack
+    crds.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, connector())
+    reconcile(kube, namespace, NAME, read_metrics=sidecar_metrics, image=IMAGE, vault=vault.client)
+    quarantine = condition(read(crds, namespace), "Quarantine")
+    assert (quarantine["status"], quarantine["reason"]) == ("True", "Sealed")
+    config_map = crds.core.read_namespaced_config_map(CHILD, namespace)
+    encryption = json.loads(config_map.data["connector.json"])["encryption"]
+    assert encryption["vaultAddr"] == vault.addr
+    assert encryption["role"] == f"privatellm-connector-{namespace}"
+    policy = vault.client.request("GET", f"sys/policies/acl/privatellm-connector-{namespace}")
+    assert f"transit/datakey/plaintext/privatellm-{namespace}" in policy["data"]["policy"]
+    assert "decrypt" not in policy["data"]["policy"]
+
+    # Deleted, the last connector takes the namespace's connector policy with it.
+    crds.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, NAME)
+    wait_until(lambda: not kube.list(KINDS["DataConnector"], namespace), what="the deletion")
+    reconcile(kube, namespace, NAME, vault=vault.client)
+    with pytest.raises(VaultError) as gone:
+        vault.client.request("GET", f"sys/policies/acl/privatellm-connector-{namespace}")
+    assert gone.value.status == 404

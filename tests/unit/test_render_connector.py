@@ -31,6 +31,7 @@ from privatellm.render.connector import (
     connector_status,
     counter_reading,
     parse_sidecar_metrics,
+    quarantine_off,
     reference_problems,
     render_connector,
     spec_problems,
@@ -296,7 +297,7 @@ def test_the_sidecar_and_the_built_in_connector_read_every_key_of_the_config() -
     sidecar = SidecarConfig.model_validate_json(config_text(config))
     assert sidecar.gateway_ca_file == "/etc/privatellm/connector/ca.crt"
     assert sidecar.hash_key_file and sidecar.audit_signing_key_file and sidecar.terms_file
-    assert sidecar.encryption is None  # hence the Quarantine condition
+    assert sidecar.encryption is None  # without Vault; see the test after the next
     read_by_sidecar = {field.alias or name for name, field in SidecarConfig.model_fields.items()}
     # The built-in connector's own keys (cli/connector_cmd.py); dataClasses is there for
     # connectors' own images, as the gateway applies the classes itself.
@@ -554,15 +555,29 @@ def states(conditions: list[ConditionState]) -> dict[str, tuple[str, str]]:
     return {c.type: (c.status, c.reason) for c in conditions if c.type != "Quarantine"}
 
 
-def test_the_quarantine_is_reported_off_whatever_else_holds() -> None:
+def test_the_quarantine_condition_says_whether_items_are_sealed_whatever_else_holds() -> None:
     for workload in (SERVING, WorkloadView()):
-        quarantine = connector_conditions("crm", workload, [], [])[-1]
+        sealed = connector_conditions("crm", workload, [], [])[-1]
+        assert (sealed.type, sealed.status, sealed.reason) == ("Quarantine", "True", "Sealed")
+        off = quarantine_off("the operator runs without Vault")
+        quarantine = connector_conditions("crm", workload, [], [], off)[-1]
         assert (quarantine.type, quarantine.status, quarantine.reason) == (
             "Quarantine",
             "False",
             "NotSealed",
         )
         assert "refused and stays with the connector" in quarantine.message
+
+
+def test_with_vault_the_sidecar_logs_in_with_its_token_to_seal() -> None:
+    obj = connector(type="webhook", credentialsSecret="tls")
+    assert "encryption" not in connector_config(obj)
+    config = connector_config(obj, vault_addr="https://vault.vault.svc:8200")
+    sidecar = SidecarConfig.model_validate_json(config_text(config))
+    assert sidecar.encryption is not None
+    assert sidecar.encryption.vault_addr == "https://vault.vault.svc:8200"
+    assert sidecar.encryption.role == f"privatellm-connector-{obj.metadata.namespace}"
+    assert sidecar.encryption.jwt_file == sidecar.token_file
 
 
 def test_ready_only_when_the_current_pod_is_ready_and_nothing_is_left_undone() -> None:

@@ -22,11 +22,13 @@ from pydantic import ValidationError
 
 from privatellm.api import DataConnector
 from privatellm.api.access import AccessPolicy
+from privatellm.keys.transit import VaultClient, VaultError
 from privatellm.kube.client import KINDS, LOOKUP, ApiError, Kube, Obj, namespace_and_name
 from privatellm.render.conditions import merge_conditions, validation_messages
 from privatellm.render.connector import (
     CONNECTOR_COMPONENT,
     DATA_CONNECTOR_LABEL,
+    QUARANTINE_ON,
     SIDECAR_METRICS_PORT,
     ConnectorInputs,
     CounterReading,
@@ -38,13 +40,14 @@ from privatellm.render.connector import (
     counter_reading,
     parse_sidecar_metrics,
     protected_entity_lines,
+    quarantine_off,
     reference_problems,
     render_connector,
     spec_problems,
     transition_events,
     workload_name,
 )
-from privatellm.render.gateway import AUDIT_KEY_KEY, HASH_KEY_KEY
+from privatellm.render.gateway import AUDIT_KEY_KEY, HASH_KEY_KEY, connector_service_account
 from privatellm.render.gateway import CONFIG_SECRET as GATEWAY_CONFIG_SECRET
 from privatellm.render.inference_status import ChildFailure, invalid_spec_conditions
 from privatellm.render.meta import COMPONENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL
@@ -54,6 +57,7 @@ from .builder import Context, Controller, For, Key, Labels, Owns, Watches, Watch
 from .events import ReportedError, event_for, now
 from .gateway import PROTECTED_ENTITIES_KEY, gateway_image, parse_stored
 from .inference import TRANSIENT_STATUSES, namespace_terminating
+from .keys import ensure_connector_keys
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +95,18 @@ def reconcile(
     name: str,
     read_metrics: MetricsReader = read_sidecar_metrics,
     image: str | None = None,
+    vault: VaultClient | None = None,
 ) -> None:
     """Bring one DataConnector's children and status in line with its spec.
 
     `read_metrics` reads a sidecar's counts by its Pod's IP; `image` is the project
-    image the built-in connector and the sidecars run (by default the gateway's).
+    image the built-in connector and the sidecars run (by default the gateway's);
+    with `vault`, the sidecars may seal quarantined items under the namespace key.
     """
     raw = kube.get(DATA_CONNECTOR, namespace, name)
     if raw is None or raw["metadata"].get("deletionTimestamp"):
+        if vault is not None:
+            _connector_keys(kube, vault, namespace)  # its ServiceAccount loses the role
         return  # the children carry owner references: the garbage collector removes them
     if namespace_terminating(kube, namespace):
         return  # re-creating what the namespace controller removes would only fight it
@@ -120,6 +128,13 @@ def reconcile(
     entities, terms = _outbound_terms(kube, namespace)
     ca = secret_bytes(kube.get(SECRET, namespace, NAMESPACE_CA_SECRET), CA_CERT_KEY)
     gateway_keys = kube.get(SECRET, namespace, GATEWAY_CONFIG_SECRET)
+    quarantine = quarantine_off("the operator runs without Vault")
+    if vault is not None:
+        try:
+            _connector_keys(kube, vault, namespace)
+            quarantine = QUARANTINE_ON
+        except VaultError as error:
+            quarantine = quarantine_off(f"Vault cannot give the connectors a role: {error}")
     inputs = ConnectorInputs(
         connector,
         image or gateway_image(),
@@ -128,6 +143,7 @@ def reconcile(
         ca.decode(),
         secret_bytes(gateway_keys, HASH_KEY_KEY),
         secret_bytes(gateway_keys, AUDIT_KEY_KEY),
+        vault.addr if quarantine is QUARANTINE_ON and vault is not None else None,
     )
     refused, deployment = _apply_children(kube, connector, render_connector(inputs))
     problems = [
@@ -137,13 +153,23 @@ def reconcile(
         *spec_problems(connector),
     ]
     workload = WorkloadView.from_deployment(deployment)
-    conditions = connector_conditions(name, workload, refused, problems)
+    conditions = connector_conditions(name, workload, refused, problems, quarantine)
     reading = _read_counters(kube, connector, read_metrics)
     status = connector_status(connector, conditions, reading, previous, now())
     _write_status(kube, raw, previous, status)
     if refused:
         # Reported in status; raising makes the runtime retry with backoff.
         raise ReportedError("; ".join(map(str, refused)))
+
+
+def _connector_keys(kube: Kube, vault: VaultClient, namespace: str) -> None:
+    """The namespace's connector role names the ServiceAccount of every connector there."""
+    accounts = [
+        connector_service_account(c["metadata"]["name"])
+        for c in kube.list(DATA_CONNECTOR, namespace)
+        if not c["metadata"].get("deletionTimestamp")
+    ]
+    ensure_connector_keys(vault, namespace, accounts)
 
 
 def _outbound_terms(kube: Kube, namespace: str) -> tuple[set[str], set[str]]:
@@ -268,7 +294,7 @@ def _write_status(kube: Kube, raw: Obj, previous: Mapping[str, Any], status: Obj
 
 
 def _reconcile(context: Context, key: Key) -> None:
-    reconcile(context.kube, *key)
+    reconcile(context.kube, *key, vault=context.vault)
 
 
 def _owner(event: WatchEvent) -> Key:

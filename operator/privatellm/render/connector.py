@@ -26,6 +26,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from privatellm.api import DataConnector
+from privatellm.keys.tenancy import connector_policy_name
 
 from .conditions import ConditionState, merge_conditions
 from .gateway import (
@@ -99,16 +100,26 @@ OUTCOMES = ("passed", "blocked", "quarantined")
 COUNTERS_CONDITION = "CountersCurrent"
 # The types `privatellm connector run` has a connector for (connectors/builtin.py).
 BUILT_IN_TYPES = ("webhook", "objectStore")
-# The sidecar seals quarantined items with a data key of the namespace's Transit key;
-# the namespace's Vault role admits the gateway's ServiceAccount only, so the
-# operator gives the sidecar no encryption settings, and the sidecar keeps nothing.
-QUARANTINE_OFF = ConditionState(
-    "Quarantine",
-    "False",
-    "NotSealed",
-    "the sidecar has no Transit key to seal items with: an item that fails a filter is"
-    " refused and stays with the connector instead of being quarantined",
+# The sidecar seals quarantined items with data keys of the namespace's Transit key,
+# logging in to Vault with its ServiceAccount token (keys/tenancy.connector_role).
+QUARANTINE_CONDITION = "Quarantine"
+QUARANTINE_ON = ConditionState(
+    QUARANTINE_CONDITION,
+    "True",
+    "Sealed",
+    "an item that fails a filter is sealed with the namespace's Transit key and kept",
 )
+
+
+def quarantine_off(why: str) -> ConditionState:
+    """Without a Transit key to seal with, the sidecar keeps nothing: it refuses."""
+    return ConditionState(
+        QUARANTINE_CONDITION,
+        "False",
+        "NotSealed",
+        f"{why}: an item that fails a filter is refused and stays with the connector"
+        " instead of being quarantined",
+    )
 
 
 def _short_hash(text: str) -> str:
@@ -165,12 +176,16 @@ def gateway_url(namespace: str) -> str:
 
 
 def connector_config(
-    connector: DataConnector, hash_key: bool = False, audit_signing_key: bool = False
+    connector: DataConnector,
+    hash_key: bool = False,
+    audit_signing_key: bool = False,
+    vault_addr: str | None = None,
 ) -> dict[str, Any]:
     """The document the sidecar and the built-in connector read (CONFIG_FILE).
 
     `hash_key` and `audit_signing_key`: whether the sidecar's Secret holds the
-    namespace gateway's keys (it does once the gateway has them).
+    namespace gateway's keys (it does once the gateway has them). With `vault_addr`,
+    the sidecar seals quarantined items, logging in with its projected token.
     """
     spec = connector.spec
     filters = spec.filters
@@ -208,6 +223,12 @@ def connector_config(
         config["hashKeyFile"] = f"{SIDECAR_SECRET_DIR}/{HASH_KEY_KEY}"
     if audit_signing_key:
         config["auditSigningKeyFile"] = f"{SIDECAR_SECRET_DIR}/{AUDIT_KEY_KEY}"
+    if vault_addr:
+        config["encryption"] = {
+            "vaultAddr": vault_addr,
+            "role": connector_policy_name(connector.metadata.namespace or ""),
+            "jwtFile": f"{TOKEN_DIR}/{TOKEN_PATH}",
+        }
     if spec.type == "webhook":
         config["webhookPort"] = WEBHOOK_PORT
     return config
@@ -248,6 +269,8 @@ class ConnectorInputs:
     # The namespace gateway's hash key and audit signing key (PEM); empty until it has them.
     hash_key: bytes = b""
     audit_signing_key: bytes = b""
+    # The operator's Vault, once the namespace's connector role exists there.
+    vault_addr: str | None = None
 
 
 def _metadata(connector: DataConnector, name: str) -> Manifest:
@@ -271,7 +294,7 @@ def render_service_account(connector: DataConnector) -> Manifest:
 
 def _config_data(inputs: ConnectorInputs) -> dict[str, str]:
     config = connector_config(
-        inputs.connector, bool(inputs.hash_key), bool(inputs.audit_signing_key)
+        inputs.connector, bool(inputs.hash_key), bool(inputs.audit_signing_key), inputs.vault_addr
     )
     data = {CONFIG_KEY: config_text(config)}
     if inputs.gateway_ca_pem:
@@ -723,6 +746,7 @@ def connector_conditions(
     workload: WorkloadView,
     refused: Sequence[ChildFailure],
     problems: Sequence[Problem],
+    quarantine: ConditionState = QUARANTINE_ON,
 ) -> list[ConditionState]:
     """Ready, Progressing and Degraded of a connector, and whether it quarantines.
 
@@ -760,7 +784,7 @@ def connector_conditions(
         degraded = ConditionState("Degraded", "True", everything[0].reason, message)
     else:
         degraded = ConditionState("Degraded", "False", "AsExpected", "")
-    return [ready, progressing, degraded, QUARANTINE_OFF]
+    return [ready, progressing, degraded, quarantine]
 
 
 def connector_status(

@@ -178,7 +178,11 @@ def _post(
         with urllib.request.urlopen(request, timeout=30, context=context) as response:
             return response.status, json.loads(response.read() or b"null")
     except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"null")
+        body = error.read()
+        try:
+            return error.code, json.loads(body or b"null")
+        except ValueError:  # the HTTP layer's own refusals are plain text
+            return error.code, body.decode(errors="replace")
 
 
 def _up(url: str, context: ssl.SSLContext | None = None) -> bool:
@@ -478,3 +482,35 @@ def test_new_objects_in_a_bucket_pass_the_filters_once_and_results_are_written_b
     assert len(pipeline.model.requests) - prompts_before == 2
     prompts = [r.json()["messages"][0]["content"] for r in pipeline.model.requests]
     assert not any("DE89370400440532013000" in p for p in prompts)
+
+
+def test_an_item_for_a_model_the_connector_does_not_list_is_refused(pipeline: Pipeline) -> None:
+    status, answer = _post(
+        f"{pipeline.sidecar_url}/items", b"hello", {"X-Model": "another-teams-model"}
+    )
+    assert (status, answer["error"]["code"]) == (400, "model_not_listed")
+
+
+@pytest.mark.parametrize(
+    ("item", "reason"),
+    [
+        (corpus.truncated_zip(), "archive_truncated"),
+        ("Grüße aus Köln".encode("latin-1"), "undecodable_text"),
+        (bytes(range(256)) * 64, "file_type_not_allowed:application/octet-stream"),
+        (b"x" * (8 * 1024 * 1024 + 1), "too_large"),
+    ],
+    ids=["truncated-zip", "latin-1-text", "unknown-binary", "over-the-limit"],
+)
+def test_bad_items_get_a_reason_in_the_answer_and_the_record_and_the_sidecar_serves_on(
+    pipeline: Pipeline, item: bytes, reason: str
+) -> None:
+    key = f"bad-{uuid.uuid4().hex[:6]}"
+    status, answer = pipeline.push(item, key)
+    assert status in (413, 422), answer
+    assert answer["error"]["code"] == reason
+    records = [r for r in pipeline.audit() if r["reason"] == reason]
+    assert records, f"no record with reason {reason}"
+    # A header larger than the server takes is refused by the HTTP layer; still serving.
+    big = _post(f"{pipeline.sidecar_url}/items", b"x", {"X-Item-Key": "k" * 20_000})
+    assert big[0] == 400
+    assert pipeline.push(corpus.text("still here"), f"{key}-after")[0] == 202

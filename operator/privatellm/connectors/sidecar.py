@@ -2,8 +2,9 @@
 
 The connector container speaks only to this process, on localhost:
 
-    POST   /items          an item (raw bytes) for the models; X-Item-Key names it in
-                           the source system, X-Deliver-To where its result goes
+    POST   /items          an item (raw bytes) for a model; X-Item-Key names it in
+                           the source system, X-Model which of the connector's models
+                           (the first by default), X-Deliver-To where its result goes
     POST   /results        a text the models produced, for X-Deliver-To (outbound)
     GET    /results        the next result kept for the connector (long poll, ?wait=s)
     DELETE /results/{id}   the connector took that result
@@ -61,6 +62,8 @@ GATEWAY = "gateway"
 CONNECTOR = "connector"
 ITEM_KEY = "X-Item-Key"
 DELIVER_TO = "X-Deliver-To"
+# Which of the connector's models an item is for; the first listed when not given.
+MODEL = "X-Model"
 OUTCOMES = ("passed", "blocked", "quarantined")
 # The longest a GET /results waits for a result.
 MAX_RESULT_WAIT_SECONDS = 30.0
@@ -241,6 +244,10 @@ class Sidecar:
             await self._record_refusal(request, "too_large", f"item larger than {limit} bytes")
             return _refused(413, "too_large", f"items are at most {limit} bytes")
         source_key = request.headers.get(ITEM_KEY, "")
+        model = request.headers.get(MODEL) or (self.config.models or [""])[0]
+        if model not in self.config.models:
+            listed = ", ".join(self.config.models) or "none"
+            return _refused(400, "model_not_listed", f"{MODEL} must be one of: {listed}")
         item_id = stable_item_id(self.config.name, source_key, data)
         deliver_to = request.headers.get(DELIVER_TO) or self._default_destination()
         if deliver_to != CONNECTOR and not (
@@ -271,6 +278,7 @@ class Sidecar:
             "itemId": item_id,
             "sourceKey": source_key,
             "deliverTo": deliver_to,
+            "model": model,
             "text": verdict.text,
         }
         try:
@@ -332,7 +340,7 @@ class Sidecar:
 
     async def _to_model(self, job: dict[str, Any]) -> None:
         try:
-            answer = await self._ask_gateway(job["text"])
+            answer = await self._ask_gateway(job["model"], job["text"])
         except GatewayError as error:
             if not error.final:
                 raise
@@ -424,8 +432,8 @@ class Sidecar:
         finally:
             self._leased.pop(entry.item_id, None)
 
-    async def _ask_gateway(self, text: str) -> str:
-        body = {"model": self.config.models[0], "messages": [{"role": "user", "content": text}]}
+    async def _ask_gateway(self, model: str, text: str) -> str:
+        body = {"model": model, "messages": [{"role": "user", "content": text}]}
         headers = {"Authorization": f"Bearer {await asyncio.to_thread(self.read_token)}"}
         url = self.config.gateway.rstrip("/") + "/v1/chat/completions"
         try:

@@ -25,6 +25,7 @@ from privatellm.devcluster import Toolchain
 from privatellm.keys.transit import VaultError
 from privatellm.kube.client import KINDS, Kube
 
+from .admission import refusing_deployments
 from .conftest import ROOT, Cluster, VaultServer, wait_until
 from .operator_process import (
     USERNAME,
@@ -344,55 +345,20 @@ def refusing_policy(crds: Cluster, stack: str) -> Iterator[str]:
     the operator learns of it only from the answer to its apply."""
     namespace = stack
     name = f"privatellm-test-refuse-connectors-{namespace}"
-    policy = {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingAdmissionPolicy",
-        "metadata": {"name": name},
-        "spec": {
-            "failurePolicy": "Fail",
-            "matchConstraints": {
-                "resourceRules": [
-                    {
-                        "apiGroups": ["apps"],
-                        "apiVersions": ["v1"],
-                        "operations": ["CREATE", "UPDATE"],
-                        "resources": ["deployments"],
-                    }
-                ]
-            },
-            "validations": [
-                {
-                    "expression": "!has(object.metadata.labels)"
-                    " || !('app.kubernetes.io/component' in object.metadata.labels)"
-                    " || object.metadata.labels['app.kubernetes.io/component'] != 'connector'",
-                    "message": POLICY_MESSAGE,
-                }
-            ],
-        },
-    }
-    binding = {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingAdmissionPolicyBinding",
-        "metadata": {"name": name},
-        "spec": {
-            "policyName": name,
-            "validationActions": ["Deny"],
-            "matchResources": {
-                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
-            },
-        },
-    }
-    crds.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all([policy, binding]))
-    try:
-        wait_until(
-            lambda: POLICY_MESSAGE in _dry_run_connector_deployment(crds, namespace),
-            timeout=30,
-            what="the admission policy in force",
-        )
+    allowed = (
+        "!has(object.metadata.labels)"
+        " || !('app.kubernetes.io/component' in object.metadata.labels)"
+        " || object.metadata.labels['app.kubernetes.io/component'] != 'connector'"
+    )
+    with refusing_deployments(
+        crds,
+        namespace,
+        name,
+        allowed,
+        POLICY_MESSAGE,
+        lambda: _dry_run_connector_deployment(crds, namespace),
+    ):
         yield name
-    finally:
-        for kind in ("validatingadmissionpolicybinding", "validatingadmissionpolicy"):
-            crds.kubectl("delete", kind, name, "--ignore-not-found")
 
 
 def _dry_run_connector_deployment(cluster: Cluster, namespace: str) -> str:

@@ -19,6 +19,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from .admission import refusing_deployments
 from .conftest import Cluster, wait_until
 from .operator_process import OperatorProcess, running_operator
 from .test_inference_operator import (
@@ -94,62 +95,22 @@ def most_attempts_in(window: float) -> int:
 
 @pytest.fixture
 def refusing_policy(cluster: Cluster, namespace: str) -> Iterator[None]:
-    """An admission policy refusing Deployments that request REFUSED_MEMORY in `namespace`.
-
-    It stands for whatever the API server refuses (an invalid quantity, a policy engine,
-    a quota): the operator learns of it only from the answer to its apply.
-    """
-    name = f"privatellm-test-refuse-{namespace}"
+    """An admission policy refusing Deployments that request REFUSED_MEMORY in `namespace`."""
     requests = "c.resources.requests"
-    policy = {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingAdmissionPolicy",
-        "metadata": {"name": name},
-        "spec": {
-            "failurePolicy": "Fail",
-            "matchConstraints": {
-                "resourceRules": [
-                    {
-                        "apiGroups": ["apps"],
-                        "apiVersions": ["v1"],
-                        "operations": ["CREATE", "UPDATE"],
-                        "resources": ["deployments"],
-                    }
-                ]
-            },
-            "validations": [
-                {
-                    "expression": "object.spec.template.spec.containers.all(c, "
-                    f"!has(c.resources) || !has({requests}) || !('memory' in {requests}) "
-                    f"|| {requests}['memory'] != '{REFUSED_MEMORY}')",
-                    "message": POLICY_MESSAGE,
-                }
-            ],
-        },
-    }
-    binding = {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingAdmissionPolicyBinding",
-        "metadata": {"name": name},
-        "spec": {
-            "policyName": name,
-            "validationActions": ["Deny"],
-            "matchResources": {
-                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
-            },
-        },
-    }
-    cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all([policy, binding]))
-    try:
-        wait_until(
-            lambda: POLICY_MESSAGE in _dry_run_deployment(cluster, namespace),
-            timeout=30,
-            what="the admission policy in force",
-        )
+    allowed = (
+        "object.spec.template.spec.containers.all(c, "
+        f"!has(c.resources) || !has({requests}) || !('memory' in {requests}) "
+        f"|| {requests}['memory'] != '{REFUSED_MEMORY}')"
+    )
+    with refusing_deployments(
+        cluster,
+        namespace,
+        f"privatellm-test-refuse-{namespace}",
+        allowed,
+        POLICY_MESSAGE,
+        lambda: _dry_run_deployment(cluster, namespace),
+    ):
         yield
-    finally:
-        for kind in ("validatingadmissionpolicybinding", "validatingadmissionpolicy"):
-            cluster.kubectl("delete", kind, name, "--ignore-not-found")
 
 
 def _dry_run_deployment(cluster: Cluster, namespace: str) -> str:

@@ -12,8 +12,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from privatellm.connectors.content import (
+    CSV,
+    DOCX,
+    GZIP,
+    HTML,
+    JSON,
+    MAIL,
+    PDF,
+    PPTX,
     SUPPORTED_TYPES,
+    TAR,
+    TEXT,
     UNKNOWN,
+    XLSX,
+    ZIP,
     Inspection,
     InspectLimits,
     inspect,
@@ -43,21 +55,21 @@ def reason(data: bytes, **limits: Any) -> str | None:
 # --- detection ----------------------------------------------------------------------------
 
 MISLEADING = [
-    c.Item("report.txt", c.pdf(["Quarterly report"]), c.PDF),
-    c.Item("scan.pdf", c.docx(["A letter"]), c.DOCX),
-    c.Item("export.csv", c.xlsx([["name", "amount"], ["Anna", 5]]), c.XLSX),
-    c.Item("letter.docx", c.pptx(["Slide"]), c.PPTX),
-    c.Item("letter.docx", c.zip_of({"word/document.xml": b"<w/>"}), c.ZIP),
-    c.Item("archive.zip", c.gzip_of(b"hello"), c.GZIP),
-    c.Item("notes.txt", c.tar_of({"a.txt": b"hello"}), c.TAR),
-    c.Item("orders.txt", c.json_customers(["C1"]), c.JSON),
-    c.Item("orders.csv", c.json_lines(["C1", "C2"]), c.JSON),
-    c.Item("table.txt", c.csv_table([["id", "name", "city"], ["1", "Anna", "Utrecht"]]), c.CSV),
-    c.Item("page.txt", c.html_page(["Hello"]), c.HTML),
-    c.Item("message.pdf", c.mail("Hello", "Body"), c.MAIL),
-    c.Item("data.bin", c.utf16_text("Grüße aus Köln"), c.TEXT),
-    c.Item("image.png", c.text("Just a note.\nTwo lines."), c.TEXT),
-    c.Item("utf8bom.dat", b"\xef\xbb\xbfwith a byte order mark", c.TEXT),
+    c.Item("report.txt", c.pdf(["Quarterly report"]), PDF),
+    c.Item("scan.pdf", c.docx(["A letter"]), DOCX),
+    c.Item("export.csv", c.xlsx([["name", "amount"], ["Anna", 5]]), XLSX),
+    c.Item("letter.docx", c.pptx(["Slide"]), PPTX),
+    c.Item("letter.docx", c.zip_of({"word/document.xml": b"<w/>"}), ZIP),
+    c.Item("archive.zip", c.gzip_of(b"hello"), GZIP),
+    c.Item("notes.txt", c.tar_of({"a.txt": b"hello"}), TAR),
+    c.Item("orders.txt", c.json_customers(["C1"]), JSON),
+    c.Item("orders.csv", c.json_lines(["C1", "C2"]), JSON),
+    c.Item("table.txt", c.csv_table([["id", "name", "city"], ["1", "Anna", "Utrecht"]]), CSV),
+    c.Item("page.txt", c.html_page(["Hello"]), HTML),
+    c.Item("message.pdf", c.mail("Hello", "Body"), MAIL),
+    c.Item("data.bin", c.utf16_text("Grüße aus Köln"), TEXT),
+    c.Item("image.png", c.text("Just a note.\nTwo lines."), TEXT),
+    c.Item("utf8bom.dat", b"\xef\xbb\xbfwith a byte order mark", TEXT),
 ]
 
 
@@ -77,16 +89,16 @@ def test_mail_attachments_typed_by_content_not_declared_type_or_name() -> None:
         [
             ("notes.txt", "text/plain", c.pdf(["a pdf in disguise"])),
             ("scan.pdf", "application/pdf", c.docx(["a docx in disguise"])),
-            ("report.docx", c.DOCX, c.text("only text")),
+            ("report.docx", DOCX, c.text("only text")),
         ],
     )
     inspection = inspect(data)
     assert inspection.ok
     assert by_path(inspection) == {
-        "mail": c.MAIL,
-        "mail/attachment[1]/notes.txt": c.PDF,
-        "mail/attachment[2]/scan.pdf": c.DOCX,
-        "mail/attachment[3]/report.docx": c.TEXT,
+        "mail": MAIL,
+        "mail/attachment[1]/notes.txt": PDF,
+        "mail/attachment[2]/scan.pdf": DOCX,
+        "mail/attachment[3]/report.docx": TEXT,
     }
     assert text_of(inspection, "mail/attachment[1]/notes.txt").strip() == "a pdf in disguise"
     assert text_of(inspection, "mail/attachment[2]/scan.pdf") == "a docx in disguise"
@@ -119,13 +131,13 @@ def test_text_must_be_utf8_or_utf16_with_bom() -> None:
 
 def test_control_garbage_is_not_text() -> None:
     garbage = b"readable start" + bytes(range(1, 9)) * 20
-    assert inspect(garbage).content_type != c.TEXT
+    assert inspect(garbage).content_type != TEXT
 
 
 def test_normalize_type() -> None:
-    assert normalize_type("Text/Plain; charset=utf-8") == c.TEXT
-    assert normalize_type("application/x-gzip") == c.GZIP
-    assert normalize_type("application/x-zip-compressed") == c.ZIP
+    assert normalize_type("Text/Plain; charset=utf-8") == TEXT
+    assert normalize_type("application/x-gzip") == GZIP
+    assert normalize_type("application/x-zip-compressed") == ZIP
 
 
 def test_allowed_types_compare_normalized() -> None:
@@ -134,7 +146,7 @@ def test_allowed_types_compare_normalized() -> None:
 
 
 def test_empty_allow_list_means_every_supported_type() -> None:
-    assert {c.PDF, c.DOCX, c.MAIL, c.ZIP, c.TEXT} <= SUPPORTED_TYPES
+    assert {PDF, DOCX, MAIL, ZIP, TEXT} <= SUPPORTED_TYPES
     for item in MISLEADING:
         assert inspect(item.data, InspectLimits()).ok
 
@@ -143,34 +155,32 @@ def test_empty_allow_list_means_every_supported_type() -> None:
 
 
 def test_pdf_renamed_txt_refused_when_only_text_allowed() -> None:
-    renamed = c.Item("invoice.txt", c.pdf(["Invoice"]), c.PDF)
-    refusal = inspect(renamed.data, InspectLimits(allowed_types=frozenset({c.TEXT}))).refusal
+    renamed = c.Item("invoice.txt", c.pdf(["Invoice"]), PDF)
+    refusal = inspect(renamed.data, InspectLimits(allowed_types=frozenset({TEXT}))).refusal
     assert refusal is not None
     assert refusal.reason == "file_type_not_allowed:application/pdf"
 
 
 def test_allow_list_applies_to_every_part() -> None:
     data = c.mail("Hi", "Body", [("notes.txt", "text/plain", c.pdf(["not text"]))])
-    allowed = frozenset({c.MAIL, c.TEXT})
+    allowed = frozenset({MAIL, TEXT})
     refusal = inspect(data, InspectLimits(allowed_types=allowed)).refusal
     assert refusal is not None
     assert refusal.reason == "file_type_not_allowed:application/pdf"
     assert refusal.path == "mail/attachment[1]/notes.txt"
-    assert inspect(data, InspectLimits(allowed_types=allowed | {c.PDF})).ok
+    assert inspect(data, InspectLimits(allowed_types=allowed | {PDF})).ok
 
 
 def test_the_container_itself_must_be_allowed() -> None:
     data = c.zip_of({"a.txt": b"hello"})
-    assert (
-        reason(data, allowed_types=frozenset({c.TEXT})) == "file_type_not_allowed:application/zip"
-    )
-    assert reason(data, allowed_types=frozenset({c.TEXT, c.ZIP})) is None
+    assert reason(data, allowed_types=frozenset({TEXT})) == "file_type_not_allowed:application/zip"
+    assert reason(data, allowed_types=frozenset({TEXT, ZIP})) is None
 
 
 def test_disallowed_type_is_refused_before_it_is_parsed() -> None:
     broken_pdf = b"%PDF-1.7\n" + bytes(range(256)) * 8
     assert reason(broken_pdf) == "malformed:application/pdf"
-    assert reason(broken_pdf, allowed_types=frozenset({c.TEXT})) == (
+    assert reason(broken_pdf, allowed_types=frozenset({TEXT})) == (
         "file_type_not_allowed:application/pdf"
     )
 
@@ -216,19 +226,19 @@ def test_json_keys_and_values() -> None:
 def test_csv_text_is_the_table() -> None:
     data = c.csv_table([["id", "name"], ["1", "Anna"], ["2", "Bram"]])
     inspection = inspect(data)
-    assert inspection.content_type == c.CSV
+    assert inspection.content_type == CSV
     assert inspection.text == data.decode()
 
 
 def test_prose_with_commas_is_not_csv() -> None:
-    assert inspect(b"Hello, world.\nHow are you?\n").content_type == c.TEXT
+    assert inspect(b"Hello, world.\nHow are you?\n").content_type == TEXT
 
 
 def test_mail_headers_bodies_and_attachments() -> None:
     data = c.mail(
         "Quarterly figures",
         "Plain body.",
-        [("report.docx", c.DOCX, c.docx(["In the report"]))],
+        [("report.docx", DOCX, c.docx(["In the report"]))],
         html="<p>Html body.</p>",
     )
     inspection = inspect(data)
@@ -266,16 +276,16 @@ def test_attachments_nest() -> None:
     data = c.mail(
         "Outer",
         "Body",
-        [("bundle.zip", c.ZIP, inner), ("fwd.eml", c.MAIL, c.mail("Inner", "Inner body"))],
+        [("bundle.zip", ZIP, inner), ("fwd.eml", MAIL, c.mail("Inner", "Inner body"))],
     )
     inspection = inspect(data)
     assert inspection.ok
     assert by_path(inspection) == {
-        "mail": c.MAIL,
-        "mail/attachment[1]/bundle.zip": c.ZIP,
-        "mail/attachment[1]/bundle.zip/in.docx": c.DOCX,
-        "mail/attachment[1]/bundle.zip/note.txt": c.TEXT,
-        "mail/attachment[2]/fwd.eml": c.MAIL,
+        "mail": MAIL,
+        "mail/attachment[1]/bundle.zip": ZIP,
+        "mail/attachment[1]/bundle.zip/in.docx": DOCX,
+        "mail/attachment[1]/bundle.zip/note.txt": TEXT,
+        "mail/attachment[2]/fwd.eml": MAIL,
     }
     assert "Inner body" in text_of(inspection, "mail/attachment[2]/fwd.eml")
 
@@ -291,17 +301,17 @@ def test_base64_encoded_attached_mail_is_decoded() -> None:
         f'Content-Disposition: attachment; filename="fwd.eml"\r\n\r\n{encoded}\r\n--b--\r\n'
     ).encode()
     inspection = inspect(data)
-    assert by_path(inspection)["mail/attachment[1]/fwd.eml"] == c.MAIL
+    assert by_path(inspection)["mail/attachment[1]/fwd.eml"] == MAIL
     assert "Inner body" in text_of(inspection, "mail/attachment[1]/fwd.eml")
 
 
 def test_tar_in_gzip_named_from_the_gzip_header() -> None:
     data = c.gzip_of(c.tar_of({"dir/a.txt": b"alpha", "b.txt": b"beta"}), name="bundle.tar")
     assert by_path(inspect(data)) == {
-        "gzip": c.GZIP,
-        "gzip/bundle.tar": c.TAR,
-        "gzip/bundle.tar/dir/a.txt": c.TEXT,
-        "gzip/bundle.tar/b.txt": c.TEXT,
+        "gzip": GZIP,
+        "gzip/bundle.tar": TAR,
+        "gzip/bundle.tar/dir/a.txt": TEXT,
+        "gzip/bundle.tar/b.txt": TEXT,
     }
 
 
@@ -395,7 +405,7 @@ def test_nesting_depth_limit() -> None:
 
 
 def test_mail_counts_as_a_level() -> None:
-    data = c.mail("Outer", "Body", [("a.zip", c.ZIP, c.nested_zip(2))])
+    data = c.mail("Outer", "Body", [("a.zip", ZIP, c.nested_zip(2))])
     assert reason(data, max_depth=3) is None
     assert reason(data, max_depth=2) == "archive_too_deep"
 
@@ -438,7 +448,7 @@ def test_xml_entities_never_expand() -> None:
         '<w:document xmlns:w="w"><w:body><w:p><w:r><w:t>&b;</w:t></w:r></w:p></w:body></w:document>'
     )
     data = c._package("word/document.xml", main, {"word/document.xml": (main, laughs)})
-    assert reason(data) == f"malformed:{c.DOCX}"
+    assert reason(data) == f"malformed:{DOCX}"
 
 
 def test_item_size_limit() -> None:

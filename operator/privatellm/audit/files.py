@@ -7,15 +7,9 @@ import os
 import uuid
 from pathlib import Path
 
+from privatellm.durable import fsync_directory
+
 from .checkpoint import Checkpoint
-
-
-def fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_durably(path: Path, data: bytes) -> None:

@@ -35,8 +35,10 @@ from typing import Any
 
 import orjson
 
+from privatellm.durable import fsync_directory
+
 from .checkpoint import Checkpoint, Signer
-from .files import fsync_directory, load_checkpoints, read_log_id, write_durably
+from .files import load_checkpoints, read_log_id, write_durably
 from .index import SegmentIndex
 from .merkle import MerkleFrontier, leaf_hash
 from .records import RECOVERY

@@ -34,13 +34,12 @@ from typing import Any
 
 import orjson
 
+from privatellm.durable import write_atomically
 from privatellm.gateway.config import EncryptionSettings
 from privatellm.gateway.payloads import vault_client
 from privatellm.keys.envelope import Envelope, RecordContext, TransitKeys
 from privatellm.keys.tenancy import namespace_key_name
 from privatellm.keys.transit import TransitClient, VaultClient
-
-from .spool import write_file_durably
 
 FORMAT_VERSION = 1
 RECORD_SUFFIX = ".rec"
@@ -268,8 +267,8 @@ class Quarantine:
                 sha256=digest,
             )
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            write_file_durably(record_path, record)
-            write_file_durably(
+            write_atomically(record_path, record)
+            write_atomically(
                 self.directory / f"{item_id}{META_SUFFIX}",
                 orjson.dumps(entry.to_json(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS),
             )

@@ -40,6 +40,7 @@ from pydantic import ConfigDict, Field
 from privatellm.api.base import ApiModel
 from privatellm.api.connector import ConnectorFilters, EgressEndpoint
 from privatellm.audit import AuditLog
+from privatellm.durable import write_atomically
 from privatellm.gateway.config import EncryptionSettings
 from privatellm.render.gateway import connector_service_account
 
@@ -52,7 +53,6 @@ from .spool import (
     SpoolFullError,
     SpoolItemTooLargeError,
     stable_item_id,
-    write_file_durably,
 )
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ class ItemCounters:
             self._last_error.clear()
             self._last_error.labels(reason).set(when)
         state = {"counts": self.counts, "lastError": self.last_error}
-        write_file_durably(self.path, json.dumps(state).encode())
+        write_atomically(self.path, json.dumps(state).encode())
 
     def metrics(self) -> bytes:
         return generate_latest(self.registry)

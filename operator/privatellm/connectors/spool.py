@@ -31,7 +31,6 @@ import logging
 import os
 import random
 import re
-import tempfile
 import threading
 import time
 from collections import deque
@@ -42,6 +41,8 @@ from types import TracebackType
 from typing import Any
 
 import orjson
+
+from privatellm.durable import fsync_directory, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -147,35 +148,6 @@ class SpoolEntry:
         if hashlib.sha256(data).hexdigest() != self.sha256:
             raise SpoolCorruptError(self.path, "content differs from its SHA-256")
         return data
-
-
-def fsync_directory(path: Path) -> None:
-    """Make a rename or removal in `path` survive a crash."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_file_durably(path: Path, data: bytes) -> None:
-    """Write `path` so that it holds all of `data` or does not exist, even after a crash.
-
-    The temporary file (mode 0600, name starting with a dot and ending in `.tmp`) is in
-    the same folder, so the rename is atomic; its name never matches an entry or a record.
-    """
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    fsync_directory(path.parent)
 
 
 def _check_header_text(what: str, value: str, pattern: re.Pattern[str] = HEADER_TEXT) -> None:
@@ -404,7 +376,7 @@ class Spool:
                     f"retry in {retry_after:.0f} s",
                     retry_after,
                 )
-            write_file_durably(entry.path, header + b"\n" + data)
+            write_atomically(entry.path, header + b"\n" + data)
             self._next_seq += 1
             self._index(entry, disk_bytes)
         self._wake_drain()

@@ -23,15 +23,13 @@ docs/encryption.md for what to do then.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import json
-import os
-import stat
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from privatellm.durable import write_atomically
 
 from .envelope import (
     REFUSED_CIPHERTEXT_STATUS,
@@ -152,35 +150,6 @@ def find_records(directories: Sequence[Path]) -> list[Path]:
                 seen.add(real)
                 found.append(path)
     return found
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace the file at `path` with `data` so that readers see the old or the new bytes.
-
-    The bytes go to a temporary file in the same folder (same file system, so the
-    rename is atomic), are flushed to disk, and the temporary file is renamed over
-    `path`; then the folder is flushed so the rename survives a crash. The file
-    keeps its permission bits. The temporary name does not end in `.rec`, so an
-    interrupted write is never taken for a record.
-    """
-    mode = stat.S_IMODE(path.stat().st_mode)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            os.fchmod(file.fileno(), mode)
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
 
 
 def run_compromise_drill(

@@ -108,9 +108,22 @@ def crds(cluster: Cluster) -> Cluster:
     return cluster
 
 
+def recycle_released_volumes(cluster: Cluster) -> None:
+    """Make volumes whose claims went with an earlier test's namespace available again.
+
+    The local cluster's volumes exist ahead of time and are retained (devcluster/storage.py),
+    so each claim deleted leaves its volume Released: over a whole run they would run out.
+    A cloud's provisioner makes new ones; here the earlier claim's reference is cleared.
+    """
+    for volume in cluster.core.list_persistent_volume().items:
+        if volume.status and volume.status.phase == "Released":
+            cluster.core.patch_persistent_volume(volume.metadata.name, {"spec": {"claimRef": None}})
+
+
 @pytest.fixture
 def namespace(cluster: Cluster) -> Iterator[str]:
     """A fresh namespace whose default ServiceAccount exists (Pods need it)."""
+    recycle_released_volumes(cluster)
     name = f"t-{uuid.uuid4().hex[:8]}"
     cluster.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     wait_until(

@@ -233,6 +233,7 @@ def test_a_burst_at_zero_wakes_the_model_once_though_the_operator_restarts_mid_s
     async def scenario() -> list[tuple[int, str]]:
         requests = asyncio.create_task(chats(gateways[0], namespace, BURST))
         await until(lambda: model_replicas(crds, namespace) >= 1, "the wake")
+        await until(lambda: "WakeFromZero" in scaling_events(crds, namespace), "its Event")
         # Killed right after the wake, while the burst is in flight: the operator that
         # comes back must neither wake the model again nor lose the count it set.
         assert operator.process is not None

@@ -556,7 +556,7 @@ def test_vllm_args_for_mutual_tls() -> None:
         "/etc/privatellm/tls/tls.crt",
         "--ssl-keyfile",
         "/etc/privatellm/tls/tls.key",
-        "--ssl-ca-cert",
+        "--ssl-ca-certs",
         "/etc/privatellm/tls/ca.crt",
         "--ssl-cert-reqs",
         "2",
@@ -569,7 +569,7 @@ def test_vllm_args_for_server_tls_with_quantization() -> None:
         "claims-classifier", encryption={"tls": "server"}, engine={"quantization": "awq"}
     ).spec
     args = vllm_args(spec)
-    assert "--ssl-ca-cert" not in args
+    assert "--ssl-ca-certs" not in args
     assert "--ssl-cert-reqs" not in args
     assert "--max-model-len" not in args
     assert args[args.index("--quantization") + 1] == "awq"

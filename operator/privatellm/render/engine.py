@@ -31,15 +31,14 @@ ALLOWED_EXTRA_FLAGS: dict[str, bool] = {
     "--max-num-seqs": True,
     "--max-num-batched-tokens": True,
     "--kv-cache-dtype": True,
-    "--swap-space": True,
     "--block-size": True,
     "--seed": True,
-    "--disable-log-requests": False,
     "--enable-lora": False,
     "--max-loras": True,
     "--max-lora-rank": True,
     "--speculative-config": True,
-    "--guided-decoding-backend": True,
+    # Which structured-output backend serves JSON schemas and grammars (JSON, a value).
+    "--structured-outputs-config": True,
     "--disable-custom-all-reduce": False,
     "--enforce-eager": False,
 }
@@ -56,12 +55,15 @@ OPERATOR_FLAGS: dict[str, str] = {
     "--port": "the operator (the Service and probes depend on it)",
     "--ssl-certfile": "spec.encryption.tls",
     "--ssl-keyfile": "spec.encryption.tls",
-    "--ssl-ca-cert": "spec.encryption.tls",
+    "--ssl-ca-certs": "spec.encryption.tls",
     "--ssl-cert-reqs": "spec.encryption.tls",
 }
 
 # Known vLLM flags that are refused, and why.
 REFUSED_FLAGS: dict[str, str] = {
+    "--enable-log-requests": (
+        "it writes every prompt to the server's log, outside the gateway's sealed audit"
+    ),
     "--trust-remote-code": (
         "it runs Python code shipped with the weights inside the server, so it is refused"
         " for security"
@@ -99,7 +101,7 @@ def vllm_args(spec: InferenceDeploymentSpec) -> list[str]:
         f"{TLS_DIR}/{TLS_KEY_FILE}",
     ]
     if spec.encryption.tls == "mutual":
-        args += ["--ssl-ca-cert", f"{TLS_DIR}/{TLS_CA_FILE}", "--ssl-cert-reqs", CERT_REQUIRED]
+        args += ["--ssl-ca-certs", f"{TLS_DIR}/{TLS_CA_FILE}", "--ssl-cert-reqs", CERT_REQUIRED]
     return args + list(engine.extra_args)
 
 

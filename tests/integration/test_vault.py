@@ -155,6 +155,18 @@ def test_stopped_vault_fails_closed_and_restarted_vault_works_again(own_vault: D
     assert envelope.decrypt(again, CONTEXT) == b"after the outage"
 
 
+def test_sealed_vault_fails_closed(own_vault: DevVault) -> None:
+    client = own_vault.client()
+    transit = TransitClient(client)
+    transit.create_key("records")
+    envelope = Envelope(transit, "records")
+    client.request("PUT", "sys/seal")
+
+    with pytest.raises(VaultUnavailableError) as caught:
+        envelope.encrypt(b"must not be written in the clear", CONTEXT)
+    assert caught.value.status == 503 and "sealed" in caught.value.message
+
+
 def _api_server(kubeconfig: Path) -> tuple[str, str]:
     """The API server URL and its CA certificate (PEM) from a kubeconfig."""
     config = yaml.safe_load(kubeconfig.read_text())

@@ -1,8 +1,10 @@
 """A small synchronous client for the Vault HTTP API and its Transit secrets engine.
 
-It works against HashiCorp Vault and OpenBao alike (same API). Two kinds of failure
-are kept apart because callers treat them differently: `VaultError` is an answer
-from the server (bad request, permission denied, a ciphertext it refuses), and
+It works against HashiCorp Vault and OpenBao alike (same API). Requests go through
+hvac's raw adapter (a requests session: connection reuse, the token header); this
+module keeps its own error kinds and the Transit paths. Two kinds of failure are
+kept apart because callers treat them differently: `VaultError` is an answer from
+the server (bad request, permission denied, a ciphertext it refuses), and
 `VaultUnavailableError` means no usable answer came at all (connection refused,
 timeout, sealed server): the gateway fails closed on it instead of serving
 plaintext or writing unencrypted records.
@@ -11,18 +13,19 @@ plaintext or writing unencrypted records.
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import os
 import ssl
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import hvac.adapters
+import requests
+import requests.adapters
 
 # 502/503/504 come from a sealed server, a standby without an active node, or a
 # proxy in front of it: Vault is not usable, the request was not judged.
@@ -46,6 +49,33 @@ class VaultUnavailableError(VaultError):
     """Vault could not be reached or cannot serve requests (sealed, no leader, timeout)."""
 
 
+class _ContextTLSAdapter(requests.adapters.HTTPAdapter):
+    """Verifies Vault's certificate with one SSLContext and nothing else.
+
+    Without it requests would trust its bundled CA file instead of the system's
+    store (and SSL_CERT_FILE), which is what the default context holds.
+    """
+
+    def __init__(self, ssl_context: ssl.SSLContext) -> None:
+        self._ssl_context = ssl_context
+        super().__init__()
+
+    def init_poolmanager(
+        self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any
+    ) -> None:
+        pool_kwargs["ssl_context"] = self._ssl_context
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        proxy_kwargs["ssl_context"] = self._ssl_context
+        return super().proxy_manager_for(proxy, **proxy_kwargs)
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        super().cert_verify(conn, url, verify, cert)
+        # requests names its own CA bundle here, which would be added to the context.
+        conn.ca_certs = conn.ca_cert_dir = None
+
+
 class VaultClient:
     """An authenticated connection to one Vault server: JSON requests under /v1/."""
 
@@ -58,9 +88,20 @@ class VaultClient:
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.addr = addr.rstrip("/")
-        self._token = token
         self.timeout = timeout
-        self._ssl_context = ssl_context
+        # requests' adapters make one attempt per request (no retries): a caller waits
+        # at most `timeout` per connect or read before it fails closed.
+        self._session = requests.Session()
+        if ssl_context is not None or self.addr.lower().startswith("https://"):
+            context = ssl_context or ssl.create_default_context()
+            self._session.mount("https://", _ContextTLSAdapter(context))
+        self._adapter = self._raw_adapter(token)
+
+    def _raw_adapter(self, token: str) -> hvac.adapters.RawAdapter:
+        """hvac's adapter on this client's session; an empty token sends none."""
+        return hvac.adapters.RawAdapter(
+            base_uri=self.addr, token=token, timeout=self.timeout, session=self._session
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> VaultClient:
@@ -76,32 +117,40 @@ class VaultClient:
         self, method: str, path: str, body: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
         """Send one request to /v1/<path>; return the decoded JSON body ({} when empty)."""
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(
-            f"{self.addr}/v1/{path}",
-            data=data,
-            method=method,
-            headers={"X-Vault-Token": self._token, "Content-Type": "application/json"},
-        )
+        return self._send(self._adapter, method, path, body)
+
+    def _send(
+        self,
+        adapter: hvac.adapters.RawAdapter,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
         try:
-            with urllib.request.urlopen(
-                request, timeout=self.timeout, context=self._ssl_context
-            ) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as error:
-            message = _error_message(error.read(), fallback=error.reason)
-            error_class = (
-                VaultUnavailableError if error.code in UNAVAILABLE_STATUSES else VaultError
+            # The status is judged here: hvac's exceptions do not carry it, and 504
+            # would arrive as an "unexpected" error indistinguishable from a 405.
+            response: requests.Response = adapter.request(
+                method,
+                f"v1/{path}",
+                json=None if body is None else dict(body),
+                raise_exception=False,
             )
-            raise error_class(error.code, message, path) from error
-        except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
-            reason = getattr(error, "reason", error)
+        except OSError as error:  # requests' exceptions are OSErrors too
             raise VaultUnavailableError(
-                None, f"cannot reach {self.addr}: {reason}", path
+                None, f"cannot reach {self.addr}: {_failure_reason(error)}", path
             ) from error
+        status, raw = response.status_code, response.content
+        if not 200 <= status < 300:
+            message = _error_message(raw, fallback=response.reason or f"HTTP {status}")
+            error_class = VaultUnavailableError if status in UNAVAILABLE_STATUSES else VaultError
+            raise error_class(status, message, path)
         if not raw:
             return {}
-        decoded: dict[str, Any] = json.loads(raw)
+        try:
+            decoded: dict[str, Any] = json.loads(raw)
+        except ValueError as error:
+            # A proxy's page, not Vault's answer: nothing usable came back.
+            raise VaultUnavailableError(status, "the answer is not JSON", path) from error
         return decoded
 
     def lookup_self(self) -> dict[str, Any]:
@@ -138,13 +187,15 @@ class KubernetesAuthVaultClient(VaultClient):
         self.mount = mount
         self._clock = clock
         self._renew_at = 0.0
+        # Logins go out without the expired token; the session is shared.
+        self._login_adapter = self._raw_adapter("")
 
     def login(self) -> None:
         """Exchange the ServiceAccount token for a Vault token."""
-        anonymous = VaultClient(self.addr, "", timeout=self.timeout, ssl_context=self._ssl_context)
         body = {"role": self.role, "jwt": self.jwt_file.read_text().strip()}
-        auth = anonymous.request("POST", f"auth/{self.mount}/login", body)["auth"]
-        self._token = str(auth["client_token"])
+        path = f"auth/{self.mount}/login"
+        auth = self._send(self._login_adapter, "POST", path, body)["auth"]
+        self._adapter.token = str(auth["client_token"])
         self._renew_at = self._clock() + float(auth.get("lease_duration") or 0) / 2
 
     def request(
@@ -172,6 +223,14 @@ def vault_client_from_env(environ: Mapping[str, str] | None = None) -> VaultClie
         return VaultClient.from_env(env)
     except ValueError:
         return None
+
+
+def _failure_reason(error: OSError) -> object:
+    """What went wrong on the wire: refused, timed out, certificate not trusted."""
+    # requests wraps urllib3's MaxRetryError ("Max retries exceeded", though none
+    # are made) around the actual cause.
+    wrapped = error.args[0] if error.args else None
+    return getattr(wrapped, "reason", None) or error
 
 
 def _error_message(raw: bytes, fallback: str) -> str:
@@ -208,7 +267,7 @@ class TransitClient:
     def _path(self, *parts: str) -> str:
         # Key names come from resource names; quoting keeps a name like "../sys"
         # from addressing anything outside this mount.
-        return "/".join([self.mount, *(urllib.parse.quote(p, safe="") for p in parts)])
+        return "/".join([self.mount, *(_segment(p) for p in parts)])
 
     def create_key(
         self, name: str, auto_rotate_period: int | None = None, *, derived: bool = False
@@ -273,6 +332,14 @@ class TransitClient:
         """Refuse to unwrap anything wrapped with a version below `version`."""
         body = {"min_decryption_version": version}
         self.vault.request("POST", self._path("keys", name, "config"), body)
+
+
+def _segment(part: str) -> str:
+    """One path segment, escaped so that it stays one segment."""
+    quoted = urllib.parse.quote(part, safe="")
+    # requests resolves a bare "." or ".." into the parent path before it sends; escaped,
+    # the segment reaches the server as written.
+    return quoted.replace(".", "%2E") if quoted in {".", ".."} else quoted
 
 
 def _context(context: bytes | None) -> dict[str, str]:

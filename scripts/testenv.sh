@@ -23,7 +23,13 @@ VAULT_VERSION="${VAULT_VERSION:-v1.21.0}"
 # the real S3 API, Object Lock in compliance mode included, keeps objects as plain
 # files, and builds from the module proxy with a plain `go install` (no replaces).
 VERSITYGW_VERSION="${VERSITYGW_VERSION:-v1.8.0}"
+# The OpenID provider of the OIDC tests: Dex (Apache-2.0), whose local user database
+# holds users with groups and answers the password grant, so tests get tokens without
+# a browser. Dex's module path lacks the /v2 its tags would need, so the module proxy
+# has its releases only as pseudo-versions: this one is the commit tagged v2.45.1.
+DEX_VERSION="${DEX_VERSION:-v0.0.0-20260303133905-11d2eeb52b42}"
 
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${PRIVATELLM_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/privatellm/testenv}"
 BIN="$CACHE/bin"
 export GOFLAGS="-mod=mod -buildvcs=false"
@@ -157,6 +163,33 @@ build_versitygw() {
   stamp versitygw "$VERSITYGW_VERSION"
 }
 
+# The project's own kstatus command (tools/kstatus): the health verdict Flux computes, for
+# the GitOps tests. Its go.sum pins every module, so the build only reads it; the stamp is
+# a digest of the sources, so an edit or a new cli-utils version rebuilds it.
+build_kstatus() {
+  local src="$ROOT/tools/kstatus" digest
+  digest="$(cat "$src/go.mod" "$src/go.sum" "$src"/*.go | sha256sum | cut -c1-16)"
+  stamped kstatus "$digest" && { log "kstatus $digest cached"; return; }
+  log "kstatus $digest: building"
+  (cd "$src" && GOFLAGS="-mod=readonly -buildvcs=false" go build -trimpath -ldflags "-s -w" -o "$BIN/kstatus" .)
+  stamp kstatus "$digest"
+}
+
+build_dex() {
+  stamped dex "$DEX_VERSION" && { log "dex $DEX_VERSION cached"; return; }
+  log "dex $DEX_VERSION: building"
+  local src="$CACHE/src/dex-$DEX_VERSION"
+  mkdir -p "$src"
+  # Dex replaces its api/v2 module with its own folder, which `go install` refuses; in a
+  # wrapper module that replacement is ignored and the api/v2 release Dex requires is used
+  # (v2.45.1's folder holds the same code as that release).
+  printf 'module privatellm.local/testenv/dex\n\ngo 1.26\n\nrequire github.com/dexidp/dex %s\n' \
+    "$DEX_VERSION" >"$src/go.mod"
+  (cd "$src" && go build -trimpath -ldflags "-s -w -X main.version=$DEX_VERSION" -o "$BIN/dex" \
+    github.com/dexidp/dex/cmd/dex)
+  stamp dex "$DEX_VERSION"
+}
+
 main() {
   mkdir -p "$BIN"
   case "${1:-build}" in
@@ -169,6 +202,8 @@ main() {
       build_kubernetes
       build_vault
       build_versitygw
+      build_kstatus
+      build_dex
       log "ready in $((SECONDS - start))s: $BIN"
       ;;
     *) echo "usage: $0 [build|path]" >&2; exit 2 ;;

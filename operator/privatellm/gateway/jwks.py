@@ -2,10 +2,17 @@
 
 Keys live for the JWKS response's Cache-Control max-age (clamped to 60..3600 s). A token
 signed with a key the cache does not know triggers a refresh, because providers rotate
-keys; but every fetch attempt, whatever its cause, is at least `REFRESH_INTERVAL` after
-the previous one, so tokens with forged key ids cannot turn the gateway into a client
-that hammers the provider. Concurrent callers share one in-flight fetch. When the
-provider fails, the last keys stay in use for `STALE_LIMIT` past their max-age.
+keys; but a fetch comes at least `REFRESH_INTERVAL` after a successful one, so tokens
+with forged key ids cannot turn the gateway into a client that hammers the provider.
+Concurrent callers share one in-flight fetch. When the provider fails, the last keys
+stay in use for `STALE_LIMIT` past their max-age.
+
+A failed fetch (provider unreachable, discovery or key set unusable) is retried after a
+delay that doubles from `RETRY_INITIAL` up to `REFRESH_INTERVAL` (`retry_delay`): a
+gateway that starts while its provider is away answers 503 until the provider is back and
+then has its keys within seconds, while a long outage draws no more than one fetch per
+`REFRESH_INTERVAL` from it. Fetches, retries included, are made by requests that need
+keys: an idle gateway does not poll.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ DEFAULT_MAX_AGE = 300.0
 MIN_MAX_AGE = 60.0
 MAX_MAX_AGE = 3600.0
 REFRESH_INTERVAL = 10.0
+RETRY_INITIAL = 1.0
 STALE_LIMIT = 3600.0
 FETCH_TIMEOUT = aiohttp.ClientTimeout(total=5)
 # A key set is a few KiB; a bigger answer is a misconfigured or hostile endpoint.
@@ -43,6 +51,18 @@ class JWKSUnavailableError(Exception):
 
 class _FetchError(Exception):
     """The provider answered, but not with a usable discovery document or key set."""
+
+
+def retry_delay(failures: int) -> float:
+    """Seconds from one fetch attempt to the next, after `failures` failed attempts in a row.
+
+    After a success: REFRESH_INTERVAL. After failures: RETRY_INITIAL, doubling with each
+    further failure, never more than REFRESH_INTERVAL.
+    """
+    if failures <= 0:
+        return REFRESH_INTERVAL
+    # The exponent is bounded so that no count of failures overflows a float.
+    return min(RETRY_INITIAL * 2.0 ** min(failures - 1, 32), REFRESH_INTERVAL)
 
 
 def cache_lifetime(cache_control: str | None) -> float:
@@ -117,6 +137,8 @@ class JWKSCache:
         self._clock = clock
         self._key_set: KeySet | None = None
         self._last_attempt: float | None = None
+        # Failed fetches since the last good one: they set the delay to the next attempt.
+        self._failures = 0
         self._in_flight: asyncio.Task[None] | None = None
         self._parsed: dict[tuple[str | None, str], jwt.PyJWK] = {}
 
@@ -151,7 +173,7 @@ class JWKSCache:
         """Fetch unless a fetch is running or the last attempt is too recent; the keys after."""
         if self._in_flight is None:
             since_last = None if self._last_attempt is None else now - self._last_attempt
-            if since_last is not None and 0 <= since_last < REFRESH_INTERVAL:
+            if since_last is not None and 0 <= since_last < retry_delay(self._failures):
                 return self._key_set
             self._last_attempt = now
             self._in_flight = asyncio.create_task(self._fetch())
@@ -167,10 +189,17 @@ class JWKSCache:
         except (aiohttp.ClientError, TimeoutError, _FetchError) as error:
             # A provider that moved its key set is found again by the next discovery.
             self._discovered_uri = None
-            log.warning("OIDC signing keys of %s could not be fetched: %s", self._issuer, error)
+            self._failures += 1
+            log.warning(
+                "OIDC signing keys of %s could not be fetched (%s); retrying after %.0f s",
+                self._issuer,
+                error,
+                retry_delay(self._failures),
+            )
             return
         finally:
             self._in_flight = None
+        self._failures = 0
         self._key_set = KeySet(keys, self._clock(), cache_lifetime(cache_control))
         self._parsed = {}
 

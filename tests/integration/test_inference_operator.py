@@ -595,6 +595,18 @@ def test_a_data_connector_reaches_the_gateway_configuration(
         what="the changed connector in the gateway configuration",
     )
 
+    # The operator, with only its own Vault policy, gives the connectors their seal-only
+    # role: their sidecars may quarantine.
+    def quarantine() -> dict[str, Any]:
+        found = cluster.custom.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, "dataconnectors", "crm"
+        )
+        conditions = (found.get("status") or {}).get("conditions") or []
+        return next((c for c in conditions if c["type"] == "Quarantine"), {})
+
+    sealed = wait_until(lambda: quarantine().get("reason") == "Sealed" and quarantine(), timeout=60)
+    assert sealed["status"] == "True", sealed
+
 
 def test_the_namespace_gets_a_gateway_configured_from_its_policies(
     operator: OperatorProcess, cluster: Cluster, namespace: str

@@ -23,6 +23,7 @@ from privatellm.render.connector import (
     CounterReading,
     ItemCounts,
     LastError,
+    SidecarVault,
     WorkloadView,
     config_text,
     connector_conditions,
@@ -33,6 +34,7 @@ from privatellm.render.connector import (
     parse_sidecar_metrics,
     quarantine_off,
     reference_problems,
+    render_config_map,
     render_connector,
     spec_problems,
     sum_counts,
@@ -572,12 +574,24 @@ def test_the_quarantine_condition_says_whether_items_are_sealed_whatever_else_ho
 def test_with_vault_the_sidecar_logs_in_with_its_token_to_seal() -> None:
     obj = connector(type="webhook", credentialsSecret="tls")
     assert "encryption" not in connector_config(obj)
-    config = connector_config(obj, vault_addr="https://vault.vault.svc:8200")
+    config = connector_config(obj, vault=SidecarVault("https://vault.vault.svc:8200"))
     sidecar = SidecarConfig.model_validate_json(config_text(config))
     assert sidecar.encryption is not None
     assert sidecar.encryption.vault_addr == "https://vault.vault.svc:8200"
     assert sidecar.encryption.role == f"privatellm-connector-{obj.metadata.namespace}"
     assert sidecar.encryption.jwt_file == sidecar.token_file
+    assert (sidecar.encryption.auth_mount, sidecar.encryption.ca_file) == ("kubernetes", None)
+
+
+def test_the_sidecar_logs_in_where_the_operator_does_and_trusts_the_charts_vault_ca() -> None:
+    vault = SidecarVault("https://vault:8200", "k8s-prod", "-----BEGIN CERTIFICATE-----\n")
+    inputs = ConnectorInputs(connector(type="webhook", credentialsSecret="tls"), "img", vault=vault)
+    data = render_config_map(inputs)["data"]
+    sidecar = SidecarConfig.model_validate_json(data["connector.json"])
+    assert sidecar.encryption is not None
+    assert sidecar.encryption.auth_mount == "k8s-prod"
+    assert sidecar.encryption.ca_file == "/etc/privatellm/connector/vault-ca.crt"
+    assert data["vault-ca.crt"] == vault.ca_pem
 
 
 def test_ready_only_when_the_current_pod_is_ready_and_nothing_is_left_undone() -> None:

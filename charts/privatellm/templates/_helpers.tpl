@@ -50,3 +50,35 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "privatellm.serviceAccountName" -}}
 {{- default (include "privatellm.fullname" .) .Values.serviceAccount.name }}
 {{- end }}
+
+{{/*
+The data plane's image: gateway.image where set, else the operator's own, so that a
+mirror of the operator's image serves the gateways too.
+*/}}
+{{- define "privatellm.gatewayImage" -}}
+{{- $repository := .Values.gateway.image.repository | default .Values.image.repository }}
+{{- $tag := .Values.gateway.image.tag | default .Values.image.tag | default .Chart.AppVersion }}
+{{- printf "%s:%s" $repository $tag }}
+{{- end }}
+
+{{/* Whether a CA source (vault.ca, gateway.oidc.ca) names an object. */}}
+{{- define "privatellm.hasCA" -}}
+{{- if or .secretName .configMapName }}true{{ end }}
+{{- end }}
+
+{{/* A volume holding a CA source's certificate as ca.crt. */}}
+{{- define "privatellm.caVolume" -}}
+{{- if .secretName -}}
+secret:
+  secretName: {{ .secretName }}
+  items:
+    - key: {{ .key | quote }}
+      path: ca.crt
+{{- else -}}
+configMap:
+  name: {{ .configMapName }}
+  items:
+    - key: {{ .key | quote }}
+      path: ca.crt
+{{- end }}
+{{- end }}

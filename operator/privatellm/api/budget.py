@@ -185,15 +185,20 @@ class CostBudgetSpec(ApiModel):
 
 
 class CostBudgetStatus(CommonStatus):
-    """Observed spend."""
+    """Observed spend. Each amount is absent until spend accounting measures it: a 0
+    nobody measured would read as a budget untouched."""
 
-    spent_this_month: float = Field(default=0, description="Spend so far this month.", ge=0)
-    forecast_this_month: float = Field(
-        default=0, description="Projected spend for the month.", ge=0
+    spent_this_month: float | None = Field(
+        default=None, description="Spend so far this month.", ge=0
     )
-    active_users: int = Field(default=0, description="Distinct subjects this month.", ge=0)
-    cost_per_active_user: float = Field(
-        default=0, description="Spend divided by active users.", ge=0
+    forecast_this_month: float | None = Field(
+        default=None, description="Projected spend for the month.", ge=0
+    )
+    active_users: int | None = Field(
+        default=None, description="Distinct subjects this month.", ge=0
+    )
+    cost_per_active_user: float | None = Field(
+        default=None, description="Spend divided by active users.", ge=0
     )
     active_action: str | None = Field(
         default=None, description="Highest threshold action in force."
@@ -209,6 +214,12 @@ class CostBudget(Resource):
         short_names=("cb", "llmbudget"),
         printer_columns=(
             ready_column(),
+            # NotReconciled while nothing accounts for spend: Ready alone would only say False.
+            PrinterColumn(
+                "Reason",
+                '.status.conditions[?(@.type=="Ready")].reason',
+                description="Why the budget is or is not ready.",
+            ),
             PrinterColumn("Limit", ".spec.monthlyLimit", type="number"),
             PrinterColumn("Currency", ".spec.currency"),
             PrinterColumn("Spent", ".status.spentThisMonth", type="number"),

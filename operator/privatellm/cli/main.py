@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 from collections.abc import Sequence
+from importlib.metadata import version
 from pathlib import Path
 
 from privatellm.api.crd import crd_files
@@ -49,6 +51,7 @@ def _write_crds(directories: Sequence[Path], check: bool) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="privatellm", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('privatellm')}")
     commands = parser.add_subparsers(dest="command", required=True)
     crds = commands.add_parser("crds", help="generate the CustomResourceDefinitions")
     crds.add_argument(
@@ -66,6 +69,20 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("action", choices=("up", "down", "status"))
     cluster.add_argument(
         "--dir", type=Path, default=Path(".devcluster"), help="folder for state, logs, kubeconfig"
+    )
+    demo = commands.add_parser(
+        "demo-requests",
+        help="serve requests through a namespace's gateway, configured by the operator, here",
+    )
+    demo.add_argument("--namespace", required=True, help="the namespace the demo applied")
+    demo.add_argument(
+        "--dir", type=Path, default=Path(".devcluster/demo"), help="folder for keys, logs, audit"
+    )
+    demo.add_argument(
+        "--vllm-dir",
+        type=Path,
+        default=Path(".bench/vllm"),
+        help="vLLM's CPU build (make test-vllm); without it a stand-in model answers",
     )
     op = commands.add_parser("operator", help="run the operator (kopf) against the cluster")
     op.add_argument(
@@ -150,8 +167,13 @@ def _run_operator(args: argparse.Namespace) -> int:
         print("operator: --audit-dir needs --audit-signing-key", file=sys.stderr)
         return 2
 
-    from privatellm.controllers.runtime import operator_registry
+    from privatellm.controllers.runtime import check_settings, operator_registry
 
+    try:
+        check_settings(os.environ)
+    except (ValueError, OSError) as error:
+        print(f"operator: {error}", file=sys.stderr)
+        return 2
     kopf.configure(verbose=False)
     # kopf logs every watch event it hands over at INFO; the controllers log what they do.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
@@ -231,6 +253,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_operator(args)
     if args.command == "dev-cluster":
         return _dev_cluster(args.action, args.dir)
+    if args.command == "demo-requests":
+        from privatellm.devcluster.demo import run_demo
+        from privatellm.devcluster.vllm import VLLMInstall
+        from privatellm.kube.client import Kube, new_api_client
+
+        return run_demo(
+            Kube(new_api_client()), args.namespace, args.dir, VLLMInstall(args.vllm_dir)
+        )
     if args.command == "keys":
         return _run_keys(args)
     if args.command == "filter":

@@ -13,6 +13,7 @@ hand is put back by the next resync rather than at once.
 from __future__ import annotations
 
 import logging
+import os
 import urllib.request
 from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from typing import Any
@@ -33,6 +34,7 @@ from privatellm.render.connector import (
     ConnectorInputs,
     CounterReading,
     ItemCounts,
+    SidecarVault,
     WorkloadView,
     connector_conditions,
     connector_label_value,
@@ -55,9 +57,14 @@ from privatellm.render.tls import CA_CERT_KEY, NAMESPACE_CA_SECRET, secret_bytes
 
 from .builder import Context, Controller, For, Key, Labels, Owns, Watches, WatchEvent
 from .events import ReportedError, event_for, now
-from .gateway import PROTECTED_ENTITIES_KEY, gateway_image, parse_stored
+from .gateway import (
+    PROTECTED_ENTITIES_KEY,
+    gateway_image,
+    gateway_settings_from_env,
+    parse_stored,
+)
 from .inference import TRANSIENT_STATUSES, namespace_terminating
-from .keys import ensure_connector_keys
+from .keys import auth_mount, ensure_connector_keys
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +103,14 @@ def reconcile(
     read_metrics: MetricsReader = read_sidecar_metrics,
     image: str | None = None,
     vault: VaultClient | None = None,
+    vault_ca_pem: str = "",
 ) -> None:
     """Bring one DataConnector's children and status in line with its spec.
 
     `read_metrics` reads a sidecar's counts by its Pod's IP; `image` is the project
     image the built-in connector and the sidecars run (by default the gateway's);
-    with `vault`, the sidecars may seal quarantined items under the namespace key.
+    with `vault`, the sidecars may seal quarantined items under the namespace key,
+    trusting `vault_ca_pem` (the chart's Vault CA) for its certificate.
     """
     raw = kube.get(DATA_CONNECTOR, namespace, name)
     if raw is None or raw["metadata"].get("deletionTimestamp"):
@@ -143,7 +152,9 @@ def reconcile(
         ca.decode(),
         secret_bytes(gateway_keys, HASH_KEY_KEY),
         secret_bytes(gateway_keys, AUDIT_KEY_KEY),
-        vault.addr if quarantine is QUARANTINE_ON and vault is not None else None,
+        SidecarVault(vault.addr, auth_mount(vault), vault_ca_pem)
+        if quarantine is QUARANTINE_ON and vault is not None
+        else None,
     )
     refused, deployment = _apply_children(kube, connector, render_connector(inputs))
     problems = [
@@ -294,7 +305,8 @@ def _write_status(kube: Kube, raw: Obj, previous: Mapping[str, Any], status: Obj
 
 
 def _reconcile(context: Context, key: Key) -> None:
-    reconcile(context.kube, *key, vault=context.vault)
+    vault_ca = gateway_settings_from_env(os.environ).vault_ca_pem if context.vault else ""
+    reconcile(context.kube, *key, vault=context.vault, vault_ca_pem=vault_ca)
 
 
 def _owner(event: WatchEvent) -> Key:

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import base64
 import datetime
+import json
 import logging
 import os
 import secrets
+import ssl
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -22,12 +26,14 @@ from privatellm.api import DataConnector, InferenceDeployment
 from privatellm.api.access import AccessPolicy
 from privatellm.audit import Signer
 from privatellm.audit.records import policy_change_record
+from privatellm.gateway.config import OIDCSettings
 from privatellm.kube.client import KINDS, Kube, namespace_and_name
 from privatellm.render.access_policy import policy_problems, resolved_models
 from privatellm.render.conditions import ConditionState, merge_conditions, validation_messages
 from privatellm.render.gateway import (
     AUDIT_KEY_KEY,
     CONFIG_SECRET,
+    DEFAULT_GATEWAY_RESOURCES,
     GATEWAY_NAME,
     GATEWAY_TLS_SECRET,
     HASH_KEY_KEY,
@@ -74,6 +80,19 @@ TOKEN_REVIEW_BINDING_ENV = "PRIVATELLM_GATEWAY_TOKENREVIEW_BINDING"
 AUDIT_BUCKET_ENV = "PRIVATELLM_AUDIT_WORM_BUCKET"
 AUDIT_PREFIX_ENV = "PRIVATELLM_AUDIT_WORM_PREFIX"
 AUDIT_ENDPOINT_ENV = "PRIVATELLM_AUDIT_WORM_ENDPOINT"
+# Set by the chart (values vault.*): the operator logs in to Vault with them (runtime.py)
+# and every gateway is rendered to do the same.
+VAULT_AUTH_MOUNT_ENV = "PRIVATELLM_VAULT_AUTH_MOUNT"
+VAULT_CA_FILE_ENV = "PRIVATELLM_VAULT_CA_FILE"
+# Set by the chart (values gateway.*): every namespace's gateway.
+GATEWAY_IMAGE_ENV = "PRIVATELLM_GATEWAY_IMAGE"
+GATEWAY_RESOURCES_ENV = "PRIVATELLM_GATEWAY_RESOURCES"
+OIDC_ISSUER_ENV = "PRIVATELLM_OIDC_ISSUER_URL"
+OIDC_AUDIENCE_ENV = "PRIVATELLM_OIDC_AUDIENCE"
+OIDC_USERNAME_CLAIM_ENV = "PRIVATELLM_OIDC_USERNAME_CLAIM"
+OIDC_GROUPS_CLAIM_ENV = "PRIVATELLM_OIDC_GROUPS_CLAIM"
+OIDC_JWKS_URL_ENV = "PRIVATELLM_OIDC_JWKS_URL"
+OIDC_CA_FILE_ENV = "PRIVATELLM_OIDC_CA_FILE"
 
 
 def audit_shipping_from_env(environ: Mapping[str, str]) -> AuditShipping | None:
@@ -91,25 +110,117 @@ DEFAULT_IMAGE = "ghcr.io/privatellm/privatellm:0.1.0"
 
 def gateway_image() -> str:
     """The gateway runs the operator's own image unless PRIVATELLM_GATEWAY_IMAGE says otherwise."""
-    return os.environ.get("PRIVATELLM_GATEWAY_IMAGE", DEFAULT_IMAGE)
+    return os.environ.get(GATEWAY_IMAGE_ENV) or DEFAULT_IMAGE
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """What the platform sets for every namespace's gateway (the chart's values)."""
+
+    image: str = DEFAULT_IMAGE
+    resources: Mapping[str, Mapping[str, str]] = field(
+        default_factory=lambda: DEFAULT_GATEWAY_RESOURCES
+    )
+    # The chart's ClusterRoleBinding to system:auth-delegator, which lists the gateways
+    # allowed to review tokens.
+    token_review_binding: str | None = None
+    audit_shipping: AuditShipping | None = None
+    oidc: OIDCSettings | None = None
+    oidc_ca_pem: str = ""
+    vault_auth_mount: str = "kubernetes"
+    vault_ca_pem: str = ""
+
+
+def gateway_settings_from_env(environ: Mapping[str, str]) -> GatewaySettings:
+    """The settings the chart puts in the operator's environment; ValueError names a wrong one.
+
+    The CA files are read on every call, so that a renewed CA reaches the gateways with
+    the next reconcile.
+    """
+    return GatewaySettings(
+        image=environ.get(GATEWAY_IMAGE_ENV) or DEFAULT_IMAGE,
+        resources=_resources(environ.get(GATEWAY_RESOURCES_ENV, "")),
+        token_review_binding=environ.get(TOKEN_REVIEW_BINDING_ENV) or None,
+        audit_shipping=audit_shipping_from_env(environ),
+        oidc=_oidc_settings(environ),
+        oidc_ca_pem=_ca_pem(environ, OIDC_CA_FILE_ENV) if environ.get(OIDC_ISSUER_ENV) else "",
+        vault_auth_mount=environ.get(VAULT_AUTH_MOUNT_ENV) or "kubernetes",
+        vault_ca_pem=_ca_pem(environ, VAULT_CA_FILE_ENV),
+    )
+
+
+def _resources(text: str) -> Mapping[str, Mapping[str, str]]:
+    """Requests and limits as JSON (`{"requests": {"cpu": "500m"}}`); empty: the default."""
+    if not text:
+        return DEFAULT_GATEWAY_RESOURCES
+    wrong = ValueError(
+        f"{GATEWAY_RESOURCES_ENV} must be a JSON object of requests and limits, "
+        f"each mapping resource names to quantities: {text!r}"
+    )
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        raise wrong from None
+    if not isinstance(parsed, dict) or not set(parsed) <= {"requests", "limits"}:
+        raise wrong
+    resources: dict[str, dict[str, str]] = {}
+    for kind, amounts in sorted(parsed.items()):
+        if not isinstance(amounts, dict) or not all(
+            isinstance(a, str | int | float) and not isinstance(a, bool) for a in amounts.values()
+        ):
+            raise wrong
+        if amounts:
+            resources[kind] = {name: str(amount) for name, amount in sorted(amounts.items())}
+    return resources
+
+
+def _oidc_settings(environ: Mapping[str, str]) -> OIDCSettings | None:
+    issuer = environ.get(OIDC_ISSUER_ENV)
+    if not issuer:
+        return None
+    audience = environ.get(OIDC_AUDIENCE_ENV)
+    if not audience:
+        raise ValueError(f"{OIDC_AUDIENCE_ENV} must be set with {OIDC_ISSUER_ENV}")
+    # Unset claims keep the gateway's defaults.
+    optional = {
+        "jwks_uri": environ.get(OIDC_JWKS_URL_ENV),
+        "username_claim": environ.get(OIDC_USERNAME_CLAIM_ENV),
+        "groups_claim": environ.get(OIDC_GROUPS_CLAIM_ENV),
+    }
+    given = {name: value for name, value in optional.items() if value}
+    return OIDCSettings(issuer=issuer, audience=audience, **given)
+
+
+def _ca_pem(environ: Mapping[str, str], variable: str) -> str:
+    """The PEM certificates in the file `variable` names; empty when it names none."""
+    path = environ.get(variable)
+    if not path:
+        return ""
+    try:
+        pem = Path(path).read_text()
+        # Refused here rather than by every gateway that would load it.
+        ssl.create_default_context(cadata=pem)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{variable}: {path} holds no CA certificate: {error}") from None
+    return pem
 
 
 def reconcile_gateway(
     kube: Kube,
     namespace: str,
     vault_addr: str | None = None,
-    token_review_binding: str | None = None,
-    audit_shipping: AuditShipping | None = None,
+    settings: GatewaySettings | None = None,
     operator_namespace: str | None = None,
 ) -> None:
     """Render and apply the namespace's gateway; write each AccessPolicy's status.
 
     With `vault_addr` (the operator's Vault) the gateway seals every prompt and
     response with the namespace's Transit keys, logging in with its own role.
-    `token_review_binding` names the chart's ClusterRoleBinding to
-    system:auth-delegator, which lists the gateways allowed to review tokens.
+    `settings` are the platform's, the same for every namespace.
     `operator_namespace`, where the operator runs, lets its Pods read the gateway's demand.
     """
+    settings = settings or GatewaySettings()
+    token_review_binding = settings.token_review_binding
     if namespace_terminating(kube, namespace):
         # Re-creating what the namespace controller removes would only fight it.
         if token_review_binding:
@@ -130,17 +241,22 @@ def reconcile_gateway(
     if live_models:
         inputs = GatewayInputs(
             namespace=namespace,
-            image=gateway_image(),
+            image=settings.image,
             models=live_models,
             policies=policies,
             api_keys=api_keys,
             protected_entities=protected,
+            oidc=settings.oidc,
+            oidc_ca_pem=settings.oidc_ca_pem,
             vault_addr=vault_addr,
-            audit_shipping=audit_shipping,
+            vault_auth_mount=settings.vault_auth_mount,
+            vault_ca_pem=settings.vault_ca_pem,
+            audit_shipping=settings.audit_shipping,
             connectors=[
                 c for _, c in parse_stored(DataConnector, kube.list(DATA_CONNECTOR, namespace))[0]
             ],
             operator_namespace=operator_namespace,
+            resources=settings.resources,
         )
         tls_revision = ensure_certificate(
             kube,
@@ -283,13 +399,11 @@ def _write_policy_status(
 def _reconcile(context: Context, key: Key) -> None:
     """The namespace's gateway, with the settings the chart puts in the environment."""
     vault_addr = context.vault.addr if context.vault is not None else None
-    binding = os.environ.get(TOKEN_REVIEW_BINDING_ENV)
     reconcile_gateway(
         context.kube,
         key[0],
         vault_addr,
-        binding,
-        audit_shipping_from_env(os.environ),
+        gateway_settings_from_env(os.environ),
         context.operator_namespace,
     )
 

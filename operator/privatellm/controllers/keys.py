@@ -22,9 +22,20 @@ from privatellm.keys.tenancy import (
     key_name,
     namespace_key_name,
 )
-from privatellm.keys.transit import TransitClient, VaultClient, VaultError
+from privatellm.keys.transit import (
+    KubernetesAuthVaultClient,
+    TransitClient,
+    VaultClient,
+    VaultError,
+)
 
 KUBERNETES_AUTH = "kubernetes"
+
+
+def auth_mount(vault: VaultClient) -> str:
+    """Where the gateways' and sidecars' roles go: the Kubernetes auth the operator logs in
+    through (one per cluster), else the default mount."""
+    return vault.mount if isinstance(vault, KubernetesAuthVaultClient) else KUBERNETES_AUTH
 
 
 def ensure_tenant_keys(
@@ -53,8 +64,9 @@ def ensure_tenant_keys(
     if _read(vault, f"sys/policies/acl/{policy_name}").get("policy") != policy:
         vault.request("PUT", f"sys/policies/acl/{policy_name}", {"policy": policy})
 
-    if f"{KUBERNETES_AUTH}/" in vault.request("GET", "sys/auth").get("data", {}):
-        path = f"auth/{KUBERNETES_AUTH}/role/{policy_name}"
+    mount = auth_mount(vault)
+    if f"{mount}/" in vault.request("GET", "sys/auth").get("data", {}):
+        path = f"auth/{mount}/role/{policy_name}"
         role = gateway_role(namespace)
         if not _role_matches(_read(vault, path), role):
             vault.request("POST", path, role)
@@ -78,8 +90,9 @@ def ensure_connector_keys(
             raise
         transit.create_key(name)
     policy_name = connector_policy_name(namespace)
-    path = f"auth/{KUBERNETES_AUTH}/role/{policy_name}"
-    kubernetes_auth = f"{KUBERNETES_AUTH}/" in vault.request("GET", "sys/auth").get("data", {})
+    mount = auth_mount(vault)
+    path = f"auth/{mount}/role/{policy_name}"
+    kubernetes_auth = f"{mount}/" in vault.request("GET", "sys/auth").get("data", {})
     if not service_accounts:
         if kubernetes_auth:
             _delete(vault, path)
@@ -115,8 +128,9 @@ def release_tenant_keys(
             "PUT", f"sys/policies/acl/{policy_name}", {"policy": gateway_policy(sorted(still_used))}
         )
         return f"gateway access to Transit key {name} revoked; the key is kept"
-    if f"{KUBERNETES_AUTH}/" in vault.request("GET", "sys/auth").get("data", {}):
-        _delete(vault, f"auth/{KUBERNETES_AUTH}/role/{policy_name}")
+    mount = auth_mount(vault)
+    if f"{mount}/" in vault.request("GET", "sys/auth").get("data", {}):
+        _delete(vault, f"auth/{mount}/role/{policy_name}")
     _delete(vault, f"sys/policies/acl/{policy_name}")
     return f"gateway policy and role of {namespace} revoked; Transit key {name} is kept"
 

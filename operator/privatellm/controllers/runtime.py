@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import random
+import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
@@ -30,12 +31,12 @@ import kopf
 import prometheus_client
 
 from privatellm.audit import AuditLog, Signer
-from privatellm.keys.transit import VaultClient, vault_client_from_env
+from privatellm.keys.transit import KubernetesAuthVaultClient, VaultClient, vault_client_from_env
 from privatellm.kube.client import ApiError, Kube, new_api_client
 from privatellm.render.audit import render_operator_audit_public_key
 from privatellm.render.inference_status import NodeView
 
-from . import connector, gateway, inference
+from . import budget, connector, gateway, inference
 from .autoscaling import Autoscaler
 from .builder import Context, Controller, Declaration, For, Key, KnownKeys, Watches, WatchEvent
 from .demand import DemandCollector, access_from_secrets, replicas_from_slices
@@ -48,7 +49,12 @@ log = logging.getLogger(__name__)
 # Set by the chart to the namespace the operator's Pod runs in.
 OPERATOR_NAMESPACE_ENV = "POD_NAMESPACE"
 # Every controller of the operator. Adding one is a module that declares it, and a line here.
-CONTROLLERS: list[Controller] = [inference.CONTROLLER, gateway.CONTROLLER, connector.CONTROLLER]
+CONTROLLERS: list[Controller] = [
+    inference.CONTROLLER,
+    gateway.CONTROLLER,
+    connector.CONTROLLER,
+    budget.CONTROLLER,
+]
 
 
 @dataclass(frozen=True)
@@ -356,7 +362,7 @@ class Runtime:
         settings.watching.server_timeout = 300
         options: Mapping[str, Any] = memo.get("options", {})
         kube = Kube(new_api_client())
-        vault = _vault_from_env()
+        vault = _vault_from_env(os.environ)
         operator_namespace = os.environ.get(OPERATOR_NAMESPACE_ENV) or None
         audit = None
         if options.get("audit_dir"):
@@ -429,8 +435,31 @@ class Runtime:
             self.request_all()
 
 
-def _vault_from_env() -> VaultClient | None:
-    vault = vault_client_from_env()
+def operator_vault(environ: Mapping[str, str]) -> VaultClient | None:
+    """The operator's Vault client (`vault_client_from_env`), logging in at the chart's
+    Kubernetes-auth mount and trusting only the chart's CA for Vault when one is named."""
+    vault = vault_client_from_env(environ)
+    if not isinstance(vault, KubernetesAuthVaultClient):
+        # A static token is for development, against a Vault the system's CAs trust.
+        return vault
+    ca_file = environ.get(gateway.VAULT_CA_FILE_ENV)
+    return KubernetesAuthVaultClient(
+        vault.addr,
+        vault.role,
+        vault.jwt_file,
+        mount=environ.get(gateway.VAULT_AUTH_MOUNT_ENV) or vault.mount,
+        ssl_context=ssl.create_default_context(cafile=ca_file) if ca_file else None,
+    )
+
+
+def check_settings(environ: Mapping[str, str]) -> None:
+    """Raise ValueError (or OSError for an unreadable CA) when a setting in `environ` is wrong."""
+    gateway.gateway_settings_from_env(environ)
+    operator_vault(environ)
+
+
+def _vault_from_env(environ: Mapping[str, str]) -> VaultClient | None:
+    vault = operator_vault(environ)
     if vault is None:
         log.warning("no Vault configured (BAO_ADDR/VAULT_ADDR): Transit keys are not provisioned")
     return vault

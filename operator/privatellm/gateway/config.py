@@ -167,6 +167,11 @@ class EncryptionSettings(ApiModel):
     )
     auth_mount: str = "kubernetes"
     jwt_file: str = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    ca_file: str | None = Field(
+        default=None,
+        description="CA certificate (PEM) that Vault's certificate must chain to; "
+        "without it, the system's CAs.",
+    )
     data_key_seconds: float = Field(
         default=300.0,
         gt=0,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import ssl
 from pathlib import Path
 
 from privatellm.audit.payloads import SubjectEnvelopes
@@ -30,12 +31,17 @@ from .errors import GatewayError
 
 def vault_client(settings: EncryptionSettings) -> VaultClient:
     """Log in as the gateway's ServiceAccount when a role is set, else use the token in env."""
+    tls = ssl.create_default_context(cafile=settings.ca_file) if settings.ca_file else None
     if settings.role:
         return KubernetesAuthVaultClient(
-            settings.vault_addr, settings.role, Path(settings.jwt_file), mount=settings.auth_mount
+            settings.vault_addr,
+            settings.role,
+            Path(settings.jwt_file),
+            mount=settings.auth_mount,
+            ssl_context=tls,
         )
     token = os.environ.get("BAO_TOKEN") or os.environ.get("VAULT_TOKEN") or ""
-    return VaultClient(settings.vault_addr, token)
+    return VaultClient(settings.vault_addr, token, ssl_context=tls)
 
 
 class PayloadSealer:

@@ -91,7 +91,8 @@ def duration_seconds(duration: str) -> int:
 
 
 def operator_policy(mount: str = "transit", auth_mount: str = "kubernetes") -> str:
-    """HCL for the operator: manage keys, gateway policies and roles; never delete a key.
+    """HCL for the operator: manage keys, the gateways' and connectors' policies and roles;
+    never delete a key.
 
     `+` matches one path segment, so rotate and trim (which drops key versions) are not
     covered by the key rules; deleting a key needs the delete capability, not granted.
@@ -101,6 +102,9 @@ def operator_policy(mount: str = "transit", auth_mount: str = "kubernetes") -> s
         (f"{mount}/keys/+/config", ["update"]),
         ("sys/policies/acl/privatellm-gateway-*", ["create", "read", "update", "delete"]),
         (f"auth/{auth_mount}/role/privatellm-gateway-*", ["create", "read", "update", "delete"]),
+        # The connector sidecars' seal-only policy and role, one of each per namespace.
+        ("sys/policies/acl/privatellm-connector-*", ["create", "read", "update", "delete"]),
+        (f"auth/{auth_mount}/role/privatellm-connector-*", ["create", "read", "update", "delete"]),
         ("sys/auth", ["read"]),
     ]
     return "".join(

@@ -62,6 +62,7 @@ CONFIG_FILE = f"{CONFIG_DIR}/{CONFIG_KEY}"
 # The namespace CA's certificate, next to the configuration: the gateway's TLS is
 # signed by it. A certificate is public, so it travels in the ConfigMap.
 CA_KEY = "ca.crt"
+VAULT_CA_KEY = "vault-ca.crt"
 # The sidecar's Secret: the namespace's protected entities and internal terms, and the
 # keys of the namespace's gateway (render/gateway.py): the filters' hash key, so that a
 # value hashes alike in the sidecar and the gateway, and the audit signing key, so that
@@ -175,16 +176,26 @@ def gateway_url(namespace: str) -> str:
     return f"https://{GATEWAY_NAME}.{namespace}.svc"
 
 
+@dataclass(frozen=True)
+class SidecarVault:
+    """Where the sidecars seal: the operator's Vault, the auth mount it writes their role
+    under, and the CA that signs Vault's certificate (PEM; empty: the system's)."""
+
+    addr: str
+    auth_mount: str = "kubernetes"
+    ca_pem: str = ""
+
+
 def connector_config(
     connector: DataConnector,
     hash_key: bool = False,
     audit_signing_key: bool = False,
-    vault_addr: str | None = None,
+    vault: SidecarVault | None = None,
 ) -> dict[str, Any]:
     """The document the sidecar and the built-in connector read (CONFIG_FILE).
 
     `hash_key` and `audit_signing_key`: whether the sidecar's Secret holds the
-    namespace gateway's keys (it does once the gateway has them). With `vault_addr`,
+    namespace gateway's keys (it does once the gateway has them). With `vault`,
     the sidecar seals quarantined items, logging in with its projected token.
     """
     spec = connector.spec
@@ -223,12 +234,15 @@ def connector_config(
         config["hashKeyFile"] = f"{SIDECAR_SECRET_DIR}/{HASH_KEY_KEY}"
     if audit_signing_key:
         config["auditSigningKeyFile"] = f"{SIDECAR_SECRET_DIR}/{AUDIT_KEY_KEY}"
-    if vault_addr:
+    if vault is not None:
         config["encryption"] = {
-            "vaultAddr": vault_addr,
+            "vaultAddr": vault.addr,
             "role": connector_policy_name(connector.metadata.namespace or ""),
+            "authMount": vault.auth_mount,
             "jwtFile": f"{TOKEN_DIR}/{TOKEN_PATH}",
         }
+        if vault.ca_pem:
+            config["encryption"]["caFile"] = f"{CONFIG_DIR}/{VAULT_CA_KEY}"
     if spec.type == "webhook":
         config["webhookPort"] = WEBHOOK_PORT
     return config
@@ -270,7 +284,7 @@ class ConnectorInputs:
     hash_key: bytes = b""
     audit_signing_key: bytes = b""
     # The operator's Vault, once the namespace's connector role exists there.
-    vault_addr: str | None = None
+    vault: SidecarVault | None = None
 
 
 def _metadata(connector: DataConnector, name: str) -> Manifest:
@@ -294,11 +308,14 @@ def render_service_account(connector: DataConnector) -> Manifest:
 
 def _config_data(inputs: ConnectorInputs) -> dict[str, str]:
     config = connector_config(
-        inputs.connector, bool(inputs.hash_key), bool(inputs.audit_signing_key), inputs.vault_addr
+        inputs.connector, bool(inputs.hash_key), bool(inputs.audit_signing_key), inputs.vault
     )
     data = {CONFIG_KEY: config_text(config)}
     if inputs.gateway_ca_pem:
         data[CA_KEY] = inputs.gateway_ca_pem
+    if inputs.vault is not None and inputs.vault.ca_pem:
+        # A certificate is public: it travels in the ConfigMap, like the namespace CA's.
+        data[VAULT_CA_KEY] = inputs.vault.ca_pem
     return data
 
 

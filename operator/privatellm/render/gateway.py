@@ -12,6 +12,7 @@ own it.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -66,6 +67,10 @@ CONFIG_SECRET = "privatellm-gateway-config"
 CONFIG_KEY = "gateway.yaml"
 HASH_KEY_KEY = "hash.key"
 AUDIT_KEY_KEY = "audit.pem"
+# CA certificates the platform names in the chart, copied in so the gateway needs no
+# access to the operator's namespace.
+VAULT_CA_KEY = "vault-ca.crt"
+OIDC_CA_KEY = "oidc-ca.crt"
 # Auditors read the public key here to verify the gateways' logs; they need no Secret.
 AUDIT_PUBLIC_KEY_CONFIGMAP = "privatellm-audit-public-key"
 # A sealed segment can be shipped to WORM storage; the open one is at most this old.
@@ -83,8 +88,14 @@ PEERS_SERVICE = f"{GATEWAY_NAME}-peers"
 CONFIG_DIR = "/etc/privatellm/gateway"
 TLS_DIR = "/etc/privatellm/tls"
 AUDIT_DIR = "/var/lib/privatellm/audit"
+# On the Pod template: which start-only settings the replicas run with.
+START_SETTINGS_ANNOTATION = "privatellm.io/start-settings-revision"
 # Two replicas over zones keep the door open through a zone outage and a rollout.
 GATEWAY_REPLICAS = 2
+# The gateway container's requests when the operator is given none (the chart's default).
+DEFAULT_GATEWAY_RESOURCES: Mapping[str, Mapping[str, str]] = {
+    "requests": {"cpu": "500m", "memory": "256Mi"}
+}
 
 
 @dataclass(frozen=True)
@@ -119,13 +130,22 @@ class GatewayInputs:
     api_keys: Mapping[str, str] = field(default_factory=dict)
     protected_entities: Sequence[str] = ()
     oidc: OIDCSettings | None = None
+    # The CA (PEM) the OIDC provider's certificate chains to; empty: the system's CAs.
+    oidc_ca_pem: str = ""
     # The operator's Vault, when it has one: the gateway then seals every payload.
     vault_addr: str | None = None
+    # Where Vault's Kubernetes auth is mounted, and the CA (PEM) of Vault's certificate.
+    vault_auth_mount: str = "kubernetes"
+    vault_ca_pem: str = ""
     audit_shipping: AuditShipping | None = None
     connectors: Sequence[DataConnector] = ()
     # Where the operator runs (its POD_NAMESPACE): its Pods there may read the replicas'
     # demand on the peer port. None when it runs outside the cluster.
     operator_namespace: str | None = None
+    # Requests and limits of the gateway container.
+    resources: Mapping[str, Mapping[str, str]] = field(
+        default_factory=lambda: DEFAULT_GATEWAY_RESOURCES
+    )
 
 
 def connector_service_account(connector: str) -> str:
@@ -208,14 +228,10 @@ def render_gateway_config(inputs: GatewayInputs) -> GatewayConfig:
         protected_entities=sorted(set(inputs.protected_entities)),
         auth=AuthSettings(
             api_keys=dict(sorted(inputs.api_keys.items())),
-            oidc=inputs.oidc,
+            oidc=_oidc(inputs),
             token_review=TokenReviewSettings(),
         ),
-        encryption=(
-            EncryptionSettings(vault_addr=inputs.vault_addr, role=gateway_policy_name(ns))
-            if inputs.vault_addr
-            else None
-        ),
+        encryption=_encryption(inputs),
         discovery=DiscoverySettings(),
         # Replicas count quotas together: a subject's limit holds for the gateway as a whole.
         quota_sharing=QuotaSharing(service=PEERS_SERVICE, server_name=f"{GATEWAY_NAME}.{ns}.svc"),
@@ -224,6 +240,23 @@ def render_gateway_config(inputs: GatewayInputs) -> GatewayConfig:
             cert_file=f"{TLS_DIR}/tls.crt",
             key_file=f"{TLS_DIR}/tls.key",
         ),
+    )
+
+
+def _oidc(inputs: GatewayInputs) -> OIDCSettings | None:
+    if inputs.oidc is None or not inputs.oidc_ca_pem:
+        return inputs.oidc
+    return inputs.oidc.model_copy(update={"ca_file": f"{CONFIG_DIR}/{OIDC_CA_KEY}"})
+
+
+def _encryption(inputs: GatewayInputs) -> EncryptionSettings | None:
+    if not inputs.vault_addr:
+        return None
+    return EncryptionSettings(
+        vault_addr=inputs.vault_addr,
+        role=gateway_policy_name(inputs.namespace),
+        auth_mount=inputs.vault_auth_mount,
+        ca_file=f"{CONFIG_DIR}/{VAULT_CA_KEY}" if inputs.vault_ca_pem else None,
     )
 
 
@@ -255,18 +288,25 @@ def _metadata(inputs: GatewayInputs, name: str) -> Manifest:
 
 
 def render_config_secret(inputs: GatewayInputs, keys: GatewayKeys) -> Manifest:
-    """The configuration Secret: API-key digests, protected customers, and the kept keys."""
+    """The configuration Secret: API-key digests, protected customers, the kept keys, and
+    the CAs of Vault and the OIDC provider when the platform names them."""
     text = config_text(render_gateway_config(inputs))
+    data = {
+        CONFIG_KEY: base64.b64encode(text.encode()).decode(),
+        HASH_KEY_KEY: keys.hash_key_b64,
+        AUDIT_KEY_KEY: keys.audit_key_b64,
+    }
+    # Only where the configuration names them: Vault's CA is of no use without Vault.
+    if inputs.vault_addr and inputs.vault_ca_pem:
+        data[VAULT_CA_KEY] = base64.b64encode(inputs.vault_ca_pem.encode()).decode()
+    if inputs.oidc is not None and inputs.oidc_ca_pem:
+        data[OIDC_CA_KEY] = base64.b64encode(inputs.oidc_ca_pem.encode()).decode()
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": _metadata(inputs, CONFIG_SECRET),
         "type": "Opaque",
-        "data": {
-            CONFIG_KEY: base64.b64encode(text.encode()).decode(),
-            HASH_KEY_KEY: keys.hash_key_b64,
-            AUDIT_KEY_KEY: keys.audit_key_b64,
-        },
+        "data": data,
     }
 
 
@@ -323,7 +363,7 @@ def render_gateway_statefulset(inputs: GatewayInputs, tls_revision: str = "") ->
         "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
         "readinessProbe": {**probe, "periodSeconds": 5},
         "livenessProbe": {**probe, "periodSeconds": 10, "failureThreshold": 6},
-        "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}},
+        "resources": {kind: dict(amounts) for kind, amounts in inputs.resources.items()},
         "securityContext": container_security_context(),
         "volumeMounts": [
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
@@ -335,9 +375,14 @@ def render_gateway_statefulset(inputs: GatewayInputs, tls_revision: str = "") ->
     if inputs.audit_shipping is not None:
         _ship_audit(container, inputs.audit_shipping)
     template_meta: Manifest = {"labels": gateway_labels()}
+    annotations = {}
     if tls_revision:
         # The listener reads its certificate at start; a new one needs new Pods.
-        template_meta["annotations"] = {"privatellm.io/tls-revision": tls_revision}
+        annotations["privatellm.io/tls-revision"] = tls_revision
+    if revision := start_settings_revision(inputs):
+        annotations[START_SETTINGS_ANNOTATION] = revision
+    if annotations:
+        template_meta["annotations"] = annotations
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
@@ -385,6 +430,22 @@ def render_gateway_statefulset(inputs: GatewayInputs, tls_revision: str = "") ->
             },
         },
     }
+
+
+def start_settings_revision(inputs: GatewayInputs) -> str:
+    """A digest of the settings the gateway reads only at start (its OIDC verifier and its
+    Vault client, with their CAs); empty when it has neither. A reload of the
+    configuration leaves those clients as they are, so a change needs new Pods."""
+    config = render_gateway_config(inputs)
+    if config.auth.oidc is None and config.encryption is None:
+        return ""
+    settings = {
+        "oidc": config.auth.oidc.model_dump() if config.auth.oidc else None,
+        "oidcCA": inputs.oidc_ca_pem if config.auth.oidc else "",
+        "encryption": config.encryption.model_dump() if config.encryption else None,
+        "vaultCA": inputs.vault_ca_pem if config.encryption else "",
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _ship_audit(container: Manifest, shipping: AuditShipping) -> None:

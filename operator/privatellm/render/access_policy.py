@@ -5,7 +5,7 @@ Pure: the controller passes the names of the namespace's InferenceDeployments.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from privatellm.api.access import AccessPolicy
 
@@ -27,3 +27,14 @@ def resolved_models(policy: AccessPolicy, models: Sequence[str]) -> list[str]:
     if policy.spec.models == ["*"]:
         return sorted(models)
     return sorted(set(policy.spec.models) & set(models))
+
+
+def missing_source_namespaces(policy: AccessPolicy, existing: Collection[str]) -> list[str]:
+    """Warnings for spec.sourceNamespaces that name no namespace: the rule admits nobody
+    from it, which is safe, but likely a typo; the policy is enforced all the same."""
+    return [
+        f"spec.sourceNamespaces[{i}]: namespace {name!r} does not exist; no request comes"
+        " from it until it is created"
+        for i, name in enumerate(policy.spec.source_namespaces)
+        if name not in existing
+    ]

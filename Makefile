@@ -121,6 +121,8 @@ demo: $(READY) testenv
 	  $(BIN)/privatellm audit query $(DEVCLUSTER)/audit --public-key $(AUDIT_KEY).pub || true; \
 	  echo; echo "Requests through the gateway the operator configured for $(DEMO_NAMESPACE):"; \
 	  $(BIN)/privatellm demo-requests --namespace $(DEMO_NAMESPACE) --dir $(DEVCLUSTER)/demo; \
+	  echo; echo "Where the data of $(DEMO_NAMESPACE) flows and rests, and which key protects it:"; \
+	  $(BIN)/privatellm dataflow -n $(DEMO_NAMESPACE) --format table; \
 	  echo; echo "KUBECONFIG=$$KUBECONFIG"; \
 	  echo "Stop the operator and the local cluster with: make demo-down"
 

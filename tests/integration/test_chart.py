@@ -644,7 +644,10 @@ def test_the_charts_layer_values_reach_every_gateway(
         except client.ApiException:
             return None
 
-    data = {k: base64.b64decode(v) for k, v in wait_until(gateway_secret).data.items()}
+    # The operator provisions the namespace's Vault key and role before it writes the
+    # gateway: on a loaded machine that takes longer than a minute.
+    secret = wait_until(gateway_secret, timeout=180, what="the gateway's config Secret")
+    data = {k: base64.b64decode(v) for k, v in secret.data.items()}
     config = GatewayConfig.model_validate(yaml.safe_load(data[CONFIG_KEY]))
     oidc = config.auth.oidc
     assert oidc is not None

@@ -16,7 +16,7 @@ from privatellm.connectors.sidecar import SidecarConfig, Terms
 from privatellm.controllers import connector as controller
 from privatellm.controllers.builder import KnownKeys, WatchEvent
 from privatellm.controllers.runtime import CONTROLLERS
-from privatellm.render.conditions import ConditionState
+from privatellm.render.conditions import ConditionState, transition_events
 from privatellm.render.connector import (
     COUNTERS_CONDITION,
     ConnectorInputs,
@@ -38,7 +38,6 @@ from privatellm.render.connector import (
     render_connector,
     spec_problems,
     sum_counts,
-    transition_events,
     workload_name,
 )
 from privatellm.render.inference_status import ChildFailure, Problem

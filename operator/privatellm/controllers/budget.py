@@ -15,8 +15,7 @@ from pydantic import ValidationError
 from privatellm.api import API_VERSION, CostBudget
 from privatellm.kube.client import Kind, Kube, Obj, namespace_and_name
 from privatellm.render.budget import budget_status
-from privatellm.render.conditions import validation_messages
-from privatellm.render.connector import transition_events
+from privatellm.render.conditions import transition_events, validation_messages
 
 from .builder import Context, Controller, For, Key
 from .events import event_for, now

@@ -25,7 +25,11 @@ from privatellm.api import DataConnector
 from privatellm.api.access import AccessPolicy
 from privatellm.keys.transit import VaultClient, VaultError
 from privatellm.kube.client import KINDS, LOOKUP, ApiError, Kube, Obj, namespace_and_name
-from privatellm.render.conditions import merge_conditions, validation_messages
+from privatellm.render.conditions import (
+    merge_conditions,
+    transition_events,
+    validation_messages,
+)
 from privatellm.render.connector import (
     CONNECTOR_COMPONENT,
     DATA_CONNECTOR_LABEL,
@@ -46,7 +50,6 @@ from privatellm.render.connector import (
     reference_problems,
     render_connector,
     spec_problems,
-    transition_events,
     workload_name,
 )
 from privatellm.render.gateway import AUDIT_KEY_KEY, HASH_KEY_KEY, connector_service_account

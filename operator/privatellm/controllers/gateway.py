@@ -284,11 +284,11 @@ def reconcile_gateway(
             kube.delete(DEPLOYMENT, namespace, GATEWAY_NAME)
     if token_review_binding:
         _keep_token_review_access(kube, token_review_binding, namespace, bool(live_models))
+    # Each namespace any policy names is looked up once per reconcile.
+    named = {n for _, p in stored_policies for n in p.spec.source_namespaces}
+    existing = {n for n in named if kube.get(NAMESPACE, None, n) is not None}
     for raw, policy in stored_policies:
         reasons = problems[policy.metadata.name]
-        existing = [
-            n for n in policy.spec.source_namespaces if kube.get(NAMESPACE, None, n) is not None
-        ]
         warnings = missing_source_namespaces(policy, existing)
         resolved = resolved_models(policy, names)
         _write_policy_status(kube, raw, resolved, reasons, "InvalidReference", warnings)

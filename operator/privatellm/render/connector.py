@@ -839,29 +839,3 @@ def connector_status(
     if last_error:
         status["lastError"] = last_error
     return status
-
-
-def transition_events(
-    previous: Sequence[Mapping[str, Any]], conditions: Sequence[Mapping[str, Any]]
-) -> list[tuple[str, str, str]]:
-    """(type, reason, message) of an Event for each change of Ready or Degraded.
-
-    A new object that is fine says nothing; Progressing would speak at every rollout
-    and the counters at every failed read, so neither does.
-    """
-    events = []
-    for condition in conditions:
-        if condition["type"] not in ("Ready", "Degraded"):
-            continue
-        before = next((c for c in previous if c.get("type") == condition["type"]), None)
-        bad = (condition["type"], condition["status"]) in (("Degraded", "True"), ("Ready", "False"))
-        if before is None and not bad:
-            continue
-        if before and (before.get("status"), before.get("reason")) == (
-            condition["status"],
-            condition["reason"],
-        ):
-            continue
-        message = f"{condition['type']}={condition['status']}: {condition['message']}"
-        events.append(("Warning" if bad else "Normal", condition["reason"], message))
-    return events

@@ -8,6 +8,7 @@ schedule of attempts is read from the provider's counters, nothing sleeps.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -54,6 +55,8 @@ class Provider:
 
     port: int = field(default_factory=free_port)
     failing: set[str] = field(default_factory=set)
+    # Send each document a few bytes at a time, as a slow network or a proxy would.
+    trickle: bool = False
     hits: Counter[str] = field(default_factory=Counter)
     _runner: web.AppRunner | None = None
 
@@ -84,18 +87,32 @@ class Provider:
         """Every request that reached the provider."""
         return sum(self.hits.values())
 
-    async def _discovery(self, _request: web.Request) -> web.Response:
+    async def _discovery(self, request: web.Request) -> web.StreamResponse:
         self.hits["discovery"] += 1
         if "discovery" in self.failing:
             return web.Response(status=503)
-        return web.json_response({"issuer": self.issuer, "jwks_uri": f"{self.issuer}/jwks"})
+        return await self._answer(
+            request, {"issuer": self.issuer, "jwks_uri": f"{self.issuer}/jwks"}
+        )
 
-    async def _jwks(self, _request: web.Request) -> web.Response:
+    async def _jwks(self, request: web.Request) -> web.StreamResponse:
         self.hits["jwks"] += 1
         if "jwks" in self.failing:
             return web.Response(status=503)
         public = jwt.get_algorithm_by_name("RS256").to_jwk(KEY.public_key(), as_dict=True)
-        return web.json_response({"keys": [{**public, "kid": KID, "use": "sig"}]})
+        return await self._answer(request, {"keys": [{**public, "kid": KID, "use": "sig"}]})
+
+    async def _answer(self, request: web.Request, document: dict[str, Any]) -> web.StreamResponse:
+        if not self.trickle:
+            return web.json_response(document)
+        body = json.dumps(document).encode()
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        for start in range(0, len(body), 16):
+            await response.write(body[start : start + 16])
+            await asyncio.sleep(0.001)
+        await response.write_eof()
+        return response
 
 
 @asynccontextmanager
@@ -181,6 +198,16 @@ def test_keys_are_found_at_the_first_attempt_after_the_provider_recovers() -> No
             clock.now = START + 7
             assert await has_key(keys)
         assert provider.attempts == 4
+
+    run(scenario)
+
+
+def test_documents_that_arrive_in_pieces_are_read_whole() -> None:
+    async def scenario() -> None:
+        provider = Provider(trickle=True)
+        async with running(provider) as session:
+            assert await has_key(cache(session, provider, Clock()))
+        assert provider.attempts == 1
 
     run(scenario)
 

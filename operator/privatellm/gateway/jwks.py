@@ -218,9 +218,12 @@ class JWKSCache:
         async with self._session.get(url, ssl=self._ssl, timeout=FETCH_TIMEOUT) as response:
             if response.status != 200:
                 raise _FetchError(f"{url} answered HTTP {response.status}")
-            body = await response.content.read(MAX_DOCUMENT_BYTES + 1)
-            if len(body) > MAX_DOCUMENT_BYTES:
-                raise _FetchError(f"{url} answered more than {MAX_DOCUMENT_BYTES} bytes")
+            # read(n) returns what has arrived, not n bytes: the body may come in pieces.
+            body = bytearray()
+            async for chunk in response.content.iter_chunked(64 * 1024):
+                body += chunk
+                if len(body) > MAX_DOCUMENT_BYTES:
+                    raise _FetchError(f"{url} answered more than {MAX_DOCUMENT_BYTES} bytes")
             try:
                 return json.loads(body), response.headers.get("Cache-Control")
             except ValueError as error:

@@ -28,6 +28,10 @@ VERSITYGW_VERSION="${VERSITYGW_VERSION:-v1.8.0}"
 # a browser. Dex's module path lacks the /v2 its tags would need, so the module proxy
 # has its releases only as pseudo-versions: this one is the commit tagged v2.45.1.
 DEX_VERSION="${DEX_VERSION:-v0.0.0-20260303133905-11d2eeb52b42}"
+# The NetworkPolicy analyzer of the policy tests: cyclonus (MIT), whose
+# `analyze --mode query-traffic` judges connections against policies offline, with no
+# cluster and no CNI. It builds from the module proxy with a plain `go install`.
+CYCLONUS_VERSION="${CYCLONUS_VERSION:-v0.5.6}"
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${PRIVATELLM_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/privatellm/testenv}"
@@ -190,6 +194,15 @@ build_dex() {
   stamp dex "$DEX_VERSION"
 }
 
+build_cyclonus() {
+  stamped cyclonus "$CYCLONUS_VERSION" && { log "cyclonus $CYCLONUS_VERSION cached"; return; }
+  log "cyclonus $CYCLONUS_VERSION: building"
+  GOFLAGS=-buildvcs=false GOBIN="$BIN" go install -trimpath \
+    -ldflags "-s -w -X github.com/mattfenwick/cyclonus/pkg/cli.version=$CYCLONUS_VERSION" \
+    "github.com/mattfenwick/cyclonus/cmd/cyclonus@$CYCLONUS_VERSION"
+  stamp cyclonus "$CYCLONUS_VERSION"
+}
+
 main() {
   mkdir -p "$BIN"
   case "${1:-build}" in
@@ -204,6 +217,7 @@ main() {
       build_versitygw
       build_kstatus
       build_dex
+      build_cyclonus
       log "ready in $((SECONDS - start))s: $BIN"
       ;;
     *) echo "usage: $0 [build|path]" >&2; exit 2 ;;

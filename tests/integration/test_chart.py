@@ -82,6 +82,7 @@ EXPECTED_CLUSTER_RULES = (
         ["cert-manager.io"], ["certificates", "issuers"], ("get", "create", "patch", "update")
     )
     | triples(["keda.sh"], ["scaledobjects"], ("list", "create", "patch", "delete"))
+    | triples(["cilium.io"], ["ciliumnetworkpolicies"], ("get", "create", "patch", "update"))
     | triples([""], ["pods", "nodes"], READ)
     | triples(["", "events.k8s.io"], ["events"], ("create", "patch", "update"))
     | triples([""], ["events"], ("list",))

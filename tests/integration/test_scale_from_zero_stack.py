@@ -250,7 +250,9 @@ def test_a_burst_at_zero_wakes_the_model_once_though_the_operator_restarts_mid_s
     assert answers == [(200, "")] * BURST
     events = scaling_events(crds, namespace)
     assert events.count("WakeFromZero") == 1, events
-    assert "ScaleUp" in events, events
+    # The scale-up's own Event may be missing: on a loaded machine the old operator can
+    # write the new count and be killed before it posts the Event. Nothing else happened.
+    assert set(events) <= {"WakeFromZero", "ScaleUp"}, events
 
     # Idle again: back to zero after the period, with no scale-down window in between.
     wait_until(lambda: at_zero(crds, namespace), timeout=120, what="the model at zero again")

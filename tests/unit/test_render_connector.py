@@ -344,10 +344,13 @@ def test_the_network_policy_admits_the_gateway_dns_and_the_declared_egress_only(
         direction="outbound",
         egress=[{"cidr": "10.2.0.0/16", "ports": [587, 25]}, {"host": "mx.example", "ports": [25]}],
     )
-    policy = children(obj)["NetworkPolicy"]["spec"]
+    rendered = children(obj)
+    assert "CiliumNetworkPolicy" not in rendered, "no FQDN rules without Cilium"
+    policy = rendered["NetworkPolicy"]["spec"]
     assert policy["policyTypes"] == ["Ingress", "Egress"]
     assert policy["podSelector"]["matchLabels"]["privatellm.io/data-connector"] == "crm"
-    gateway, dns, cidr, host = policy["egress"]
+    # The host entry opens nothing: a NetworkPolicy cannot name it.
+    gateway, dns, cidr = policy["egress"]
     assert gateway == {
         "to": [
             {
@@ -368,8 +371,11 @@ def test_the_network_policy_admits_the_gateway_dns_and_the_declared_egress_only(
         "to": [{"ipBlock": {"cidr": "10.2.0.0/16"}}],
         "ports": [{"protocol": "TCP", "port": 25}, {"protocol": "TCP", "port": 587}],
     }
-    assert host == {"ports": [{"protocol": "TCP", "port": 25}]}
-    assert policy["ingress"] == [{"ports": [{"protocol": "TCP", "port": 9090}]}]
+    # Nobody named to read the metrics: the port stays closed.
+    assert "ingress" not in policy
+    readers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mon"}}}]
+    read = children(obj, metrics_readers=readers)["NetworkPolicy"]["spec"]
+    assert read["ingress"] == [{"from": readers, "ports": [{"protocol": "TCP", "port": 9090}]}]
     hook = children(connector("hook", type="webhook"))["NetworkPolicy"]["spec"]
     assert {"ports": [{"protocol": "TCP", "port": 8080}]} in hook["ingress"]
 
@@ -405,30 +411,49 @@ def test_long_names_that_share_a_beginning_stay_apart() -> None:
 # --- what the operator cannot do, or finds missing --------------------------------------
 
 
-def test_egress_named_by_host_cannot_be_confined_and_says_so() -> None:
-    obj = connector(
-        type="objectStore",
-        direction="outbound",
-        egress=[
-            {"cidr": "10.2.0.0/16", "ports": [25]},
-            {"host": "mx.example", "ports": [587, 25]},
-            {"host": "s3.example", "ports": [443]},
-        ],
-    )
+HOSTS = [
+    {"cidr": "10.2.0.0/16", "ports": [25]},
+    {"host": "mx.example", "ports": [587, 25]},
+    {"host": "s3.example", "ports": [443]},
+]
+
+
+def test_egress_named_by_host_is_refused_without_fqdn_rules_and_says_so() -> None:
+    obj = connector(type="objectStore", direction="outbound", egress=HOSTS)
     assert spec_problems(obj) == [
         Problem(
-            "EgressNotConfined",
-            "spec.egress[1].host: a NetworkPolicy cannot name a host, so TCP ports 25, 587 are"
-            " open to every address; give the destination's cidr instead",
+            "EgressHostNotExpressible",
+            "spec.egress[1].host: a NetworkPolicy cannot name a host and this cluster enforces"
+            " no FQDN rules (Cilium), so nothing is opened to mx.example; give the"
+            " destination's cidr instead",
         ),
         Problem(
-            "EgressNotConfined",
-            "spec.egress[2].host: a NetworkPolicy cannot name a host, so TCP port 443 is"
-            " open to every address; give the destination's cidr instead",
+            "EgressHostNotExpressible",
+            "spec.egress[2].host: a NetworkPolicy cannot name a host and this cluster enforces"
+            " no FQDN rules (Cilium), so nothing is opened to s3.example; give the"
+            " destination's cidr instead",
         ),
     ]
+    assert spec_problems(obj, fqdn_rules=True) == []
     confined = connector(type="objectStore", egress=[{"cidr": "10.2.0.0/16", "ports": [443]}])
     assert spec_problems(confined) == []
+
+
+def test_with_cilium_hosts_become_fqdn_rules_for_the_connectors_pods_only() -> None:
+    obj = connector(type="objectStore", direction="outbound", egress=HOSTS)
+    rendered = children(obj, fqdn_rules=True)
+    policy = rendered["CiliumNetworkPolicy"]
+    assert policy["spec"]["endpointSelector"] == rendered["NetworkPolicy"]["spec"]["podSelector"]
+    dns, *hosts = policy["spec"]["egress"]
+    assert [r["matchName"] for r in dns["toPorts"][0]["rules"]["dns"]] == [
+        "mx.example",
+        "s3.example",
+    ]
+    assert [(h["toFQDNs"], h["toPorts"][0]["ports"]) for h in hosts] == [
+        ([{"matchName": "mx.example"}], [{"port": "587", "protocol": "TCP"}]),
+        ([{"matchName": "mx.example"}], [{"port": "25", "protocol": "TCP"}]),
+        ([{"matchName": "s3.example"}], [{"port": "443", "protocol": "TCP"}]),
+    ]
 
 
 def test_a_type_without_a_built_in_connector_needs_an_image() -> None:

@@ -156,11 +156,19 @@ def test_children_share_no_mutable_objects(obj: InferenceDeployment) -> None:
     walk(render(obj), obj.metadata.name)
 
 
+def serving_policy(children: list[Manifest]) -> Manifest:
+    """The NetworkPolicy of the serving Pods (the other one is the pre-staging Pods')."""
+    [policy] = [
+        p for p in of_kind(children, "NetworkPolicy") if p["metadata"]["name"].endswith("-ingress")
+    ]
+    return policy
+
+
 def test_the_order_creates_what_pods_need_first() -> None:
     kinds = [child["kind"] for child in render(example("llama-70b"))]
     assert kinds == [
         "ServiceAccount",
-        "NetworkPolicy",
+        *["NetworkPolicy"] * 2,
         "Service",
         "PodDisruptionBudget",
         *["PersistentVolumeClaim"] * 3,
@@ -261,7 +269,7 @@ def test_service_pdb_and_network_policy_select_every_zone_but_no_prestage_pod() 
     selector = selector_labels(obj)
     [service] = of_kind(children, "Service")
     [pdb] = of_kind(children, "PodDisruptionBudget")
-    [policy] = of_kind(children, "NetworkPolicy")
+    policy = serving_policy(children)
     assert service["spec"]["selector"] == selector
     assert pdb["spec"]["selector"]["matchLabels"] == selector
     assert pdb["spec"]["maxUnavailable"] == 1
@@ -272,9 +280,11 @@ def test_service_pdb_and_network_policy_select_every_zone_but_no_prestage_pod() 
             assert (selector.items() <= pod_labels.items()) is selected, child["metadata"]["name"]
 
 
-def test_only_the_gateway_reaches_the_serving_port() -> None:
-    [policy] = of_kind(render(example("llama-8b")), "NetworkPolicy")
-    assert policy["spec"]["policyTypes"] == ["Ingress"]
+def test_only_the_gateway_reaches_the_serving_port_and_the_server_reaches_only_dns() -> None:
+    policy = serving_policy(render(example("llama-8b")))
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    [dns] = policy["spec"]["egress"]
+    assert {p["port"] for p in dns["ports"]} == {53}
     [rule] = policy["spec"]["ingress"]
     assert rule["ports"] == [{"protocol": "TCP", "port": 8000}]
     assert rule["from"] == [
@@ -294,7 +304,7 @@ def test_the_operator_reaches_the_serving_port_of_the_models_it_scales_only() ->
         obj = example(name)
         plan = zone_replica_plan(baseline_replicas(obj.spec), obj.spec.zones)
         children = render_children(obj, plan, operator_namespace=operator_namespace)
-        [policy] = of_kind(children, "NetworkPolicy")
+        policy = serving_policy(children)
         rules: list[Manifest] = policy["spec"]["ingress"]
         return rules
 

@@ -54,8 +54,9 @@ from privatellm.render.connector import (
 )
 from privatellm.render.gateway import AUDIT_KEY_KEY, HASH_KEY_KEY, connector_service_account
 from privatellm.render.gateway import CONFIG_SECRET as GATEWAY_CONFIG_SECRET
-from privatellm.render.inference_status import ChildFailure, invalid_spec_conditions
+from privatellm.render.inference_status import ChildFailure, Problem, invalid_spec_conditions
 from privatellm.render.meta import COMPONENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL
+from privatellm.render.network import endpoint_of, metrics_readers
 from privatellm.render.tls import CA_CERT_KEY, NAMESPACE_CA_SECRET, secret_bytes
 
 from .builder import Context, Controller, For, Key, Labels, Owns, Watches, WatchEvent
@@ -68,6 +69,12 @@ from .gateway import (
 )
 from .inference import TRANSIENT_STATUSES, namespace_terminating
 from .keys import auth_mount, ensure_connector_keys
+from .network import (
+    NetworkSettings,
+    fqdn_rules_enforced,
+    network_settings_from_env,
+    resolve_endpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -107,13 +114,16 @@ def reconcile(
     image: str | None = None,
     vault: VaultClient | None = None,
     vault_ca_pem: str = "",
+    operator_namespace: str | None = None,
+    network_settings: NetworkSettings | None = None,
 ) -> None:
     """Bring one DataConnector's children and status in line with its spec.
 
     `read_metrics` reads a sidecar's counts by its Pod's IP; `image` is the project
     image the built-in connector and the sidecars run (by default the gateway's);
     with `vault`, the sidecars may seal quarantined items under the namespace key,
-    trusting `vault_ca_pem` (the chart's Vault CA) for its certificate.
+    trusting `vault_ca_pem` (the chart's Vault CA) for its certificate. The operator's
+    Pods in `operator_namespace` and Prometheus (`network_settings`) may read the counts.
     """
     raw = kube.get(DATA_CONNECTOR, namespace, name)
     if raw is None or raw["metadata"].get("deletionTimestamp"):
@@ -147,6 +157,16 @@ def reconcile(
             quarantine = QUARANTINE_ON
         except VaultError as error:
             quarantine = quarantine_off(f"Vault cannot give the connectors a role: {error}")
+    fqdn_rules = fqdn_rules_enforced(kube)
+    settings = network_settings or NetworkSettings()
+    platform_egress, unreachable = [], []
+    if vault is not None:
+        # The sidecar seals quarantined items with Vault.
+        vault_egress = resolve_endpoint(kube, endpoint_of(vault.addr), settings, fqdn_rules)
+        if vault_egress.rule is not None:
+            platform_egress.append(vault_egress.rule)
+        elif vault_egress.problem:
+            unreachable.append(Problem("EgressNotExpressible", f"Vault: {vault_egress.problem}"))
     inputs = ConnectorInputs(
         connector,
         image or gateway_image(),
@@ -158,13 +178,17 @@ def reconcile(
         SidecarVault(vault.addr, auth_mount(vault), vault_ca_pem)
         if quarantine is QUARANTINE_ON and vault is not None
         else None,
+        platform_egress,
+        fqdn_rules,
+        metrics_readers(operator_namespace, settings.monitoring_namespace),
     )
     refused, deployment = _apply_children(kube, connector, render_connector(inputs))
     problems = [
         *reference_problems(
             connector, _models(kube, namespace), _credentials_found(kube, connector)
         ),
-        *spec_problems(connector),
+        *spec_problems(connector, fqdn_rules),
+        *unreachable,
     ]
     workload = WorkloadView.from_deployment(deployment)
     conditions = connector_conditions(name, workload, refused, problems, quarantine)
@@ -309,7 +333,14 @@ def _write_status(kube: Kube, raw: Obj, previous: Mapping[str, Any], status: Obj
 
 def _reconcile(context: Context, key: Key) -> None:
     vault_ca = gateway_settings_from_env(os.environ).vault_ca_pem if context.vault else ""
-    reconcile(context.kube, *key, vault=context.vault, vault_ca_pem=vault_ca)
+    reconcile(
+        context.kube,
+        *key,
+        vault=context.vault,
+        vault_ca_pem=vault_ca,
+        operator_namespace=context.operator_namespace,
+        network_settings=network_settings_from_env(os.environ),
+    )
 
 
 def _owner(event: WatchEvent) -> Key:

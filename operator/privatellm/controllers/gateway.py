@@ -65,6 +65,7 @@ from .builder import (
 )
 from .events import event_for, now
 from .inference import namespace_terminating
+from .network import NetworkSettings, gateway_network, network_settings_from_env
 from .tls import ensure_certificate
 
 log = logging.getLogger(__name__)
@@ -218,13 +219,16 @@ def reconcile_gateway(
     vault_addr: str | None = None,
     settings: GatewaySettings | None = None,
     operator_namespace: str | None = None,
+    network_settings: NetworkSettings | None = None,
 ) -> None:
     """Render and apply the namespace's gateway; write each AccessPolicy's status.
 
     With `vault_addr` (the operator's Vault) the gateway seals every prompt and
     response with the namespace's Transit keys, logging in with its own role.
-    `settings` are the platform's, the same for every namespace.
+    `settings` and `network_settings` are the platform's, the same for every namespace.
     `operator_namespace`, where the operator runs, lets its Pods read the gateway's demand.
+    A destination of the gateway its NetworkPolicy cannot name leaves every policy
+    Degraded, saying which: the gateway would fail to reach it.
     """
     settings = settings or GatewaySettings()
     token_review_binding = settings.token_review_binding
@@ -245,7 +249,11 @@ def reconcile_gateway(
     names = [m.metadata.name for m in live_models]
     for policy in policies:
         problems[policy.metadata.name] += policy_problems(policy, names)
+    unreachable: list[str] = []
     if live_models:
+        network, unreachable = gateway_network(
+            kube, network_settings or NetworkSettings(), _destinations(settings, vault_addr)
+        )
         inputs = GatewayInputs(
             namespace=namespace,
             image=settings.image,
@@ -264,6 +272,7 @@ def reconcile_gateway(
             ],
             operator_namespace=operator_namespace,
             resources=settings.resources,
+            network=network,
         )
         tls_revision = ensure_certificate(
             kube,
@@ -289,11 +298,27 @@ def reconcile_gateway(
     existing = {n for n in named if kube.get(NAMESPACE, None, n) is not None}
     for raw, policy in stored_policies:
         reasons = problems[policy.metadata.name]
+        reason = "InvalidReference" if reasons or not unreachable else "EgressNotExpressible"
         warnings = missing_source_namespaces(policy, existing)
         resolved = resolved_models(policy, names)
-        _write_policy_status(kube, raw, resolved, reasons, "InvalidReference", warnings)
+        _write_policy_status(kube, raw, resolved, reasons + unreachable, reason, warnings)
     for raw, reason in invalid_policies:
         _write_policy_status(kube, raw, [], [reason], "InvalidSpec")
+
+
+def _destinations(settings: GatewaySettings, vault_addr: str | None) -> dict[str, str]:
+    """What the gateway calls outside its namespace, by URL, as the platform configured it."""
+    urls = {}
+    if vault_addr:
+        urls["Vault"] = vault_addr
+    if settings.audit_shipping is not None:
+        # An empty endpoint is AWS's regional default, which the gateway resolves itself.
+        urls["the WORM bucket"] = settings.audit_shipping.endpoint or "https://s3.amazonaws.com"
+    if settings.oidc is not None:
+        urls["the OIDC issuer"] = settings.oidc.issuer
+        if settings.oidc.jwks_uri:
+            urls["the OIDC key set"] = settings.oidc.jwks_uri
+    return urls
 
 
 def parse_stored(
@@ -434,6 +459,7 @@ def _reconcile(context: Context, key: Key) -> None:
         vault_addr,
         gateway_settings_from_env(os.environ),
         context.operator_namespace,
+        network_settings_from_env(os.environ),
     )
 
 

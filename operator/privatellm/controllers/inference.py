@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -44,6 +45,8 @@ from privatellm.render.keda import (
     scaled_by_keda,
 )
 from privatellm.render.meta import INFERENCE_DEPLOYMENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL
+from privatellm.render.network import Resolution
+from privatellm.render.weights import weight_source_endpoint
 from privatellm.render.workload import (
     prestage_job_name,
     tls_secret_name,
@@ -66,6 +69,12 @@ from .builder import (
 from .events import ReportedError, event_for, now
 from .keda import hand_over_replicas, keda_present
 from .keys import ensure_tenant_keys, release_tenant_keys
+from .network import (
+    NetworkSettings,
+    fqdn_rules_enforced,
+    network_settings_from_env,
+    resolve_endpoint,
+)
 from .tls import ensure_server_certificate
 
 log = logging.getLogger(__name__)
@@ -103,6 +112,7 @@ def reconcile(
     name: str,
     autoscaler: Autoscaler | None = None,
     operator_namespace: str | None = None,
+    network_settings: NetworkSettings | None = None,
 ) -> None:
     """Bring one InferenceDeployment's children and status in line with its spec.
 
@@ -111,7 +121,8 @@ def reconcile(
     the replica count of models with spec.autoscaling from their demand, which the
     operator's Pods in `operator_namespace` read from the models' servers. Where KEDA is
     installed, a model with autoscaling.scaledBy keda gets a ScaledObject per zone instead,
-    and its Deployments' counts are left to KEDA.
+    and its Deployments' counts are left to KEDA. `network_settings` (the platform's) say
+    how its Pods reach an s3:// weight store given by host name.
     """
     raw = kube.get(INFERENCE, namespace, name)
     if raw is None:
@@ -180,10 +191,19 @@ def reconcile(
         except VaultError as error:
             message = f"spec.encryption: cannot provision the Transit key: {error}"
             problems.append(Problem("VaultUnavailable", message))
+    source_egress = None
+    if not invalid and (store := weight_source_endpoint(obj.spec)) is not None:
+        settings = network_settings or NetworkSettings()
+        source_egress = resolve_endpoint(kube, store, settings, fqdn_rules_enforced(kube))
+        if source_egress.problem:
+            message = f"spec.model.source.s3Endpoint: {source_egress.problem}"
+            problems.append(Problem("WeightSourceNotExpressible", message))
     refused = (
         []
         if invalid
-        else _apply_children(kube, obj, replicas, live, operator_namespace, scaled_objects)
+        else _apply_children(
+            kube, obj, replicas, live, operator_namespace, scaled_objects, source_egress
+        )
     )
     observed = Observed(
         nodes=nodes,
@@ -224,6 +244,7 @@ def _apply_children(
     live: LiveChildren,
     operator_namespace: str | None,
     scaled_objects: Sequence[Obj],
+    source_egress: Resolution | None,
 ) -> list[ChildFailure]:
     """Apply every rendered child and `scaled_objects`; the ones the API server refused,
     with its message.
@@ -240,7 +261,7 @@ def _apply_children(
         # Pods would mount a Secret that is not there: render nothing until it is.
         return [ChildFailure("Secret", tls_secret_name(obj), error.message)]
     children = [
-        *render_children(obj, replicas, tls_revision, operator_namespace),
+        *render_children(obj, replicas, tls_revision, operator_namespace, source_egress),
         *scaled_objects,
     ]
     for child in children:
@@ -397,6 +418,7 @@ def _reconcile(context: Context, key: Key) -> None:
         *key,
         context.autoscaler,
         context.operator_namespace,
+        network_settings_from_env(os.environ),
     )
 
 

@@ -38,6 +38,9 @@ BINARIES = (
     "kwok",
     "kubectl",
 )
+# Not part of the control plane: the NetworkPolicy analyzer that the policy tests run
+# offline (tests/support/cyclonus.py), built by `scripts/testenv.sh` like the rest.
+CYCLONUS_BINARY = "cyclonus"
 SERVICE_CIDR = "10.96.0.0/16"
 # KWOK gives Pods addresses from here; nothing routes them unless a test makes them local.
 POD_CIDR = "10.244.0.0/16"

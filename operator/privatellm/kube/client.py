@@ -146,6 +146,7 @@ KINDS: dict[str, Kind] = {
         Kind("cert-manager.io/v1", "Issuer", "issuers"),
         Kind("cert-manager.io/v1", "Certificate", "certificates"),
         Kind("keda.sh/v1alpha1", "ScaledObject", "scaledobjects"),
+        Kind("cilium.io/v2", "CiliumNetworkPolicy", "ciliumnetworkpolicies"),
         Kind(f"{GROUP}/{VERSION}", "InferenceDeployment", "inferencedeployments"),
         Kind(f"{GROUP}/{VERSION}", "AccessPolicy", "accesspolicies"),
         Kind(f"{GROUP}/{VERSION}", "DataConnector", "dataconnectors"),

@@ -19,7 +19,14 @@ from typing import Any
 from privatellm.api import InferenceDeployment
 from privatellm.keys.tls import LEAF_VALIDITY, RENEW_BEFORE, service_names
 
-from .meta import MANAGED_BY, MANAGED_BY_LABEL, PART_OF, PART_OF_LABEL, owner_reference
+from .meta import (
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    PART_OF,
+    PART_OF_LABEL,
+    crd_installed,
+    owner_reference,
+)
 from .workload import labels, service_name, tls_secret_name
 
 Manifest = dict[str, Any]
@@ -35,11 +42,8 @@ USAGES = ("server auth", "client auth", "digital signature", "key encipherment")
 
 
 def cert_manager_installed(certificate_crd: Manifest | None) -> bool:
-    """Whether cert-manager can take Certificates, given its CRD as read (None: absent).
-
-    A CRD being deleted counts as absent: its Certificates are going with it.
-    """
-    return certificate_crd is not None and not certificate_crd["metadata"].get("deletionTimestamp")
+    """Whether cert-manager can take Certificates, given its CRD as read (None: absent)."""
+    return crd_installed(certificate_crd)
 
 
 def _hours(duration: datetime.timedelta) -> str:

@@ -44,11 +44,11 @@ from .meta import (
     MANAGED_BY,
     MANAGED_BY_LABEL,
     NAME_LABEL,
-    NAMESPACE_NAME_LABEL,
     PART_OF,
     PART_OF_LABEL,
     owner_reference,
 )
+from .network import Endpoint, dns_egress, render_fqdn_policy, tcp
 from .workload import Manifest, container_security_context, empty_dir, pod_security_context
 
 CONNECTOR_COMPONENT = "connector"
@@ -83,9 +83,6 @@ STATE_SIZE = "2Gi"
 SIDECAR_URL = "http://127.0.0.1:8480"
 SIDECAR_METRICS_PORT = 9090
 WEBHOOK_PORT = 8080
-# Cluster DNS runs in kube-system (CoreDNS or kube-dns) in the clusters the operator
-# supports; DNS to anywhere else would be a channel out of the allow-list.
-DNS_NAMESPACE = "kube-system"
 
 # Restricts the file modes of mounted Secrets to the owner and the Pod's fsGroup.
 SECRET_MODE = 0o440
@@ -285,6 +282,12 @@ class ConnectorInputs:
     audit_signing_key: bytes = b""
     # The operator's Vault, once the namespace's connector role exists there.
     vault: SidecarVault | None = None
+    # Egress rules to what the platform runs for the sidecar (Vault), resolved.
+    platform_egress: Sequence[Manifest] = ()
+    # Whether the cluster enforces FQDN rules (Cilium): spec.egress hosts become those.
+    fqdn_rules: bool = False
+    # Who may read the sidecar's metrics (NetworkPolicy peers): the operator, Prometheus.
+    metrics_readers: Sequence[Manifest] = ()
 
 
 def _metadata(connector: DataConnector, name: str) -> Manifest:
@@ -500,44 +503,47 @@ def render_webhook_service(connector: DataConnector) -> Manifest:
     }
 
 
-def _tcp(ports: Sequence[int]) -> list[Manifest]:
-    return [{"protocol": "TCP", "port": port} for port in sorted(ports)]
+def egress_hosts(connector: DataConnector) -> list[Endpoint]:
+    """The spec.egress entries given by host name, one per port."""
+    return [Endpoint(e.host, port) for e in connector.spec.egress if e.host for port in e.ports]
 
 
-def render_network_policy(connector: DataConnector) -> Manifest:
-    """The Pod reaches the gateway, cluster DNS and spec.egress, nothing else; it admits
-    pushes on the webhook port (webhook connectors) and reads of its metrics."""
+def render_network_policy(inputs: ConnectorInputs) -> Manifest:
+    """The Pod reaches the gateway, cluster DNS, the platform's Vault and the spec.egress
+    CIDRs, nothing else; it admits pushes on the webhook port (webhook connectors) and
+    the operator's and Prometheus's reads of its metrics. Hosts are left to an FQDN
+    policy (render_fqdn_policy): a NetworkPolicy cannot name one."""
+    connector = inputs.connector
     name = connector.metadata.name
     gateway_pods = {COMPONENT_LABEL: GATEWAY_COMPONENT, INSTANCE_LABEL: GATEWAY_NAME}
-    dns = {"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: DNS_NAMESPACE}}}
     egress: list[Manifest] = [
-        {"to": [{"podSelector": {"matchLabels": gateway_pods}}], "ports": _tcp([GATEWAY_PORT])},
-        {
-            "to": [dns],
-            "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
-        },
+        {"to": [{"podSelector": {"matchLabels": gateway_pods}}], "ports": tcp(GATEWAY_PORT)},
+        dns_egress(),
+        *inputs.platform_egress,
     ]
     for entry in connector.spec.egress:
-        rule: Manifest = {"ports": _tcp(entry.ports)}
         if entry.cidr:
-            rule = {"to": [{"ipBlock": {"cidr": entry.cidr}}], **rule}
-        # A NetworkPolicy cannot name a host: its ports stay open to every address,
-        # which the status reports (spec_problems).
-        egress.append(rule)
-    # Open like the gateway's metrics: the operator and Prometheus read the counts there.
-    ingress: list[Manifest] = [{"ports": _tcp([SIDECAR_METRICS_PORT])}]
+            egress.append(
+                {"to": [{"ipBlock": {"cidr": entry.cidr}}], "ports": tcp(*sorted(entry.ports))}
+            )
+    # The operator and Prometheus read the counts there.
+    ingress: list[Manifest] = []
+    if inputs.metrics_readers:
+        ingress.append({"from": list(inputs.metrics_readers), "ports": tcp(SIDECAR_METRICS_PORT)})
     if connector.spec.type == "webhook":
-        ingress.append({"ports": _tcp([WEBHOOK_PORT])})
+        ingress.append({"ports": tcp(WEBHOOK_PORT)})
+    spec: Manifest = {
+        "podSelector": {"matchLabels": selector_labels(name)},
+        "policyTypes": ["Ingress", "Egress"],
+        "egress": egress,
+    }
+    if ingress:  # the API server drops an empty list: an apply would never match
+        spec["ingress"] = ingress
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
         "metadata": _metadata(connector, workload_name(name)),
-        "spec": {
-            "podSelector": {"matchLabels": selector_labels(name)},
-            "policyTypes": ["Ingress", "Egress"],
-            "ingress": ingress,
-            "egress": egress,
-        },
+        "spec": spec,
     }
 
 
@@ -547,9 +553,15 @@ def render_connector(inputs: ConnectorInputs) -> list[Manifest]:
         render_service_account(inputs.connector),
         render_config_map(inputs),
         render_sidecar_secret(inputs),
-        render_network_policy(inputs.connector),
+        render_network_policy(inputs),
         render_deployment(inputs),
     ]
+    hosts = egress_hosts(inputs.connector)
+    if hosts and inputs.fqdn_rules:
+        metadata = _metadata(inputs.connector, workload_name(inputs.connector.metadata.name))
+        children.append(
+            render_fqdn_policy(metadata, selector_labels(inputs.connector.metadata.name), hosts)
+        )
     if inputs.connector.spec.type == "webhook":
         children.append(render_webhook_service(inputs.connector))
     return children
@@ -558,10 +570,10 @@ def render_connector(inputs: ConnectorInputs) -> list[Manifest]:
 # --- status -------------------------------------------------------------------------
 
 
-def spec_problems(connector: DataConnector) -> list[Problem]:
+def spec_problems(connector: DataConnector, fqdn_rules: bool = False) -> list[Problem]:
     """What the spec asks for that cannot work as given: a built-in connector the image
     lacks or one without what it needs, a system the egress list does not open, egress
-    by host name (which a NetworkPolicy cannot confine)."""
+    by host name where no FQDN rule can confine it."""
     spec = connector.spec
     problems = []
     if not spec.image and spec.type not in BUILT_IN_TYPES:
@@ -590,14 +602,13 @@ def spec_problems(connector: DataConnector) -> list[Problem]:
             )
         )
     for i, entry in enumerate(spec.egress):
-        if entry.host:
-            ports = ", ".join(map(str, sorted(entry.ports)))
-            which = f"port {ports} is" if len(entry.ports) == 1 else f"ports {ports} are"
+        if entry.host and not fqdn_rules:
             problems.append(
                 Problem(
-                    "EgressNotConfined",
-                    f"spec.egress[{i}].host: a NetworkPolicy cannot name a host, so TCP"
-                    f" {which} open to every address; give the destination's cidr instead",
+                    "EgressHostNotExpressible",
+                    f"spec.egress[{i}].host: a NetworkPolicy cannot name a host and this"
+                    " cluster enforces no FQDN rules (Cilium), so nothing is opened to"
+                    f" {entry.host}; give the destination's cidr instead",
                 )
             )
     return problems

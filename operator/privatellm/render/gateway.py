@@ -52,9 +52,19 @@ from .meta import (
     ZONE_LABEL,
     operator_pods,
 )
+from .network import (
+    Endpoint,
+    dns_egress,
+    metrics_readers,
+    namespace_peer,
+    render_default_deny,
+    render_fqdn_policy,
+    tcp,
+)
 from .tls import tls_secret
 from .weights import estimated_restore_seconds
 from .workload import (
+    SERVER_COMPONENT,
     Manifest,
     container_security_context,
     empty_dir,
@@ -120,6 +130,22 @@ class AuditShipping:
 
 
 @dataclass(frozen=True)
+class GatewayNetwork:
+    """Who may reach the gateway and what it may reach, beyond its namespace's models:
+    the platform's settings (the chart's networkPolicy values), resolved by the controller."""
+
+    # Namespaces clients come from whatever the policies say, such as the ingress
+    # controller's for users outside the cluster.
+    client_namespaces: tuple[str, ...] = ()
+    # Prometheus's namespace: it may read the metrics port.
+    monitoring_namespace: str | None = None
+    # Egress rules to the API server, Vault, the WORM bucket and the OIDC provider.
+    egress: tuple[Manifest, ...] = ()
+    # Hosts only an FQDN rule can name (the cluster runs Cilium).
+    fqdn: tuple[Endpoint, ...] = ()
+
+
+@dataclass(frozen=True)
 class GatewayInputs:
     """What the namespace's gateway is rendered from."""
 
@@ -146,6 +172,7 @@ class GatewayInputs:
     resources: Mapping[str, Mapping[str, str]] = field(
         default_factory=lambda: DEFAULT_GATEWAY_RESOURCES
     )
+    network: GatewayNetwork = field(default_factory=GatewayNetwork)
 
 
 def connector_service_account(connector: str) -> str:
@@ -515,25 +542,47 @@ def render_gateway_pdb(inputs: GatewayInputs) -> Manifest:
     }
 
 
+def client_namespaces(inputs: GatewayInputs) -> list[str]:
+    """Namespaces whose Pods may call the gateway's API port: its own (connectors, local
+    clients), each policy's sourceNamespaces, the namespaces of the ServiceAccounts the
+    policies name, and the platform's client namespaces."""
+    names = {inputs.namespace, *inputs.network.client_namespaces}
+    for policy in inputs.policies:
+        names.update(policy.spec.source_namespaces)
+        names.update(s.namespace for s in policy.spec.subjects if s.namespace)
+    return sorted(names)
+
+
 def render_gateway_network_policy(inputs: GatewayInputs) -> Manifest:
-    """The gateway is the namespace's door: its API and metrics ports are open, and its
-    peer port to the other gateway Pods and the operator's Pods only."""
-    callers: list[Manifest] = [{"podSelector": {"matchLabels": _selector()}}]
-    if inputs.operator_namespace:
-        # The operator's demand collector calls GET /demand there (docs/autoscaling.md).
-        callers.append(operator_pods(inputs.operator_namespace))
+    """The gateway is the namespace's door: clients of the namespaces its policies name
+    reach the API port; Prometheus and the operator the metrics port; the other replicas
+    and the operator the peer port. It reaches its models, the other replicas, DNS and
+    what the platform configured (API server, Vault, WORM bucket, OIDC provider)."""
+    network = inputs.network
+    operators = [operator_pods(inputs.operator_namespace)] if inputs.operator_namespace else []
+    clients = [namespace_peer(name) for name in client_namespaces(inputs)]
+    readers = metrics_readers(inputs.operator_namespace, network.monitoring_namespace)
+    peers = [{"podSelector": {"matchLabels": _selector()}}]
+    models = {"podSelector": {"matchLabels": {COMPONENT_LABEL: SERVER_COMPONENT}}}
+    ingress: list[Manifest] = [{"from": clients, "ports": tcp(GATEWAY_PORT)}]
+    if readers:
+        ingress.append({"from": readers, "ports": tcp(METRICS_PORT)})
+    ingress.append({"from": peers + operators, "ports": tcp(PEER_PORT)})
+    egress: list[Manifest] = [
+        dns_egress(),
+        {"to": [models], "ports": tcp(SERVING_PORT)},
+        {"to": peers, "ports": tcp(PEER_PORT)},
+        *network.egress,
+    ]
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
         "metadata": _metadata(inputs, GATEWAY_NAME),
         "spec": {
             "podSelector": {"matchLabels": _selector()},
-            "policyTypes": ["Ingress"],
-            "ingress": [
-                {"ports": [{"protocol": "TCP", "port": GATEWAY_PORT}]},
-                {"ports": [{"protocol": "TCP", "port": METRICS_PORT}]},
-                {"from": callers, "ports": [{"protocol": "TCP", "port": PEER_PORT}]},
-            ],
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": ingress,
+            "egress": egress,
         },
     }
 
@@ -569,7 +618,7 @@ def render_gateway_role_binding(inputs: GatewayInputs) -> Manifest:
 
 def render_gateway(inputs: GatewayInputs, keys: GatewayKeys, tls_revision: str = "") -> list[Any]:
     """Every object of the namespace's gateway except its TLS Secret (issued separately)."""
-    return [
+    objects = [
         render_config_secret(inputs, keys),
         render_audit_public_key(inputs, keys),
         render_gateway_service_account(inputs),
@@ -579,8 +628,13 @@ def render_gateway(inputs: GatewayInputs, keys: GatewayKeys, tls_revision: str =
         render_gateway_service(inputs),
         render_gateway_peers_service(inputs),
         render_gateway_pdb(inputs),
+        render_default_deny(inputs.namespace, _owner_references(inputs.models)),
         render_gateway_network_policy(inputs),
     ]
+    if inputs.network.fqdn:
+        metadata = _metadata(inputs, GATEWAY_NAME)
+        objects.append(render_fqdn_policy(metadata, _selector(), inputs.network.fqdn))
+    return objects
 
 
 def render_gateway_tls_secret(

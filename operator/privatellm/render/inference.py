@@ -40,14 +40,18 @@ from .meta import (
     ZONE_LABEL,
     operator_pods,
 )
+from .network import Resolution
 from .probe import server_probes
 from .weights import (
     estimated_restore_seconds,
     render_prestage_job,
+    render_prestage_network_policy,
     render_weight_cache_pvc,
+    render_weight_source_fqdn_policy,
     weight_cache_size,
     weight_copy_container,
     weight_source,
+    weight_source_egress,
     weight_source_volumes,
 )
 from .workload import (
@@ -274,24 +278,30 @@ def render_service_account(obj: InferenceDeployment) -> Manifest:
 
 
 def render_network_policy(
-    obj: InferenceDeployment, operator_namespace: str | None = None
+    obj: InferenceDeployment,
+    operator_namespace: str | None = None,
+    source_egress: Resolution | None = None,
 ) -> Manifest:
     """Admits traffic to the vLLM Pods only from the gateway in the same namespace, and,
-    for an autoscaled model, from the operator's Pods in `operator_namespace`."""
+    for an autoscaled model, from the operator's Pods in `operator_namespace`. The Pods
+    reach DNS only, and the weights' store when they copy the weights themselves (no
+    weight cache): `source_egress` is how they reach it."""
     gateway = {COMPONENT_LABEL: GATEWAY_COMPONENT, PART_OF_LABEL: PART_OF}
     callers: list[Manifest] = [{"podSelector": {"matchLabels": gateway}}]
     if obj.spec.autoscaling is not None and operator_namespace:
         # The autoscaler reads vLLM's own figures at GET /metrics, which vLLM serves on
         # its API port (docs/autoscaling.md); models without autoscaling stay gateway-only.
         callers.append(operator_pods(operator_namespace))
+    copies_weights = not obj.spec.weight_cache.enabled
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
         "metadata": child_metadata(obj, network_policy_name(obj)),
         "spec": {
             "podSelector": {"matchLabels": selector_labels(obj)},
-            "policyTypes": ["Ingress"],
+            "policyTypes": ["Ingress", "Egress"],
             "ingress": [{"from": callers, "ports": [{"protocol": "TCP", "port": SERVING_PORT}]}],
+            "egress": weight_source_egress(source_egress if copies_weights else None),
         },
     }
 
@@ -395,6 +405,7 @@ def render_children(
     replicas_per_zone: Mapping[str, int | None],
     tls_revision: str = "",
     operator_namespace: str | None = None,
+    source_egress: Resolution | None = None,
 ) -> list[Manifest]:
     """Every child of `obj`, in a stable order that creates what Pods need before the Pods.
 
@@ -403,6 +414,8 @@ def render_children(
     with every problem `spec_errors` finds, before rendering anything. The TLS Secret is
     not among them: its key material comes from the controller (render/tls.py renders it).
     `operator_namespace` is where the operator runs; None when it runs outside the cluster.
+    `source_egress` is how the Pods that copy the weights reach their store (an s3://
+    source), as the controller resolved it; None for sources needing no network.
     """
     errors = spec_errors(obj)
     if errors:
@@ -410,10 +423,13 @@ def render_children(
     zones = obj.spec.zones
     children = [
         render_service_account(obj),
-        render_network_policy(obj, operator_namespace),
+        render_network_policy(obj, operator_namespace, source_egress),
+        render_prestage_network_policy(obj, source_egress),
         render_service(obj),
         render_pod_disruption_budget(obj),
     ]
+    if source_egress is not None and source_egress.fqdn is not None:
+        children.append(render_weight_source_fqdn_policy(obj, source_egress.fqdn))
     if obj.spec.weight_cache.enabled:
         children += [render_weight_cache_pvc(obj, zone) for zone in zones]
         children += [render_prestage_job(obj, zone) for zone in zones]

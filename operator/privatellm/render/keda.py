@@ -29,6 +29,7 @@ from privatellm.gateway.metering import HELD_METRIC, IN_FLIGHT_METRIC
 from .gateway import METRICS_PORT, PEERS_SERVICE
 from .inference import zone_replica_plan
 from .inference_status import Problem
+from .meta import crd_installed
 from .workload import Manifest, child_metadata, zone_deployment_name
 
 KEDA_API_VERSION = "keda.sh/v1alpha1"
@@ -42,13 +43,8 @@ DEMAND_FORMULA = "inFlight + held"
 
 
 def keda_installed(scaled_object_crd: Manifest | None) -> bool:
-    """Whether KEDA can take ScaledObjects, given its CRD as read (None: absent).
-
-    A CRD being deleted counts as absent: its ScaledObjects are going with it.
-    """
-    return scaled_object_crd is not None and not scaled_object_crd["metadata"].get(
-        "deletionTimestamp"
-    )
+    """Whether KEDA can take ScaledObjects, given its CRD as read (None: absent)."""
+    return crd_installed(scaled_object_crd)
 
 
 def scaled_by_keda(spec: InferenceDeploymentSpec) -> bool:

@@ -67,6 +67,14 @@ def owner_reference(obj: Resource) -> dict[str, Any]:
     }
 
 
+def crd_installed(crd: dict[str, Any] | None) -> bool:
+    """Whether a kind another project adds is served, given its CRD as read (None: absent).
+
+    A CRD being deleted counts as absent: its objects are going with it.
+    """
+    return crd is not None and not crd["metadata"].get("deletionTimestamp")
+
+
 def operator_pods(namespace: str) -> dict[str, Any]:
     """A NetworkPolicy peer: the operator's Pods in `namespace`, the chart's release namespace."""
     return {

@@ -15,12 +15,15 @@ from privatellm.api import InferenceDeployment, InferenceDeploymentSpec
 
 from .meta import (
     COMPONENT_LABEL,
+    INFERENCE_DEPLOYMENT_LABEL,
     POD_ZONE_LABEL,
     WEIGHTS_REVISION_ANNOTATION,
     ZONE_LABEL,
 )
+from .network import Endpoint, Resolution, dns_egress, endpoint_of, render_fqdn_policy
 from .workload import (
     PRESTAGE_COMPONENT,
+    SERVER_COMPONENT,
     Manifest,
     child_metadata,
     container_security_context,
@@ -188,7 +191,7 @@ def render_prestage_job(obj: InferenceDeployment, zone: str) -> Manifest:
     zone's cache is warm, and compares the weights-revision annotation to decide whether
     to replace it (a Job's template cannot change).
     """
-    pod_labels = {**labels(obj), COMPONENT_LABEL: PRESTAGE_COMPONENT, POD_ZONE_LABEL: zone}
+    pod_labels = {**labels(obj), **prestage_pod_labels(obj), POD_ZONE_LABEL: zone}
     cache_claim = {"claimName": weight_cache_pvc_name(obj, zone)}
     revision = {WEIGHTS_REVISION_ANNOTATION: weights_revision(obj.spec)}
     return {
@@ -215,3 +218,53 @@ def render_prestage_job(obj: InferenceDeployment, zone: str) -> Manifest:
             },
         },
     }
+
+
+def weight_source_endpoint(spec: InferenceDeploymentSpec) -> Endpoint | None:
+    """Where the weights are fetched from over the network: the store of an s3:// source.
+    None for sources the kubelet mounts or pulls (pvc://, image://)."""
+    if weight_source(spec).scheme != "s3" or not spec.model.source.s3_endpoint:
+        return None
+    return endpoint_of(spec.model.source.s3_endpoint)
+
+
+def weight_source_egress(source: Resolution | None) -> list[Manifest]:
+    """Egress of a Pod that copies the weights: DNS, and the store when the rule exists."""
+    rules = [dns_egress()]
+    if source is not None and source.rule is not None:
+        rules.append(source.rule)
+    return rules
+
+
+def prestage_network_policy_name(obj: InferenceDeployment) -> str:
+    return f"{obj.metadata.name}-prestage"
+
+
+def prestage_pod_labels(obj: InferenceDeployment) -> dict[str, str]:
+    """Labels that select the pre-staging Pods of all zones."""
+    return {INFERENCE_DEPLOYMENT_LABEL: obj.metadata.name, COMPONENT_LABEL: PRESTAGE_COMPONENT}
+
+
+def render_prestage_network_policy(obj: InferenceDeployment, source: Resolution | None) -> Manifest:
+    """Pre-staging Pods take no connections and reach only DNS and the weights' store."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": child_metadata(obj, prestage_network_policy_name(obj)),
+        "spec": {
+            "podSelector": {"matchLabels": prestage_pod_labels(obj)},
+            "policyTypes": ["Ingress", "Egress"],
+            "egress": weight_source_egress(source),
+        },
+    }
+
+
+def render_weight_source_fqdn_policy(obj: InferenceDeployment, store: Endpoint) -> Manifest:
+    """The weights' store by name, for the Pods that copy the weights (Cilium only)."""
+    fetchers = (
+        prestage_pod_labels(obj)
+        if obj.spec.weight_cache.enabled
+        else {INFERENCE_DEPLOYMENT_LABEL: obj.metadata.name, COMPONENT_LABEL: SERVER_COMPONENT}
+    )
+    metadata = child_metadata(obj, f"{obj.metadata.name}-weight-source")
+    return render_fqdn_policy(metadata, fetchers, [store])

@@ -123,6 +123,9 @@ demo: $(READY) testenv
 	  $(BIN)/privatellm demo-requests --namespace $(DEMO_NAMESPACE) --dir $(DEVCLUSTER)/demo; \
 	  echo; echo "Where the data of $(DEMO_NAMESPACE) flows and rests, and which key protects it:"; \
 	  $(BIN)/privatellm dataflow -n $(DEMO_NAMESPACE) --format table; \
+	  echo; echo "GPU spend of $(DEMO_NAMESPACE) this month, from the serving Pods' running time:"; \
+	  kubectl get costbudgets -n $(DEMO_NAMESPACE); \
+	  $(BIN)/privatellm cost report -n $(DEMO_NAMESPACE); \
 	  echo; echo "KUBECONFIG=$$KUBECONFIG"; \
 	  echo "Stop the operator and the local cluster with: make demo-down"
 

@@ -670,7 +670,14 @@ def test_the_charts_layer_values_reach_every_gateway(
     )
     assert data[VAULT_CA_KEY] == VAULT_CA.cert_pem
 
-    gateway = crds.apps.read_namespaced_stateful_set("privatellm-gateway", namespace)
+    def statefulset() -> client.V1StatefulSet | None:
+        try:
+            return crds.apps.read_namespaced_stateful_set("privatellm-gateway", namespace)
+        except client.ApiException:
+            return None
+
+    # Written after the Secret, in the same reconcile.
+    gateway = wait_until(statefulset, timeout=60, what="the gateway's StatefulSet")
     container = crds.api.sanitize_for_serialization(gateway.spec.template.spec.containers[0])
     assert container["image"] == "mirror.example/pllm:v9"
     assert container["resources"] == {

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,6 @@ from privatellm.controllers import budget, inference
 from privatellm.controllers.gateway import reconcile_gateway
 from privatellm.devcluster import Toolchain
 from privatellm.kube.client import KINDS, Kube
-from privatellm.render.budget import NOT_RECONCILED_MESSAGE
 from privatellm.render.inference_status import NodeView
 
 from .conftest import ROOT, Cluster, wait_until
@@ -62,8 +62,9 @@ SAMPLES = {
     ("DataConnector", "credentials Secret deleted"),
     ("DataConnector", "spec edited, not reconciled yet"),
     ("CostBudget", "not observed yet"),
-    ("CostBudget", "observed, nothing enforces it"),
+    ("CostBudget", "spend accounted"),
     ("CostBudget", "spec edited, not reconciled yet"),
+    ("CostBudget", "thresholds not enforced"),
     ("CostBudget", "stored spec now invalid"),
 }
 SYNC_WAVE = "argocd.argoproj.io/sync-wave"
@@ -319,18 +320,21 @@ def test_data_connector_verdicts(crds: Cluster, kube: Kube, stack: str) -> None:
 def test_cost_budget_verdicts(crds: Cluster, kube: Kube, namespace: str) -> None:
     create(crds, namespace, cost_budget())
     judge("not observed yet", read(crds, namespace, "CostBudget", "support"))
-    budget.reconcile(kube, namespace, "support")
-    status, message = judge(
-        "observed, nothing enforces it", read(crds, namespace, "CostBudget", "support")
-    )
-    assert (status, message) == ("Suspended", NOT_RECONCILED_MESSAGE)
+    budget.reconcile(kube, namespace, "support", int(time.time()))
+    status, _ = judge("spend accounted", read(crds, namespace, "CostBudget", "support"))
+    assert status == "Healthy"
 
-    patch_spec(crds, namespace, "CostBudget", "support", {"monthlyLimit": 50000})
+    thresholds = [{"percent": 80, "action": "throttle"}]
+    patch_spec(crds, namespace, "CostBudget", "support", {"thresholds": thresholds})
     judge("spec edited, not reconciled yet", read(crds, namespace, "CostBudget", "support"))
-    budget.reconcile(kube, namespace, "support")
+    budget.reconcile(kube, namespace, "support", int(time.time()))
     again = read(crds, namespace, "CostBudget", "support")
+    status, message = judge("thresholds not enforced", again)
     assert again["status"]["observedGeneration"] == 2
-    assert argocd_health(again)[0] == "Suspended"
+    assert (status, message) == (
+        "Suspended",
+        "spend is accounted; not acted on yet: spec.thresholds[0] (throttle)",
+    )
 
 
 BUDGET_CRD = ROOT / "crds" / f"{GROUP}_costbudgets.yaml"
@@ -361,7 +365,7 @@ def test_a_budget_stored_before_a_stricter_schema_is_degraded(
         wait_until(lambda: _created(crds, namespace, body), what="the looser schema")
     finally:
         crds.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(BUDGET_CRD))
-    budget.reconcile(kube, namespace, "old")
+    budget.reconcile(kube, namespace, "old", int(time.time()))
     _, message = judge("stored spec now invalid", read(crds, namespace, "CostBudget", "old"))
     assert message.startswith("spec.currency: String should match pattern")
     events = crds.core.list_namespaced_event(
@@ -381,7 +385,7 @@ def operator(crds: Cluster, tmp_path: Path) -> Iterator[OperatorProcess]:
 def test_the_operator_says_a_budget_is_not_ready_where_kubectl_looks(
     operator: OperatorProcess, crds: Cluster, namespace: str
 ) -> None:
-    create(crds, namespace, cost_budget())
+    create(crds, namespace, cost_budget(thresholds=[{"percent": 100, "action": "throttle"}]))
     crds.kubectl(
         "wait",
         "--for=condition=Ready=false",
@@ -391,15 +395,33 @@ def test_the_operator_says_a_budget_is_not_ready_where_kubectl_looks(
         "--timeout=60s",
     )
     obj = read(crds, namespace, "CostBudget", "support")
-    assert condition(obj, "Ready")["reason"] == "NotReconciled"
+    assert condition(obj, "Ready")["reason"] == "ActionsNotEnforced"
     assert condition(obj, "Degraded")["status"] == "False"
     assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
-    assert "spentThisMonth" not in obj["status"], "no spend was measured"
+    # Measured: no GPU ran in the namespace this month.
+    assert (obj["status"]["spentThisMonth"], obj["status"]["spendComplete"]) == (0.0, True)
     printed = crds.kubectl("get", "cb", "support", "-n", namespace).splitlines()
-    assert printed[0].split() == ["NAME", "READY", "REASON", "LIMIT", "CURRENCY", "SPENT", "AGE"]
-    assert printed[1].split()[:5] == ["support", "False", "NotReconciled", "40000", "EUR"]
+    assert printed[0].split() == [
+        "NAME",
+        "READY",
+        "REASON",
+        "SPENT",
+        "LIMIT",
+        "PERCENT",
+        "CURRENCY",
+        "AGE",
+    ]
+    assert printed[1].split()[:7] == [
+        "support",
+        "False",
+        "ActionsNotEnforced",
+        "0",
+        "40000",
+        "0",
+        "EUR",
+    ]
     events = crds.core.list_namespaced_event(
-        namespace, field_selector="involvedObject.name=support,reason=NotReconciled"
+        namespace, field_selector="involvedObject.name=support,reason=ActionsNotEnforced"
     ).items
     assert [e.type for e in events] == ["Warning"], "said once, when it was first observed"
     assert operator.alive()

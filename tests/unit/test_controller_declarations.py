@@ -91,7 +91,7 @@ def test_children_of_a_model_that_is_gone_queue_nothing() -> None:
 
 
 def test_a_node_concerns_every_model() -> None:
-    [nodes] = inference.CONTROLLER.watches
+    nodes, _ = inference.CONTROLLER.watches
     node = body("Node", "gpu-a-1", namespace="")
     every = known((NS, "a"), ("other", "b"))
     assert nodes.requests(event("MODIFIED", node), every) == [
@@ -103,11 +103,34 @@ def test_a_node_concerns_every_model() -> None:
 def test_the_gateway_is_keyed_by_namespace_and_cut_short_by_new_generations() -> None:
     declared: list[Declaration] = [gateway.CONTROLLER.for_, *gateway.CONTROLLER.watches]
     kinds = [d.kind.kind for d in declared]
-    assert kinds == ["InferenceDeployment", "AccessPolicy", "DataConnector"]
-    for declaration in declared:
+    assert kinds == ["InferenceDeployment", "AccessPolicy", "DataConnector", "CostBudget"]
+    for declaration in declared[:3]:
         obj = body(declaration.kind.kind, "x")
         assert declaration.requests(event("MODIFIED", obj), known()) == [((NS, ""), False)]
         assert declaration.requests(event("DELETED", obj, True), known()) == [((NS, ""), True)]
+
+
+def budget(action: str | None, models: list[str], generation: int = 1) -> dict[str, Any]:
+    status: dict[str, Any] = {"observedGeneration": 1, "models": models}
+    if action:
+        status["activeAction"] = action
+    return body("CostBudget", "b", generation, status=status)
+
+
+def test_a_budget_reaching_or_leaving_an_action_queues_its_gateway_and_models_at_once() -> None:
+    gateway_watch = gateway.CONTROLLER.watches[-1]
+    _, model_watch = inference.CONTROLLER.watches
+    assert gateway_watch.signature is not None and model_watch.signature is not None
+    spending, blocked = budget(None, ["llama"]), budget("block", ["llama"])
+    # Spend moving below every threshold leaves what they act on as it was.
+    assert gateway_watch.signature(spending) == gateway_watch.signature(budget(None, ["llama"]))
+    assert gateway_watch.signature(spending) != gateway_watch.signature(blocked)
+    # Figures of an older spec act on nothing.
+    assert gateway_watch.signature(budget("block", ["llama"], 2)) == gateway_watch.signature(
+        spending
+    )
+    assert gateway_watch.requests(event("MODIFIED", blocked), known()) == [((NS, ""), True)]
+    assert model_watch.requests(event("MODIFIED", blocked), known()) == [((NS, "llama"), True)]
 
 
 def test_a_namespace_is_known_to_the_gateway_until_its_last_model_goes() -> None:

@@ -69,7 +69,10 @@ NOT_OBJECT_NAMES: dict[str, tuple[tuple[str, str], ...]] = {
         (ID, ".spec.governance.biasMetrics[].favorableOutcome"),
         (DC, ".spec.filters.customerIdField"),
     ),
-    "an OIDC group": ((ID, ".spec.governance.review.reviewersGroup"),),
+    "an OIDC group": (
+        (ID, ".spec.governance.review.reviewersGroup"),
+        (CB, ".spec.breakGlassGroups[]"),
+    ),
     "a Vault Transit key name (escaped in Vault paths by keys.transit)": (
         (ID, ".spec.encryption.transitKey"),
     ),

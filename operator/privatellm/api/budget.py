@@ -182,17 +182,57 @@ class CostBudgetSpec(ApiModel):
         max_length=16,
         json_schema_extra=map_list("percent"),
     )
+    break_glass_groups: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        default_factory=list,
+        description=(
+            "Groups (as the gateway authenticates them) whose members are still served"
+            " while a block threshold refuses everyone else."
+        ),
+        max_length=16,
+        json_schema_extra=set_list(),
+    )
 
 
 class CostBudgetStatus(CommonStatus):
     """Observed spend. Each amount is absent until spend accounting measures it: a 0
     nobody measured would read as a budget untouched."""
 
+    month: str | None = Field(
+        default=None,
+        description="The calendar month the figures are for (YYYY-MM, in the budget's time zone).",
+    )
+    models: list[str] = Field(
+        default_factory=list,
+        description=(
+            "InferenceDeployments in scope. A deployment several budgets select counts in"
+            " full in each of them."
+        ),
+    )
     spent_this_month: float | None = Field(
-        default=None, description="Spend so far this month.", ge=0
+        default=None,
+        description=(
+            "Spend so far this month from the serving Pods' GPU time, to the cent; of the"
+            " priced GPUs only when spendComplete is false."
+        ),
+        ge=0,
+    )
+    spend_complete: bool | None = Field(
+        default=None,
+        description="False while a GPU product in scope has no price: spend is then a floor.",
+    )
+    unpriced_gpu_products: list[str] = Field(
+        default_factory=list, description="GPU products in scope without a price in gpuPrices."
+    )
+    percent_of_limit: float | None = Field(
+        default=None, description="spentThisMonth as a percentage of monthlyLimit.", ge=0
+    )
+    gpu_hours_this_month: float | None = Field(
+        default=None, description="GPU-hours this month of the deployments in scope.", ge=0
     )
     forecast_this_month: float | None = Field(
-        default=None, description="Projected spend for the month.", ge=0
+        default=None,
+        description="Projected spend for the month: spent, plus what runs now until its end.",
+        ge=0,
     )
     active_users: int | None = Field(
         default=None, description="Distinct subjects this month.", ge=0
@@ -214,15 +254,17 @@ class CostBudget(Resource):
         short_names=("cb", "llmbudget"),
         printer_columns=(
             ready_column(),
-            # NotReconciled while nothing accounts for spend: Ready alone would only say False.
+            # Why a budget is not Ready (actions not enforced, an unpriced GPU): Ready alone
+            # would only say False.
             PrinterColumn(
                 "Reason",
                 '.status.conditions[?(@.type=="Ready")].reason',
                 description="Why the budget is or is not ready.",
             ),
-            PrinterColumn("Limit", ".spec.monthlyLimit", type="number"),
-            PrinterColumn("Currency", ".spec.currency"),
             PrinterColumn("Spent", ".status.spentThisMonth", type="number"),
+            PrinterColumn("Limit", ".spec.monthlyLimit", type="number"),
+            PrinterColumn("Percent", ".status.percentOfLimit", type="number"),
+            PrinterColumn("Currency", ".spec.currency"),
             age_column(),
         ),
     )

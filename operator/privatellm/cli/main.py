@@ -14,6 +14,7 @@ from pathlib import Path
 from privatellm.api.crd import crd_files
 from privatellm.cli.audit_cmd import UsageError, add_audit_parser, record_control_action, run_audit
 from privatellm.cli.connector_cmd import add_connector_parsers, run_connector, run_sidecar
+from privatellm.cli.cost_cmd import add_cost_parser, run_cost
 from privatellm.cli.dataflow_cmd import add_dataflow_parser, run_dataflow
 from privatellm.cli.filter_cmd import add_filter_parser, run_filter
 from privatellm.cli.gateway_cmd import add_gateway_parser, run_gateway
@@ -121,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_quarantine_parser(commands)
     add_connector_parsers(commands)
     add_dataflow_parser(commands)
+    add_cost_parser(commands)
     return parser
 
 
@@ -279,6 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_connector(args)
     if args.command == "dataflow":
         return run_dataflow(args)
+    if args.command == "cost":
+        return run_cost(args)
     raise AssertionError(args.command)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any, Protocol
 
 from privatellm.api import InferenceDeployment
@@ -51,8 +52,14 @@ class Autoscaler:
         self.clock = clock
         self._states: dict[Key, State] = {}
 
-    def decide(self, obj: InferenceDeployment, status: Mapping[str, Any]) -> Decision | None:
-        """The replica count for a model with spec.autoscaling; None for the others."""
+    def decide(
+        self, obj: InferenceDeployment, status: Mapping[str, Any], capped: bool = False
+    ) -> Decision | None:
+        """The replica count for a model with spec.autoscaling; None for the others.
+
+        `capped` (a CostBudget at a scaleDown threshold) drops the ceiling to minReplicas,
+        or to one replica for a model that scales to zero: scaled down, not switched off.
+        """
         if obj.spec.autoscaling is None:
             return None
         namespace, name = obj.metadata.namespace or "", obj.metadata.name
@@ -63,7 +70,12 @@ class Autoscaler:
         )
         now = self.clock()
         state = self._states.get(key) or start_state(_running(obj, status), now)
-        decision = decide(policy_for(obj.spec), state, demand, now)
+        policy = policy_for(obj.spec)
+        if capped:
+            policy = replace(
+                policy, max_replicas=min(policy.max_replicas, max(policy.min_replicas, 1))
+            )
+        decision = decide(policy, state, demand, now)
         self._states[key] = decision.state
         DEMAND_REQUESTS.labels(namespace, name).set(demand.in_flight + demand.held)
         DESIRED_REPLICAS.labels(namespace, name).set(decision.replicas)

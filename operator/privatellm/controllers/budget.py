@@ -1,63 +1,157 @@
-"""CostBudget controller: read -> status. Nothing accounts for spend yet.
+"""CostBudget controller: the month's spend of the models in scope, from the GPU ledger.
 
-The status says what is true today (`privatellm.render.budget`): the budget was read, its
-spec is or is not valid, and nothing acts on it, so it is never Ready. The budget has no
-children; it reads no other kind.
+Reads the budget, the namespace's InferenceDeployments (the selector's scope) and the
+ledger the GPULedger controller keeps (controllers/ledger.py); writes status only. The
+budget has no children.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
+from zoneinfo import ZoneInfoNotFoundError
 
 from pydantic import ValidationError
 
-from privatellm.api import API_VERSION, CostBudget
-from privatellm.kube.client import Kind, Kube, Obj, namespace_and_name
-from privatellm.render.budget import budget_status
+from privatellm.api import CostBudget
+from privatellm.audit import AuditLog
+from privatellm.audit.records import control_record
+from privatellm.cost.ledger import LEDGER_CONFIGMAP, Run, load
+from privatellm.cost.spend import forecast, month_of, spend
+from privatellm.kube.client import KINDS, Kube, Obj, namespace_and_name
+from privatellm.render.budget import (
+    ACTION_CONDITIONS,
+    Figures,
+    action_transitions,
+    budget_status,
+)
 from privatellm.render.conditions import transition_events, validation_messages
+from privatellm.render.inference_status import Problem
+from privatellm.render.meta import COMPONENT_LABEL
+from privatellm.render.workload import SERVER_COMPONENT
 
-from .builder import Context, Controller, For, Key
+from .builder import Context, Controller, For, Key, Watches, WatchEvent
 from .events import event_for, now
+from .metrics import BUDGET_ACTION_ACTIVE, BUDGET_SPENT_RATIO
 
-COST_BUDGET = Kind(API_VERSION, "CostBudget", "costbudgets")
+COST_BUDGET = KINDS["CostBudget"]
+INFERENCE = KINDS["InferenceDeployment"]
+CONFIG_MAP = KINDS["ConfigMap"]
+POD = KINDS["Pod"]
 
 
-def reconcile(kube: Kube, namespace: str, name: str) -> None:
-    """Write one CostBudget's status: InvalidSpec, or NotReconciled."""
+def in_scope(budget: CostBudget, models: list[Obj], runs: Iterable[Run]) -> list[str]:
+    """The models the budget covers: the InferenceDeployments its selector picks now, and
+    those whose runs it picked when they ran (a deleted model's spend still counts)."""
+    wanted = budget.spec.selector.match_labels
+    named = {
+        m["metadata"]["name"]
+        for m in models
+        if wanted.items() <= (m["metadata"].get("labels") or {}).items()
+    }
+    return sorted(named | {run.model for run in runs if run.selected_by(wanted)})
+
+
+def reconcile(
+    kube: Kube, namespace: str, name: str, moment: int, audit: AuditLog | None = None
+) -> None:
+    """Write one CostBudget's status as of `moment` (seconds since the epoch); threshold
+    actions started or lifted go on `audit`, the operator's log of control actions."""
     raw = kube.get(COST_BUDGET, namespace, name)
     if raw is None or raw["metadata"].get("deletionTimestamp"):
         return
-    invalid: list[str] = []
+    previous = raw.get("status") or {}
+    generation = raw["metadata"].get("generation")
     try:
-        CostBudget.model_validate(raw)
+        budget = CostBudget.model_validate(raw)
     except ValidationError as error:
         # Stored before a stricter schema: say why, naming each field.
         invalid = validation_messages(error)
-    previous = raw.get("status") or {}
-    status = budget_status(raw["metadata"].get("generation"), invalid, previous, now())
-    _write_status(kube, raw, previous, status)
+        _write_status(
+            kube, raw, previous, budget_status(generation, invalid, previous, now()), audit
+        )
+        return
+    spec = budget.spec
+    wanted = spec.selector.match_labels
+    zone = spec.business_hours.timezone if spec.business_hours else "UTC"
+    try:
+        month = month_of(moment, zone)
+    except ZoneInfoNotFoundError:
+        problem = Problem(
+            "UnknownTimeZone",
+            f"spec.businessHours.timezone: this operator cannot load {zone!r}, so the month"
+            " cannot be told and no spend is reported",
+        )
+        status = budget_status(generation, [], previous, now(), spec, problems=[problem])
+        _write_status(kube, raw, previous, status, audit)
+        return
+    ledger = kube.get(CONFIG_MAP, namespace, LEDGER_CONFIGMAP)
+    runs = [r for r in load((ledger or {}).get("data")).values() if r.selected_by(wanted)]
+    models = in_scope(budget, kube.list(INFERENCE, namespace), runs)
+    spent = spend(runs, spec.gpu_prices, None, month, moment)
+    figures = Figures(month.label, models, spent, forecast(spent, month, moment))
+    status = budget_status(generation, [], previous, now(), spec, figures)
+    _write_status(kube, raw, previous, status, audit)
 
 
-def _write_status(kube: Kube, raw: Obj, previous: Mapping[str, Any], status: Obj) -> None:
-    """Patch the status when it differs; an Event for each change of Ready or Degraded."""
+def _write_status(
+    kube: Kube, raw: Obj, previous: Mapping[str, Any], status: Obj, audit: AuditLog | None
+) -> None:
+    """Patch the status when it differs; an Event for each change of Ready or Degraded, and
+    an Event and an audit record for each threshold action started or lifted."""
+    namespace, name = namespace_and_name(raw)
+    for action, condition in ACTION_CONDITIONS.items():
+        in_force = any(
+            c["type"] == condition and c["status"] == "True" for c in status["conditions"]
+        )
+        BUDGET_ACTION_ACTIVE.labels(namespace, name, action).set(1 if in_force else 0)
+    if "percentOfLimit" in status:
+        BUDGET_SPENT_RATIO.labels(namespace, name).set(status["percentOfLimit"] / 100)
     if all(previous.get(key) == value for key, value in status.items()):
         return
-    kube.patch_status(COST_BUDGET, *namespace_and_name(raw), status)
-    for type_, reason, message in transition_events(
-        previous.get("conditions") or [], status["conditions"]
-    ):
+    # A field the new status no longer has (figures of a spec now invalid) is removed.
+    removed = {key: None for key in previous if key not in status}
+    kube.patch_status(COST_BUDGET, namespace, name, {**removed, **status})
+    before = previous.get("conditions") or []
+    for type_, reason, message in transition_events(before, status["conditions"]):
         kube.post_event(event_for(raw, type_, reason, message))
+    for condition, change, message in action_transitions(before, status["conditions"]):
+        started = change == "started"
+        reason = condition if started else f"{condition}Lifted"
+        kube.post_event(event_for(raw, "Warning" if started else "Normal", reason, message))
+        if audit is not None:
+            record = control_record(
+                f"budget.{condition.lower()}.{change}",
+                "privatellm-operator",
+                target=f"CostBudget/{name}",
+                namespace=namespace,
+                details={"message": message, "models": status.get("models", [])},
+            )
+            audit.append_sync(record)
 
 
-def _reconcile(context: Context, key: Key) -> None:
-    reconcile(context.kube, *key)
+def _reconcile(context: Context, key: Key, clock: Callable[[], float] = time.time) -> None:
+    reconcile(context.kube, *key, int(clock()), context.audit)
+
+
+def _budgets_of_namespace(event: WatchEvent, known: Collection[Key]) -> list[Key]:
+    """Every known budget of the event's namespace."""
+    return [key for key in known if key[0] == event.namespace]
 
 
 CONTROLLER = Controller(
     name="CostBudget",
     for_=For(COST_BUDGET),
+    # A serving Pod starting or stopping moves the spend (its ledger entry is written on
+    # the same event; the resync catches a budget read before it); models' labels move
+    # the scope. The ledger ConfigMap itself is not watched: the operator may not list
+    # ConfigMaps.
+    watches=(
+        Watches(POD, _budgets_of_namespace, labels={COMPONENT_LABEL: SERVER_COMPONENT}),
+        Watches(INFERENCE, _budgets_of_namespace),
+    ),
     reconcile=_reconcile,
-    # One worker: a status write per budget, and only when its spec changes.
+    # One worker: a status write per budget.
     workers=1,
 )

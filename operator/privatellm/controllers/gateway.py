@@ -33,6 +33,7 @@ from privatellm.render.access_policy import (
     policy_problems,
     resolved_models,
 )
+from privatellm.render.budget import action_signature, budget_blocks
 from privatellm.render.conditions import ConditionState, merge_conditions, validation_messages
 from privatellm.render.gateway import (
     AUDIT_KEY_KEY,
@@ -59,6 +60,7 @@ from .builder import (
     Key,
     Watches,
     WatchEvent,
+    always,
     namespace_key,
     namespace_keys,
     on_new_generation,
@@ -80,6 +82,7 @@ NAMESPACE = KINDS["Namespace"]
 # Whether every namespace spec.sourceNamespaces names exists (a warning, not a failure).
 SOURCES_CONDITION = "SourceNamespacesFound"
 DATA_CONNECTOR = KINDS["DataConnector"]
+COST_BUDGET = KINDS["CostBudget"]
 SECRET = KINDS["Secret"]
 CLUSTER_ROLE_BINDING = KINDS["ClusterRoleBinding"]
 # Set by the chart: the ClusterRoleBinding that lets gateways call TokenReview.
@@ -273,6 +276,7 @@ def reconcile_gateway(
             operator_namespace=operator_namespace,
             resources=settings.resources,
             network=network,
+            budget_blocks=budget_blocks(kube.list(COST_BUDGET, namespace)),
         )
         tls_revision = ensure_certificate(
             kube,
@@ -480,6 +484,8 @@ CONTROLLER = Controller(
             ACCESS_POLICY, namespace_keys, urgent=on_new_generation, hook=record_policy_version
         ),
         Watches(DATA_CONNECTOR, namespace_keys, urgent=on_new_generation),
+        # A block threshold reached or lifted changes what the gateway refuses, at once.
+        Watches(COST_BUDGET, namespace_keys, urgent=always, signature=action_signature),
     ),
     reconcile=_reconcile,
     # One worker: a namespace's gateway is small, and changes to it are rare.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Collection, Hashable, Mapping, Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from privatellm.api import InferenceDeployment
 from privatellm.keys.transit import VaultClient, VaultError
 from privatellm.kube.client import KINDS, LOOKUP, ApiError, Kube, Obj, namespace_and_name
+from privatellm.render.budget import action_signature, scaled_down_models
 from privatellm.render.conditions import find_condition, merge_conditions, validation_messages
 from privatellm.render.inference import (
     render_children,
@@ -62,6 +63,8 @@ from .builder import (
     Labels,
     Owns,
     Watches,
+    WatchEvent,
+    always,
     every_key,
     never,
     owner_label,
@@ -80,6 +83,7 @@ from .tls import ensure_server_certificate
 log = logging.getLogger(__name__)
 
 INFERENCE = KINDS["InferenceDeployment"]
+COST_BUDGET = KINDS["CostBudget"]
 # The per-zone children: listed once per reconcile (their state feeds the status, and
 # these are the only children whose names change with the spec, so the only ones to
 # prune). The other children have one fixed name each and are read one by one.
@@ -151,7 +155,13 @@ def reconcile(
     by_keda = keda and scaled_by_keda(obj.spec)
     if by_keda and autoscaler is not None:
         autoscaler.forget((namespace, name))
-    scaling = autoscaler.decide(obj, previous) if autoscaler and not by_keda else None
+    scaling = None
+    if autoscaler and not by_keda:
+        # A CostBudget at its scaleDown (or block) threshold drops the ceiling.
+        capped = obj.spec.autoscaling is not None and name in scaled_down_models(
+            kube.list(COST_BUDGET, namespace)
+        )
+        scaling = autoscaler.decide(obj, previous, capped)
     live = _zonal_children(kube, obj, keda)
     zones = _observe_zones(obj, live)
     warm = {z for z, view in zones.items() if view.cache_warm}
@@ -410,6 +420,12 @@ def node_signature(node: Mapping[str, Any]) -> Hashable:
     return (view.zone, view.ready, view.schedulable, view.allocatable_gpus, labels)
 
 
+def budget_models(event: WatchEvent, known: Collection[Key]) -> list[Key]:
+    """The models a CostBudget covers, as its status lists them."""
+    models = (event.body.get("status") or {}).get("models") or []
+    return [(event.namespace, model) for model in models]
+
+
 def _reconcile(context: Context, key: Key) -> None:
     reconcile(
         context.kube,
@@ -435,7 +451,11 @@ CONTROLLER = Controller(
         Owns(KINDS["Pod"], _owner, {INFERENCE_DEPLOYMENT_LABEL: None}, urgent=never),
     ),
     # Every model is planned again when a node's ability to host replicas changes.
-    watches=(Watches(KINDS["Node"], every_key, signature=node_signature),),
+    watches=(
+        Watches(KINDS["Node"], every_key, signature=node_signature),
+        # A scaleDown threshold reached or lifted moves the autoscaler's ceiling at once.
+        Watches(COST_BUDGET, budget_models, urgent=always, signature=action_signature),
+    ),
     reconcile=_reconcile,
     follows_demand=True,
 )

@@ -31,3 +31,15 @@ SCALING_DECISIONS = Counter(
     "Decisions that changed a model's replica count, by reason.",
     ["reason"],
 )
+# CostBudgets: spend against the limit, and the actions in force (alert-ready: an alert
+# rule on privatellm_budget_action_active == 1 fires with the budget's own threshold).
+BUDGET_SPENT_RATIO = Gauge(
+    "privatellm_budget_spent_ratio",
+    "Spend this month over the monthly limit, per CostBudget.",
+    ["namespace", "budget"],
+)
+BUDGET_ACTION_ACTIVE = Gauge(
+    "privatellm_budget_action_active",
+    "1 while a threshold action is in force, per CostBudget and action.",
+    ["namespace", "budget", "action"],
+)

@@ -36,7 +36,7 @@ from privatellm.kube.client import ApiError, Kube, new_api_client
 from privatellm.render.audit import render_operator_audit_public_key
 from privatellm.render.inference_status import NodeView
 
-from . import budget, connector, gateway, inference
+from . import budget, connector, gateway, inference, ledger
 from .autoscaling import Autoscaler
 from .builder import Context, Controller, Declaration, For, Key, KnownKeys, Watches, WatchEvent
 from .demand import DemandCollector, access_from_secrets, replicas_from_slices
@@ -54,6 +54,7 @@ CONTROLLERS: list[Controller] = [
     gateway.CONTROLLER,
     connector.CONTROLLER,
     budget.CONTROLLER,
+    ledger.CONTROLLER,
 ]
 
 

@@ -35,6 +35,15 @@ class HoldSettings(ApiModel):
     )
 
 
+class BudgetBlock(ApiModel):
+    """A CostBudget covering the model has reached a block threshold."""
+
+    budget: str = Field(description="The CostBudget whose threshold blocks the model.")
+    break_glass_groups: list[str] = Field(
+        default_factory=list, description="Groups whose members are still served."
+    )
+
+
 class ModelRoute(ApiModel):
     """A model clients can ask for and the replicas that serve it."""
 
@@ -62,6 +71,10 @@ class ModelRoute(ApiModel):
         default=None,
         description="Hold requests while the Service has no ready replica (scale from zero), "
         "instead of answering 503 at once.",
+    )
+    budget_block: BudgetBlock | None = Field(
+        default=None,
+        description="New requests get 429 budget_exhausted, except from break-glass groups.",
     )
 
 

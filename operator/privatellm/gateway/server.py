@@ -497,6 +497,14 @@ class Gateway:
             raise GatewayError(403, decision.reason, f"access denied: {decision.reason}")
         exchange.policy = decision.policy
         event.policy = decision.policy.name
+        if (block := route.budget_block) and not identity.groups & set(block.break_glass_groups):
+            event.reason = "budget_exhausted"
+            raise GatewayError(
+                429,
+                "budget_exhausted",
+                f"the CostBudget {block.budget!r} covering this model is spent: new requests"
+                " are refused until the month turns or the limit is raised",
+            )
         quota = self.quotas.check(
             quota_key(decision.policy, identity), decision.policy.spec.quotas, self.clock()
         )

@@ -150,6 +150,7 @@ KINDS: dict[str, Kind] = {
         Kind(f"{GROUP}/{VERSION}", "InferenceDeployment", "inferencedeployments"),
         Kind(f"{GROUP}/{VERSION}", "AccessPolicy", "accesspolicies"),
         Kind(f"{GROUP}/{VERSION}", "DataConnector", "dataconnectors"),
+        Kind(f"{GROUP}/{VERSION}", "CostBudget", "costbudgets"),
     )
 }
 

@@ -22,6 +22,7 @@ from privatellm.api import DataConnector, InferenceDeployment
 from privatellm.api.access import AccessPolicy
 from privatellm.gateway.config import (
     AuthSettings,
+    BudgetBlock,
     ConnectorRoute,
     DiscoverySettings,
     EncryptionSettings,
@@ -173,6 +174,8 @@ class GatewayInputs:
         default_factory=lambda: DEFAULT_GATEWAY_RESOURCES
     )
     network: GatewayNetwork = field(default_factory=GatewayNetwork)
+    # Models a CostBudget's block threshold stops, by name.
+    budget_blocks: Mapping[str, BudgetBlock] = field(default_factory=dict)
 
 
 def connector_service_account(connector: str) -> str:
@@ -231,6 +234,7 @@ def render_gateway_config(inputs: GatewayInputs) -> GatewayConfig:
             max_model_len=m.spec.engine.max_model_len,
             transit_key=key_name(m) if inputs.vault_addr else None,
             hold=render_hold(m),
+            budget_block=inputs.budget_blocks.get(m.metadata.name),
         )
         for m in models
     ]

@@ -48,7 +48,7 @@ from .meta import (
     PART_OF_LABEL,
     owner_reference,
 )
-from .network import Endpoint, dns_egress, render_fqdn_policy, tcp
+from .network import Endpoint, dns_egress, network_policy, render_fqdn_policy, tcp
 from .workload import Manifest, container_security_context, empty_dir, pod_security_context
 
 CONNECTOR_COMPONENT = "connector"
@@ -532,19 +532,8 @@ def render_network_policy(inputs: ConnectorInputs) -> Manifest:
         ingress.append({"from": list(inputs.metrics_readers), "ports": tcp(SIDECAR_METRICS_PORT)})
     if connector.spec.type == "webhook":
         ingress.append({"ports": tcp(WEBHOOK_PORT)})
-    spec: Manifest = {
-        "podSelector": {"matchLabels": selector_labels(name)},
-        "policyTypes": ["Ingress", "Egress"],
-        "egress": egress,
-    }
-    if ingress:  # the API server drops an empty list: an apply would never match
-        spec["ingress"] = ingress
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": _metadata(connector, workload_name(name)),
-        "spec": spec,
-    }
+    metadata = _metadata(connector, workload_name(name))
+    return network_policy(metadata, {"matchLabels": selector_labels(name)}, ingress, egress)
 
 
 def render_connector(inputs: ConnectorInputs) -> list[Manifest]:

@@ -58,6 +58,7 @@ from .network import (
     dns_egress,
     metrics_readers,
     namespace_peer,
+    network_policy,
     render_default_deny,
     render_fqdn_policy,
     tcp,
@@ -578,17 +579,8 @@ def render_gateway_network_policy(inputs: GatewayInputs) -> Manifest:
         {"to": peers, "ports": tcp(PEER_PORT)},
         *network.egress,
     ]
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": _metadata(inputs, GATEWAY_NAME),
-        "spec": {
-            "podSelector": {"matchLabels": _selector()},
-            "policyTypes": ["Ingress", "Egress"],
-            "ingress": ingress,
-            "egress": egress,
-        },
-    }
+    metadata = _metadata(inputs, GATEWAY_NAME)
+    return network_policy(metadata, {"matchLabels": _selector()}, ingress, egress)
 
 
 def render_gateway_role(inputs: GatewayInputs) -> Manifest:

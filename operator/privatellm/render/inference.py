@@ -40,7 +40,7 @@ from .meta import (
     ZONE_LABEL,
     operator_pods,
 )
-from .network import Resolution
+from .network import Resolution, network_policy, tcp
 from .probe import server_probes
 from .weights import (
     estimated_restore_seconds,
@@ -293,17 +293,12 @@ def render_network_policy(
         # its API port (docs/autoscaling.md); models without autoscaling stay gateway-only.
         callers.append(operator_pods(operator_namespace))
     copies_weights = not obj.spec.weight_cache.enabled
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": child_metadata(obj, network_policy_name(obj)),
-        "spec": {
-            "podSelector": {"matchLabels": selector_labels(obj)},
-            "policyTypes": ["Ingress", "Egress"],
-            "ingress": [{"from": callers, "ports": [{"protocol": "TCP", "port": SERVING_PORT}]}],
-            "egress": weight_source_egress(source_egress if copies_weights else None),
-        },
-    }
+    return network_policy(
+        child_metadata(obj, network_policy_name(obj)),
+        {"matchLabels": selector_labels(obj)},
+        ingress=[{"from": callers, "ports": tcp(SERVING_PORT)}],
+        egress=weight_source_egress(source_egress if copies_weights else None),
+    )
 
 
 def render_service(obj: InferenceDeployment) -> Manifest:

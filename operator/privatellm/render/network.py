@@ -42,19 +42,37 @@ def stack_pods() -> Manifest:
     return {"matchLabels": {MANAGED_BY_LABEL: MANAGED_BY}}
 
 
-def render_default_deny(namespace: str, owner_references: Sequence[Manifest]) -> Manifest:
-    """Nothing in or out for the stack's Pods unless another policy opens it."""
+def network_policy(
+    metadata: Manifest,
+    pod_selector: Manifest,
+    ingress: Sequence[Manifest] = (),
+    egress: Sequence[Manifest] = (),
+) -> Manifest:
+    """A NetworkPolicy that governs both directions of the selected Pods: what `ingress`
+    and `egress` allow, and nothing else."""
+    spec: Manifest = {"podSelector": pod_selector, "policyTypes": ["Ingress", "Egress"]}
+    # The API server drops an empty list: left in, an apply would never match what it stored.
+    if ingress:
+        spec["ingress"] = list(ingress)
+    if egress:
+        spec["egress"] = list(egress)
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": {
-            "name": DEFAULT_DENY_NAME,
-            "namespace": namespace,
-            "labels": {MANAGED_BY_LABEL: MANAGED_BY},
-            "ownerReferences": list(owner_references),
-        },
-        "spec": {"podSelector": stack_pods(), "policyTypes": ["Ingress", "Egress"]},
+        "metadata": metadata,
+        "spec": spec,
     }
+
+
+def render_default_deny(namespace: str, owner_references: Sequence[Manifest]) -> Manifest:
+    """Nothing in or out for the stack's Pods unless another policy opens it."""
+    metadata = {
+        "name": DEFAULT_DENY_NAME,
+        "namespace": namespace,
+        "labels": {MANAGED_BY_LABEL: MANAGED_BY},
+        "ownerReferences": list(owner_references),
+    }
+    return network_policy(metadata, stack_pods())
 
 
 def tcp(*ports: int | str) -> list[Manifest]:

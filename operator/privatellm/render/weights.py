@@ -20,7 +20,14 @@ from .meta import (
     WEIGHTS_REVISION_ANNOTATION,
     ZONE_LABEL,
 )
-from .network import Endpoint, Resolution, dns_egress, endpoint_of, render_fqdn_policy
+from .network import (
+    Endpoint,
+    Resolution,
+    dns_egress,
+    endpoint_of,
+    network_policy,
+    render_fqdn_policy,
+)
 from .workload import (
     PRESTAGE_COMPONENT,
     SERVER_COMPONENT,
@@ -247,16 +254,11 @@ def prestage_pod_labels(obj: InferenceDeployment) -> dict[str, str]:
 
 def render_prestage_network_policy(obj: InferenceDeployment, source: Resolution | None) -> Manifest:
     """Pre-staging Pods take no connections and reach only DNS and the weights' store."""
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": child_metadata(obj, prestage_network_policy_name(obj)),
-        "spec": {
-            "podSelector": {"matchLabels": prestage_pod_labels(obj)},
-            "policyTypes": ["Ingress", "Egress"],
-            "egress": weight_source_egress(source),
-        },
-    }
+    return network_policy(
+        child_metadata(obj, prestage_network_policy_name(obj)),
+        {"matchLabels": prestage_pod_labels(obj)},
+        egress=weight_source_egress(source),
+    )
 
 
 def render_weight_source_fqdn_policy(obj: InferenceDeployment, store: Endpoint) -> Manifest:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Literal
 
 from pydantic import Field
@@ -78,6 +79,10 @@ class LabelSelector(ApiModel):
         max_length=MAX_LIST,
         json_schema_extra=cel(LABEL_KEYS_RULE),
     )
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        """Whether an object with `labels` is selected; an empty selector selects all."""
+        return self.match_labels.items() <= labels.items()
 
 
 class GPUPrice(ApiModel):
@@ -191,6 +196,11 @@ class CostBudgetSpec(ApiModel):
         max_length=16,
         json_schema_extra=set_list(),
     )
+
+    @property
+    def time_zone(self) -> str:
+        """The zone whose calendar months the budget counts: businessHours', else UTC."""
+        return self.business_hours.timezone if self.business_hours else "UTC"
 
 
 class CostBudgetStatus(CommonStatus):

@@ -33,7 +33,6 @@ from zoneinfo import ZoneInfoNotFoundError
 from pydantic import ValidationError
 
 from privatellm.api import CostBudget
-from privatellm.api.budget import LabelSelector
 from privatellm.cost.ledger import LEDGER_CONFIGMAP, Run, load
 from privatellm.cost.spend import (
     SECONDS_PER_HOUR,
@@ -49,7 +48,6 @@ if TYPE_CHECKING:
 
 FORMATS = ("table", "json", "csv")
 GROUPINGS = ("model", "subject", "policy")
-DEFAULT_ZONE = "UTC"
 # Months whose bounds every time zone can express as epoch seconds.
 FIRST_YEAR, LAST_YEAR = 1970, 9998
 MONTH_PATTERN = re.compile(r"(\d{4})-(\d{2})")
@@ -165,18 +163,8 @@ def month_argument(text: str) -> str:
     return text
 
 
-def selects(selector: LabelSelector, labels: Mapping[str, str]) -> bool:
-    """Whether an InferenceDeployment with `labels` matches the budget's selector."""
-    return all(labels.get(key) == value for key, value in selector.match_labels.items())
-
-
-def budget_zone(budget: CostBudget) -> str:
-    hours = budget.spec.business_hours
-    return hours.timezone if hours is not None else DEFAULT_ZONE
-
-
 def _month(budget: CostBudget, wanted: tuple[int, int] | None, now: int) -> Month:
-    zone = budget_zone(budget)
+    zone = budget.spec.time_zone
     try:
         return month_named(*wanted, zone) if wanted else month_of(now, zone)
     except (ZoneInfoNotFoundError, ValueError) as error:
@@ -217,7 +205,7 @@ def _budget_rows(
             budget=budget.metadata.name,
             model=model,
             month=month.label,
-            timezone=budget_zone(budget),
+            timezone=spec.time_zone,
             currency=spec.currency,
             gpu_seconds=seconds,
             amount=None if exact is None else cents(exact),
@@ -227,7 +215,7 @@ def _budget_rows(
             deleted=deleted,
         )
 
-    selected = {name for name, labels in deployments.items() if selects(spec.selector, labels)}
+    selected = {name for name, labels in deployments.items() if spec.selector.matches(labels)}
     if runs is None:
         return [*(row(m, None, None) for m in sorted(selected)), row(None, None, None)]
     # As the operator counts: the runs the selector picked by their model's labels when

@@ -43,14 +43,12 @@ POD = KINDS["Pod"]
 
 def in_scope(budget: CostBudget, models: list[Obj], runs: Iterable[Run]) -> list[str]:
     """The models the budget covers: the InferenceDeployments its selector picks now, and
-    those whose runs it picked when they ran (a deleted model's spend still counts)."""
-    wanted = budget.spec.selector.match_labels
+    those of `runs`, the runs it picked when they ran (a deleted model's spend counts)."""
+    selector = budget.spec.selector
     named = {
-        m["metadata"]["name"]
-        for m in models
-        if wanted.items() <= (m["metadata"].get("labels") or {}).items()
+        m["metadata"]["name"] for m in models if selector.matches(m["metadata"].get("labels") or {})
     }
-    return sorted(named | {run.model for run in runs if run.selected_by(wanted)})
+    return sorted(named | {run.model for run in runs})
 
 
 def reconcile(
@@ -73,8 +71,7 @@ def reconcile(
         )
         return
     spec = budget.spec
-    wanted = spec.selector.match_labels
-    zone = spec.business_hours.timezone if spec.business_hours else "UTC"
+    zone = spec.time_zone
     try:
         month = month_of(moment, zone)
     except ZoneInfoNotFoundError:
@@ -87,7 +84,11 @@ def reconcile(
         _write_status(kube, raw, previous, status, audit)
         return
     ledger = kube.get(CONFIG_MAP, namespace, LEDGER_CONFIGMAP)
-    runs = [r for r in load((ledger or {}).get("data")).values() if r.selected_by(wanted)]
+    runs = [
+        r
+        for r in load((ledger or {}).get("data")).values()
+        if r.selected_by(spec.selector.match_labels)
+    ]
     models = in_scope(budget, kube.list(INFERENCE, namespace), runs)
     spent = spend(runs, spec.gpu_prices, None, month, moment)
     figures = Figures(month.label, models, spent, forecast(spent, month, moment))

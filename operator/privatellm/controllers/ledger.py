@@ -9,6 +9,7 @@ a stale copy. Entries are only added or closed, never removed (docs/cost.md).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping
 
@@ -66,19 +67,24 @@ def reconcile(
 ) -> None:
     """Record the namespace's serving Pods in its ledger as of `now`; `node_labels` by node
     name say which GPU product and capacity each Pod's node offers."""
-    pods = kube.list(POD, namespace, f"{COMPONENT_LABEL}={SERVER_COMPONENT}")
-    models = {
-        m["metadata"]["name"]: m["metadata"].get("labels") or {}
-        for m in kube.list(INFERENCE, namespace)
-    }
-    observed = []
-    for pod in pods:
-        node = node_labels.get((pod.get("spec") or {}).get("nodeName", ""))
-        model = (pod["metadata"].get("labels") or {}).get(INFERENCE_DEPLOYMENT_LABEL, "")
-        if run := observe(pod, node, models.get(model)):
-            observed.append(run)
     live = kube.get(CONFIG_MAP, namespace, LEDGER_CONFIGMAP)
     stored = load((live or {}).get("data"))
+
+    @functools.cache
+    def models() -> dict[str, Mapping[str, str]]:
+        """The models' labels, read once and only for a run's first entry."""
+        return {
+            m["metadata"]["name"]: m["metadata"].get("labels") or {}
+            for m in kube.list(INFERENCE, namespace)
+        }
+
+    observed = []
+    for pod in kube.list(POD, namespace, f"{COMPONENT_LABEL}={SERVER_COMPONENT}"):
+        node = node_labels.get((pod.get("spec") or {}).get("nodeName", ""))
+        model = (pod["metadata"].get("labels") or {}).get(INFERENCE_DEPLOYMENT_LABEL, "")
+        known = pod["metadata"]["uid"] in stored
+        if run := observe(pod, node, None if known else models().get(model)):
+            observed.append(run)
     merged = merge(stored, observed, now)
     if live is None and not merged:
         return

@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 
 from privatellm.api import CostBudget
-from privatellm.cli.cost_cmd import (
+from privatellm.cli.main import main
+from privatellm.cost.ledger import Capacity, Run, dump, merge, timestamp
+from privatellm.cost.report import (
     UNLABELLED_PRODUCT,
     ReportError,
     ReportRow,
@@ -18,8 +20,6 @@ from privatellm.cli.cost_cmd import (
     format_report,
     parse_month,
 )
-from privatellm.cli.main import main
-from privatellm.cost.ledger import Capacity, Run, dump, merge, timestamp
 
 NS = "team-a"
 H100 = "NVIDIA-H100-80GB-HBM3"

@@ -2,5 +2,6 @@
 
 Pure: Pods, nodes and budgets in, runs and amounts out. The controllers keep the ledger
 in the cluster (controllers/ledger.py) and write each CostBudget's status
-(controllers/budget.py); `privatellm cost report` reads the same ledger.
+(controllers/budget.py); the report (report.py) prices the same ledger for
+`privatellm cost report`.
 """

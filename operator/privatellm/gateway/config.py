@@ -44,6 +44,29 @@ class BudgetBlock(ApiModel):
     )
 
 
+class BudgetThrottle(ApiModel):
+    """A CostBudget covering the model has reached a throttle threshold: subjects other
+    than its priority ones get lowered quotas (quotas.throttled)."""
+
+    budget: str = Field(description="The CostBudget whose threshold throttles the model.")
+    quota_percent: int = Field(
+        ge=1,
+        le=100,
+        description="Percent of each AccessPolicy quota a non-priority subject keeps.",
+    )
+    requests_per_minute: int = Field(
+        ge=1,
+        description="Requests per minute a non-priority subject whose policy sets no "
+        "requestsPerMinute is held to.",
+    )
+    priority_groups: list[str] = Field(
+        default_factory=list, description="Groups whose members are not throttled."
+    )
+    priority_policies: list[str] = Field(
+        default_factory=list, description="AccessPolicy names whose subjects are not throttled."
+    )
+
+
 class ModelRoute(ApiModel):
     """A model clients can ask for and the replicas that serve it."""
 
@@ -75,6 +98,9 @@ class ModelRoute(ApiModel):
     budget_block: BudgetBlock | None = Field(
         default=None,
         description="New requests get 429 budget_exhausted, except from break-glass groups.",
+    )
+    budget_throttle: BudgetThrottle | None = Field(
+        default=None, description="A CostBudget covering the model is at a throttle threshold."
     )
 
 
@@ -266,6 +292,11 @@ class GatewayConfig(ApiModel):
     discovery: DiscoverySettings | None = None
     quota_sharing: QuotaSharing | None = None
     limits: Limits = Field(default_factory=Limits)
+    usage_time_zones: list[str] = Field(
+        default_factory=lambda: ["UTC"],
+        description="IANA zones whose calendar months the usage tally is bucketed by "
+        "(the CostBudgets' time zones).",
+    )
 
     def route(self, model: str) -> ModelRoute | None:
         """The route for a model id, or None when the namespace has no such model."""

@@ -16,6 +16,7 @@ class GatewayError(Exception):
         message: str,
         param: str | None = None,
         headers: Mapping[str, str] | None = None,
+        audit_reason: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -24,6 +25,8 @@ class GatewayError(Exception):
         self.param = param
         # Sent with the answer, e.g. Retry-After.
         self.headers = dict(headers or {})
+        # The audit event's reason when it says more than `code` (budget_throttled:<limit>).
+        self.audit_reason = audit_reason
 
     @property
     def error_type(self) -> str:

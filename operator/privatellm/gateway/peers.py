@@ -1,7 +1,8 @@
 """The peer port: what the other gateway replicas and the operator read from a replica.
 
 It is not the API door. Its callers are the other replicas (quota counts, see
-quotas.py) and the operator (each model's demand, see demand.py), never clients.
+quotas.py) and the operator (each model's demand, see demand.py, and the usage
+tally, see usage.py), never clients.
 Each call carries a token derived from the namespace's hash key, which only the
 gateway's configuration Secret and the operator that writes it hold; the port is
 served over TLS with the gateway's certificate. Answers are not audited (they are

@@ -32,7 +32,7 @@ from aiohttp import web
 
 from privatellm.api.access import Quotas
 
-from .config import QuotaSharing
+from .config import BudgetThrottle, QuotaSharing
 from .discovery import ReplicaSource
 from .peers import peer_app
 
@@ -112,6 +112,33 @@ class QuotaTracker:
                 del self._windows[slot]
         slot = (key, kind, window)
         self._windows[slot] = self._windows.get(slot, 0) + amount
+
+
+def throttled(quotas: Quotas, throttle: BudgetThrottle) -> Quotas:
+    """The quotas a non-priority subject keeps while a CostBudget throttles the model.
+
+    Each limit the policy sets drops to `quotaPercent` of itself (never below 1, which
+    would refuse everything); a policy without a request rate gets the throttle's, so
+    that a throttle also slows subjects the policy left unlimited.
+    """
+
+    def lowered(limit: int | None) -> int | None:
+        return None if limit is None else max(1, limit * throttle.quota_percent // 100)
+
+    return quotas.model_copy(
+        update={
+            "requests_per_minute": lowered(quotas.requests_per_minute)
+            or throttle.requests_per_minute,
+            "tokens_per_minute": lowered(quotas.tokens_per_minute),
+            "tokens_per_day": lowered(quotas.tokens_per_day),
+        }
+    )
+
+
+def limit_of(reason: str) -> str:
+    """The limit a refusal of `check` names: "requests_per_minute" for
+    "rate_limited:requests_per_minute"."""
+    return reason.partition(":")[2] or reason
 
 
 def peer_token(hash_key: bytes) -> str:

@@ -21,6 +21,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -34,9 +35,9 @@ from privatellm.filters import FilterResult, InboundPipeline, OutboundPipeline, 
 from privatellm.keys.envelope import RecordContext
 from privatellm.keys.tenancy import namespace_key_name
 
-from .audit import AuditEvent, AuditSink
+from .audit import AuditEvent, AuditLogSink, AuditSink
 from .auth import Authenticator, AuthError, Identity
-from .config import GatewayConfig, ModelRoute, NamedPolicy
+from .config import BudgetThrottle, GatewayConfig, ModelRoute, NamedPolicy
 from .connections import authenticator, upstream_ssl
 from .demand import DEMAND_PATH, Demand, ModelDemand, demand_handler
 from .discovery import EndpointWatcher, ReplicaSource
@@ -67,9 +68,18 @@ from .policy import (
     effective_outbound,
     quota_key,
 )
-from .quotas import COUNTS_PATH, QuotaPeers, QuotaTracker, counts_handler, peer_token
+from .quotas import (
+    COUNTS_PATH,
+    QuotaPeers,
+    QuotaTracker,
+    counts_handler,
+    limit_of,
+    peer_token,
+    throttled,
+)
 from .refusals import body_refusal, encoding_refusal
 from .routing import Router, Target, route_replicas
+from .usage import USAGE_FILE, USAGE_PATH, UsageTally, usage_handler
 
 log = logging.getLogger("privatellm.gateway")
 
@@ -151,9 +161,12 @@ class Gateway:
         clock: Callable[[], float] = time.time,
         discovered: ReplicaSource | None = None,
         peer_url: str | None = None,
+        usage_dir: Path | None = None,
     ) -> None:
         """`discovered` replaces the EndpointSlice watch the gateway would otherwise start;
-        `peer_url` is where the other replicas reach this one (left out of its peers)."""
+        `peer_url` is where the other replicas reach this one (left out of its peers);
+        `usage_dir` keeps the usage tally (default: the audit log's directory, which is
+        the replica's own volume; without either, the tally is kept in memory only)."""
         self.sink = sink
         self.metering = metering or Metering()
         self.hash_key = hash_key or secrets.token_bytes(32)
@@ -164,6 +177,13 @@ class Gateway:
         self.quotas = QuotaTracker()
         self.runtime = Runtime.build(config, self.hash_key)
         self.metering.show_models(self.runtime.routes)
+        if usage_dir is None and isinstance(sink, AuditLogSink):
+            usage_dir = sink.log.directory
+        self.usage = UsageTally(
+            usage_dir / USAGE_FILE if usage_dir is not None else None,
+            config.usage_time_zones,
+            clock,
+        )
         self._session: aiohttp.ClientSession | None = None
         self._sealer: PayloadSealer | None = None
         self._auth: Authenticator | None = None
@@ -220,12 +240,15 @@ class Gateway:
         if config.encryption is not None:
             self._sealer = PayloadSealer(config.encryption)
         self._start_background(config)
+        self._background.append(asyncio.create_task(self.usage.run()))
         yield
         self._stop_quota_peers()
         for task in [*self._background, *self._followers.values()]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        # After the drain: the requests answered last are in the file too.
+        self.usage.save()
         await self._session.close()
 
     @property
@@ -261,12 +284,14 @@ class Gateway:
         self.quotas.keep_others(())
 
     def peer_app(self) -> web.Application:
-        """The peer listener: quota counts for the other replicas, demand for the operator."""
+        """The peer listener: quota counts for the other replicas, demand and usage for the
+        operator."""
         app = peer_app(
             peer_token(self.hash_key),
             {
                 COUNTS_PATH: counts_handler(self.quotas),
                 DEMAND_PATH: demand_handler(self.demand, lambda: self.runtime.routes),
+                USAGE_PATH: usage_handler(self.usage),
             },
             refused=self._refuse_peer,
         )
@@ -296,6 +321,7 @@ class Gateway:
         """Apply a new configuration to the requests that start from now on."""
         self.runtime = Runtime.build(config, self.hash_key)
         self.metering.show_models(self.runtime.routes)
+        self.usage.set_zones(config.usage_time_zones)
         if self._auth is not None:
             self._auth.replace_api_keys(config.auth.api_keys)
         if self._session is not None:
@@ -365,7 +391,7 @@ class Gateway:
         try:
             response = await serve(exchange)
         except GatewayError as error:
-            event.reason = error.code
+            event.reason = error.audit_reason or error.code
             response = _error_response(error, event.request_id)
         except AuthError as error:
             event.reason = error.reason
@@ -453,6 +479,17 @@ class Gateway:
             if event.completion_tokens:
                 tokens = metering.child(metering.tokens, model, subject, "completion")
                 tokens.inc(event.completion_tokens)
+        if event.decision == "allow" and event.model and event.served_by:
+            # Only what reached a model used its GPUs, and a fallback's use is the
+            # fallback's: this is what the CostBudgets divide their spend by.
+            self.usage.record(
+                subject,
+                event.policy or "",
+                event.served_by,
+                event.time,
+                event.prompt_tokens,
+                event.completion_tokens,
+            )
 
     # --- the pipeline ----------------------------------------------------
 
@@ -505,11 +542,7 @@ class Gateway:
                 f"the CostBudget {block.budget!r} covering this model is spent: new requests"
                 " are refused until the month turns or the limit is raised",
             )
-        quota = self.quotas.check(
-            quota_key(decision.policy, identity), decision.policy.spec.quotas, self.clock()
-        )
-        if quota:
-            raise GatewayError(429, quota, f"limit reached: {quota}")
+        self._check_quotas(decision.policy, identity, route.budget_throttle)
         filters = exchange.runtime.filters[decision.policy.name]
         with self._span("filter.inbound"):
             detected = self._filter_request(exchange, endpoint, body, filters.inbound)
@@ -532,6 +565,33 @@ class Gateway:
         finally:
             in_flight.dec()
             figures.in_flight -= 1
+
+    def _check_quotas(
+        self, policy: NamedPolicy, identity: Identity, throttle: BudgetThrottle | None
+    ) -> None:
+        """Count the request against the subject's quotas: the policy's own, or lowered
+        ones while a CostBudget throttles the model and the subject is not a priority one."""
+        quotas = policy.spec.quotas
+        if throttle is not None and (
+            identity.groups & set(throttle.priority_groups)
+            or policy.name in throttle.priority_policies
+        ):
+            throttle = None
+        limits = quotas if throttle is None else throttled(quotas, throttle)
+        reason = self.quotas.check(quota_key(policy, identity), limits, self.clock())
+        if not reason:
+            return
+        limit = limit_of(reason)
+        lowered = getattr(limits, limit)
+        if throttle is None or lowered == getattr(quotas, limit):
+            raise GatewayError(429, reason, f"limit reached: {reason}")
+        raise GatewayError(
+            429,
+            "budget_throttled",
+            f"the CostBudget {throttle.budget!r} is at its throttle threshold: {limit}"
+            f" lowered to {lowered}",
+            audit_reason=f"budget_throttled:{limit}",
+        )
 
     def _replica_source(self, runtime: Runtime) -> ReplicaSource | None:
         """Discovery, when the configuration has it on."""

@@ -23,6 +23,7 @@ from privatellm.api.access import AccessPolicy
 from privatellm.gateway.config import (
     AuthSettings,
     BudgetBlock,
+    BudgetThrottle,
     ConnectorRoute,
     DiscoverySettings,
     EncryptionSettings,
@@ -177,6 +178,10 @@ class GatewayInputs:
     network: GatewayNetwork = field(default_factory=GatewayNetwork)
     # Models a CostBudget's block threshold stops, by name.
     budget_blocks: Mapping[str, BudgetBlock] = field(default_factory=dict)
+    # Models a CostBudget's throttle threshold slows, by name.
+    budget_throttles: Mapping[str, BudgetThrottle] = field(default_factory=dict)
+    # The CostBudgets' time zones: the gateway tallies usage by their calendar months.
+    usage_time_zones: Sequence[str] = ("UTC",)
 
 
 def connector_service_account(connector: str) -> str:
@@ -236,6 +241,7 @@ def render_gateway_config(inputs: GatewayInputs) -> GatewayConfig:
             transit_key=key_name(m) if inputs.vault_addr else None,
             hold=render_hold(m),
             budget_block=inputs.budget_blocks.get(m.metadata.name),
+            budget_throttle=inputs.budget_throttles.get(m.metadata.name),
         )
         for m in models
     ]
@@ -272,6 +278,8 @@ def render_gateway_config(inputs: GatewayInputs) -> GatewayConfig:
             cert_file=f"{TLS_DIR}/tls.crt",
             key_file=f"{TLS_DIR}/tls.key",
         ),
+        # Sorted: the same zones give the same file, and no reload.
+        usage_time_zones=sorted(set(inputs.usage_time_zones)),
     )
 
 

@@ -1,0 +1,295 @@
+"""The usage tally (months per zone, its file, its id), the budget throttle's quotas, and
+both as the operator renders them into the gateway's configuration."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import json
+import logging
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from privatellm.api.access import Quotas
+from privatellm.gateway.config import BudgetThrottle, GatewayConfig
+from privatellm.gateway.quotas import limit_of, throttled
+from privatellm.gateway.usage import (
+    KEEP_MONTHS,
+    USAGE_FILE,
+    CorruptTallyError,
+    UsageTally,
+    parse_tally,
+)
+from privatellm.render.gateway import config_text, render_gateway_config
+
+from .test_render_gateway import INPUTS
+
+UTC = datetime.UTC
+# 2026-11-30 23:30 UTC is already December in Amsterdam (UTC+1).
+LATE_NOVEMBER = datetime.datetime(2026, 11, 30, 23, 30, tzinfo=UTC).timestamp()
+ZONES = ("UTC", "Europe/Amsterdam")
+
+
+def at(year: int, month: int, day: int = 15) -> float:
+    return datetime.datetime(year, month, day, 12, tzinfo=UTC).timestamp()
+
+
+def row(zone: str, month: str, requests: int, prompt: int, completion: int) -> dict[str, object]:
+    return {
+        "zone": zone,
+        "month": month,
+        "subject": "alice",
+        "policy": "analysts",
+        "model": "llama",
+        "requests": requests,
+        "promptTokens": prompt,
+        "completionTokens": completion,
+    }
+
+
+def test_a_request_lands_in_its_month_of_each_zone() -> None:
+    tally = UsageTally(None, ZONES)
+    tally.record("alice", "analysts", "llama", LATE_NOVEMBER, 10, 4)
+    assert tally.rows() == [
+        row("Europe/Amsterdam", "2026-12", 1, 10, 4),
+        row("UTC", "2026-11", 1, 10, 4),
+    ]
+
+
+def test_counters_add_up_and_rows_are_sorted() -> None:
+    tally = UsageTally(None, ["UTC"])
+    tally.record("bob", "analysts", "llama", at(2026, 3), 5, 1)
+    tally.record("alice", "analysts", "small", at(2026, 3), 1, 1)
+    tally.record("alice", "analysts", "llama", at(2026, 3), 7, 2)
+    tally.record("alice", "analysts", "llama", at(2026, 3, 31), 3, 8)
+    tally.record("alice", "analysts", "llama", at(2026, 2), 1, 0)
+    keys = [(r["month"], r["subject"], r["model"]) for r in tally.rows()]
+    assert keys == [
+        ("2026-02", "alice", "llama"),
+        ("2026-03", "alice", "llama"),
+        ("2026-03", "alice", "small"),
+        ("2026-03", "bob", "llama"),
+    ]
+    assert tally.rows()[1] == row("UTC", "2026-03", 2, 10, 10)
+    document = tally.document()
+    assert re.fullmatch(r"[0-9a-f]{32}", document["tally"])
+    assert document["usage"] == tally.rows()
+
+
+def test_thirteen_months_are_kept_per_zone() -> None:
+    tally = UsageTally(None, ZONES)
+    tally.record("alice", "analysts", "llama", at(2025, 1))
+    for month in range(1, 13):
+        tally.record("alice", "analysts", "llama", at(2025, month))
+    assert len({r["month"] for r in tally.rows() if r["zone"] == "UTC"}) == 12
+    tally.record("alice", "analysts", "llama", at(2026, 1))
+    assert tally.rows()[0] == row("Europe/Amsterdam", "2025-01", 2, 0, 0)  # 13: all kept
+    tally.record("alice", "analysts", "llama", at(2026, 2))
+    for zone in ZONES:
+        months = sorted(r["month"] for r in tally.rows() if r["zone"] == zone)
+        assert len(months) == KEEP_MONTHS
+        assert (months[0], months[-1]) == ("2025-02", "2026-02")
+    # A request from before the kept months (a clock set back) is not kept either.
+    tally.record("alice", "analysts", "llama", at(2024, 12))
+    assert "2024-12" not in {r["month"] for r in tally.rows()}
+
+
+def test_the_tally_survives_a_restart_and_keeps_counting(tmp_path: Path) -> None:
+    path = tmp_path / "audit" / USAGE_FILE
+    first = UsageTally(path, ["UTC"])
+    first.record("alice", "analysts", "llama", at(2026, 5), 3, 2)
+    assert first.changed
+    first.save()
+    assert not first.changed
+    second = UsageTally(path, ["UTC"])
+    assert second.tally_id == first.tally_id
+    assert second.rows() == [row("UTC", "2026-05", 1, 3, 2)]
+    second.record("alice", "analysts", "llama", at(2026, 5), 1, 1)
+    second.save()
+    on_disk = json.loads(path.read_bytes())
+    assert on_disk["tally"] == first.tally_id
+    assert on_disk["usage"] == [row("UTC", "2026-05", 2, 4, 3)]
+
+
+def test_a_new_file_gets_its_id_on_disk_at_the_first_write(tmp_path: Path) -> None:
+    tally = UsageTally(tmp_path / USAGE_FILE, ["UTC"])
+    assert tally.changed
+    tally.save()
+    assert json.loads((tmp_path / USAGE_FILE).read_bytes()) == {
+        "version": 1,
+        "tally": tally.tally_id,
+        "usage": [],
+    }
+
+
+def test_without_a_file_the_tally_is_kept_in_memory() -> None:
+    one, other = UsageTally(None), UsageTally(None)
+    one.record("alice", "analysts", "llama", at(2026, 5))
+    assert not one.changed
+    one.save()  # nothing to write to, and no error
+    assert one.tally_id != other.tally_id
+    assert one.zones == ["UTC"]
+
+
+def tally_of(rows: list[dict[str, object]]) -> str:
+    return json.dumps({"version": 1, "tally": "a" * 32, "usage": rows})
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"{not json",
+        b"",
+        b'{"version": 1, "tally": "abc", "usage": []}',
+        b'{"version": 2, "tally": "' + b"a" * 32 + b'", "usage": []}',
+        tally_of([row("UTC", "2026-5", 1, 1, 1)]),
+        tally_of([row("UTC", "2026-05", -1, 1, 1)]),
+        tally_of([row("UTC", "2026-05", True, 1, 1)]),
+        tally_of([row("UTC", "2026-05", 1, 1, 1)] * 2),
+        tally_of([{"zone": "UTC"}]),
+    ],
+)
+def test_a_corrupt_file_is_moved_aside_and_a_new_tally_begins(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, content: str | bytes
+) -> None:
+    data = content.encode() if isinstance(content, str) else content
+    path = tmp_path / USAGE_FILE
+    path.write_bytes(data)
+    with pytest.raises(CorruptTallyError):
+        parse_tally(data)
+    stamp = datetime.datetime(2026, 12, 1, 8, 0, 5, tzinfo=UTC).timestamp()
+    with caplog.at_level(logging.ERROR, logger="privatellm.gateway.usage"):
+        tally = UsageTally(path, ["UTC"], clock=lambda: stamp)
+    assert tally.rows() == []
+    assert tally.tally_id != "a" * 32
+    aside = tmp_path / f"{USAGE_FILE}.corrupt-20261201T080005Z"
+    assert aside.read_bytes() == data
+    assert not path.exists()
+    assert [r.levelno for r in caplog.records] == [logging.ERROR]
+    # The new tally starts from nothing and is written over no part of the old one.
+    tally.record("alice", "analysts", "llama", at(2026, 12))
+    tally.save()
+    assert json.loads(path.read_bytes())["usage"] == [row("UTC", "2026-12", 1, 0, 0)]
+    # A second corrupt file in the same second does not replace the first one moved aside.
+    path.write_bytes(b"garbage")
+    UsageTally(path, ["UTC"], clock=lambda: stamp)
+    assert aside.read_bytes() == data
+    assert (tmp_path / f"{USAGE_FILE}.corrupt-20261201T080005Z.1").read_bytes() == b"garbage"
+
+
+def test_a_zone_that_cannot_be_loaded_is_skipped_with_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="privatellm.gateway.usage"):
+        tally = UsageTally(None, ["UTC", "Mars/Olympus_Mons", "UTC"])
+        tally.set_zones(["Mars/Olympus_Mons", "Europe/Amsterdam"])
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    assert "Mars/Olympus_Mons" in caplog.records[0].getMessage()
+    assert tally.zones == ["Europe/Amsterdam"]
+    tally.record("alice", "analysts", "llama", LATE_NOVEMBER)
+    assert [(r["zone"], r["month"]) for r in tally.rows()] == [("Europe/Amsterdam", "2026-12")]
+
+
+def test_an_older_state_is_never_written_over_a_newer_one(tmp_path: Path) -> None:
+    tally = UsageTally(tmp_path / USAGE_FILE, ["UTC"])
+    tally.record("alice", "analysts", "llama", at(2026, 5))
+    older = tally._snapshot()
+    tally.record("alice", "analysts", "llama", at(2026, 5))
+    tally.save()
+    tally._write(*older)  # a write that was still under way when shutdown saved
+    assert json.loads((tmp_path / USAGE_FILE).read_bytes())["usage"][0]["requests"] == 2
+
+
+def test_the_tally_is_written_in_the_background_while_it_changes(tmp_path: Path) -> None:
+    path = tmp_path / USAGE_FILE
+
+    async def scenario() -> None:
+        tally = UsageTally(path, ["UTC"])
+        task = asyncio.create_task(tally.run(interval=0.01))
+        try:
+            tally.record("alice", "analysts", "llama", at(2026, 5), 2, 3)
+            for _ in range(500):
+                if path.exists() and json.loads(path.read_bytes())["usage"]:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            task.cancel()
+        assert json.loads(path.read_bytes())["usage"] == [row("UTC", "2026-05", 1, 2, 3)]
+
+    asyncio.run(scenario())
+
+
+def test_the_configuration_buckets_by_utc_unless_told_otherwise() -> None:
+    assert GatewayConfig(namespace="team-a").usage_time_zones == ["UTC"]
+    config = GatewayConfig.model_validate(
+        {"namespace": "team-a", "usageTimeZones": ["Europe/Amsterdam"]}
+    )
+    assert config.usage_time_zones == ["Europe/Amsterdam"]
+
+
+def throttle(percent: int, rpm: int = 7) -> BudgetThrottle:
+    return BudgetThrottle(budget="team", quota_percent=percent, requests_per_minute=rpm)
+
+
+def test_a_throttle_lowers_each_limit_the_policy_sets() -> None:
+    quotas = Quotas(requests_per_minute=40, tokens_per_minute=1000, tokens_per_day=99_999)
+    assert throttled(quotas, throttle(25)) == Quotas(
+        requests_per_minute=10, tokens_per_minute=250, tokens_per_day=24_999
+    )
+    assert throttled(quotas, throttle(100)) == quotas
+    # Never to 0, which would refuse every request.
+    assert throttled(Quotas(requests_per_minute=3, tokens_per_day=1), throttle(10)) == Quotas(
+        requests_per_minute=1, tokens_per_day=1
+    )
+
+
+def test_a_throttle_gives_a_request_rate_to_a_policy_without_one() -> None:
+    assert throttled(Quotas(), throttle(50, rpm=7)) == Quotas(requests_per_minute=7)
+    assert throttled(Quotas(tokens_per_minute=100), throttle(50, rpm=7)) == Quotas(
+        requests_per_minute=7, tokens_per_minute=50
+    )
+
+
+def test_the_throttle_is_validated() -> None:
+    with pytest.raises(ValueError, match=r"quota_?[pP]ercent"):
+        BudgetThrottle(budget="team", quota_percent=0, requests_per_minute=1)
+    with pytest.raises(ValueError, match=r"quota_?[pP]ercent"):
+        BudgetThrottle(budget="team", quota_percent=101, requests_per_minute=1)
+    with pytest.raises(ValueError, match=r"requests_?[pP]er_?[mM]inute"):
+        BudgetThrottle(budget="team", quota_percent=50, requests_per_minute=0)
+    parsed = BudgetThrottle.model_validate(
+        {
+            "budget": "team",
+            "quotaPercent": 50,
+            "requestsPerMinute": 5,
+            "priorityGroups": ["oncall"],
+            "priorityPolicies": ["vip"],
+        }
+    )
+    assert (parsed.priority_groups, parsed.priority_policies) == (["oncall"], ["vip"])
+
+
+def test_the_limit_a_refusal_names() -> None:
+    assert limit_of("rate_limited:requests_per_minute") == "requests_per_minute"
+    assert limit_of("quota_exceeded:tokens_per_day") == "tokens_per_day"
+
+
+def test_the_operator_renders_throttles_and_zones_into_the_configuration() -> None:
+    assert render_gateway_config(INPUTS).usage_time_zones == ["UTC"]
+    inputs = dataclasses.replace(
+        INPUTS,
+        budget_throttles={"big": throttle(50)},
+        usage_time_zones=("UTC", "Europe/Amsterdam", "UTC"),
+    )
+    config = render_gateway_config(inputs)
+    assert [(m.name, m.budget_throttle) for m in config.models] == [
+        ("big", throttle(50)),
+        ("small", None),
+    ]
+    assert config.usage_time_zones == ["Europe/Amsterdam", "UTC"]
+    # What the gateway reads back from the Secret is what was rendered.
+    assert GatewayConfig.model_validate(yaml.safe_load(config_text(config))) == config

@@ -197,9 +197,7 @@ def test_a_scripted_month_costs_what_the_pods_ran_to_the_cent(
     assert utc["models"] == ["llama", "small"]
     amsterdam = status_of(crds, namespace, "amsterdam")
     assert amsterdam["spentThisMonth"] == 92.65  # 82.00 + 9.84 + 0.81
-    assert {c["type"]: c["reason"] for c in amsterdam["conditions"]}["Ready"] == (
-        "ActionsNotEnforced"
-    )
+    assert {c["type"]: c["reason"] for c in amsterdam["conditions"]}["Ready"] == "Accounted"
 
     # A new month in the budget's time zone starts from nothing.
     budget.reconcile(kube, namespace, "utc", at("2027-01-01T00:00:30Z"))

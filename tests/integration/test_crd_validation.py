@@ -640,6 +640,7 @@ NAME_FIELD_PLACES: dict[tuple[str, str], tuple[str, str]] = {
     (AP, ".spec.sourceNamespaces[]"): ("support-agents", "spec.sourceNamespaces[0]"),
     (DC, ".spec.credentialsSecret"): ("crm-writeback", "spec.credentialsSecret"),
     (DC, ".spec.models[]"): ("crm-writeback", "spec.models[0]"),
+    (CB, ".spec.throttle.priorityPolicies[]"): ("support", "spec.throttle.priorityPolicies[0]"),
 }
 
 

@@ -64,7 +64,7 @@ SAMPLES = {
     ("CostBudget", "not observed yet"),
     ("CostBudget", "spend accounted"),
     ("CostBudget", "spec edited, not reconciled yet"),
-    ("CostBudget", "thresholds not enforced"),
+    ("CostBudget", "actions not enforced"),
     ("CostBudget", "stored spec now invalid"),
 }
 SYNC_WAVE = "argocd.argoproj.io/sync-wave"
@@ -324,16 +324,18 @@ def test_cost_budget_verdicts(crds: Cluster, kube: Kube, namespace: str) -> None
     status, _ = judge("spend accounted", read(crds, namespace, "CostBudget", "support"))
     assert status == "Healthy"
 
-    thresholds = [{"percent": 80, "action": "throttle"}]
-    patch_spec(crds, namespace, "CostBudget", "support", {"thresholds": thresholds})
+    # An idle timeout cannot reach a model without autoscaling.
+    create(crds, namespace, model("chat"))
+    patch_spec(crds, namespace, "CostBudget", "support", {"idleTimeout": "30m"})
     judge("spec edited, not reconciled yet", read(crds, namespace, "CostBudget", "support"))
     budget.reconcile(kube, namespace, "support", int(time.time()))
     again = read(crds, namespace, "CostBudget", "support")
-    status, message = judge("thresholds not enforced", again)
+    status, message = judge("actions not enforced", again)
     assert again["status"]["observedGeneration"] == 2
     assert (status, message) == (
         "Suspended",
-        "spend is accounted; not acted on yet: spec.thresholds[0] (throttle)",
+        "spend is accounted; cannot act on every model in scope: spec.idleTimeout (models"
+        " the operator does not autoscale: chat)",
     )
 
 
@@ -385,7 +387,8 @@ def operator(crds: Cluster, tmp_path: Path) -> Iterator[OperatorProcess]:
 def test_the_operator_says_a_budget_is_not_ready_where_kubectl_looks(
     operator: OperatorProcess, crds: Cluster, namespace: str
 ) -> None:
-    create(crds, namespace, cost_budget(thresholds=[{"percent": 100, "action": "throttle"}]))
+    create(crds, namespace, model("chat"))
+    create(crds, namespace, cost_budget(idleTimeout="30m"))
     crds.kubectl(
         "wait",
         "--for=condition=Ready=false",

@@ -79,7 +79,7 @@ class NameField:
     template: str = "{}"
 
 
-ID, AP, DC = "InferenceDeployment", "AccessPolicy", "DataConnector"
+ID, AP, DC, CB = "InferenceDeployment", "AccessPolicy", "DataConnector", "CostBudget"
 
 OBJECT_NAME_FIELDS = (
     NameField(
@@ -100,6 +100,7 @@ OBJECT_NAME_FIELDS = (
     NameField(AP, ".spec.sourceNamespaces[]", "Namespace", LABEL),
     NameField(DC, ".spec.credentialsSecret", "Secret", SUBDOMAIN),
     NameField(DC, ".spec.models[]", "InferenceDeployment", DNS_1035),
+    NameField(CB, ".spec.throttle.priorityPolicies[]", "AccessPolicy", SUBDOMAIN),
 )
 
 

@@ -129,8 +129,8 @@ def test_text_outside_the_duration_grammar_is_refused(text: str) -> None:
 def test_a_policy_with_impossible_bounds_is_refused() -> None:
     with pytest.raises(ValueError, match="min_replicas <= max_replicas"):
         policy(minimum=3, maximum=2)
-    with pytest.raises(ValueError, match="needs min_replicas 0"):
-        policy(minimum=1, to_zero=60.0)
+    with pytest.raises(ValueError, match="must not be negative"):
+        policy(minimum=0, to_zero=-1.0)
 
 
 # --- demand reports -------------------------------------------------------------------
@@ -357,6 +357,21 @@ def test_any_activity_or_an_unknown_demand_restarts_the_idle_period(activity: De
     state = decide(p, state, activity, 590.0).state
     assert decide(p, state, IDLE, 1100.0).replicas == 1
     assert decide(p, state, IDLE, 1190.0).replicas == 0
+
+
+def test_an_idle_period_above_a_minimum_keeps_the_minimum_until_idle_then_zero() -> None:
+    # A CostBudget's idleTimeout on a model with minReplicas 2.
+    p = policy(minimum=2, window=60.0, to_zero=600.0)
+    state = decide(p, start_state(2, 0.0), load(in_flight=1), 0.0).state
+    decisions = run(p, state, [IDLE] * 45, 15.0)
+    assert {d.replicas for d in decisions if d.state.window[-1][0] < 600.0} == {2}
+    assert decisions[-1].replicas == 0 and decisions[-1].reason is Reason.SCALED_TO_ZERO
+    at_zero = decisions[-1].state
+    assert decide(p, at_zero, IDLE, 900.0).replicas == 0, "not back to the minimum unasked"
+    assert decide(p, at_zero, NO_REPORT, 900.0).replicas == 0
+    woken = decide(p, at_zero, load(wanted=True), 900.0)
+    assert (woken.replicas, woken.reason) == (1, Reason.WAKE_FROM_ZERO)
+    assert decide(p, woken.state, load(in_flight=1), 915.0).replicas == 2, "then the minimum"
 
 
 def test_min_replicas_one_never_goes_to_zero() -> None:

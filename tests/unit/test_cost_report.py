@@ -1,5 +1,6 @@
 """`privatellm cost report`: each CostBudget's models priced from the GPU ledger, to the cent,
-in the budget's own month; incomplete spend named, never shown as 0; table, JSON and CSV."""
+in the budget's own month; incomplete spend named, never shown as 0; table, JSON and CSV;
+by subject and by policy, each model's amount shared out by the usage ledger, exactly."""
 
 from __future__ import annotations
 
@@ -11,14 +12,18 @@ import pytest
 
 from privatellm.api import CostBudget
 from privatellm.cli.main import main
+from privatellm.cost import usage
 from privatellm.cost.ledger import Capacity, Run, dump, merge, timestamp
 from privatellm.cost.report import (
     UNLABELLED_PRODUCT,
     ReportError,
     ReportRow,
+    ShareRow,
     cost_report,
     format_report,
+    format_shares,
     parse_month,
+    usage_report,
 )
 
 NS = "team-a"
@@ -329,14 +334,166 @@ def test_csv_has_a_header_and_one_line_per_row() -> None:
     assert len(lines) == 5
 
 
+AMSTERDAM = "Europe/Amsterdam"
+
+
+def usage_item(
+    zone: str,
+    subject: str,
+    policy: str,
+    model: str,
+    requests: int,
+    prompt: int,
+    completion: int,
+    month: str = "2026-12",
+) -> dict[str, Any]:
+    return {
+        "zone": zone,
+        "month": month,
+        "subject": subject,
+        "policy": policy,
+        "model": model,
+        "requests": requests,
+        "promptTokens": prompt,
+        "completionTokens": completion,
+    }
+
+
+# Two gateway replicas' tallies: each counts in the budgets' zones (Amsterdam) and UTC.
+USAGE_DATA = usage.merge(
+    None,
+    [
+        usage.parse_answer(
+            {
+                "tally": "aa01",
+                "usage": [
+                    usage_item(AMSTERDAM, "alice", "analysts", "mistral", 2, 100, 20),
+                    usage_item(AMSTERDAM, "bob", "analysts", "mistral", 1, 100, 20),
+                    usage_item(AMSTERDAM, "alice", "analysts", "llama", 1, 300, 100),
+                    usage_item("UTC", "alice", "analysts", "llama", 3, 120, 40),
+                ],
+            }
+        ),
+        usage.parse_answer(
+            {
+                "tally": "bb02",
+                "usage": [
+                    usage_item(AMSTERDAM, "carol", "support", "mistral", 4, 90, 30),
+                    usage_item(AMSTERDAM, "bob", "support", "llama", 2, 150, 50),
+                    usage_item("UTC", "bob", "support", "qwen", 2, 10, 10),
+                    usage_item("UTC", "bob", "support", "llama", 1, 50, 30),
+                    # November: in no December.
+                    usage_item(AMSTERDAM, "dave", "support", "mistral", 9, 900, 300, "2026-11"),
+                ],
+            }
+        ),
+    ],
+)
+USAGE = {NS: usage.load(USAGE_DATA)}
+
+
+def shares(by: usage.Grouping, budgets: list[CostBudget] | None = None) -> list[ShareRow]:
+    return usage_report(budgets or [SEARCH, EVERYTHING], MODELS, LEDGER, USAGE, by, "2026-12", NOW)
+
+
+def test_by_subject_each_model_s_amount_is_shared_by_tokens_to_the_cent() -> None:
+    assert format_shares(shares("subject", [SEARCH]), "subject", "table") == "\n".join(
+        [
+            "NAMESPACE  BUDGET  MODEL    SUBJECT  MONTH    REQUESTS  PROMPT-TOKENS"
+            "  COMPLETION-TOKENS  AMOUNT  CURRENCY  NOTE",
+            # llama 36.90 by tokens in Amsterdam's December: alice 400, bob 200.
+            "team-a     search  llama    alice    2026-12         1            300"
+            "                100   24.60  EUR",
+            "team-a     search  llama    bob      2026-12         2            150"
+            "                 50   12.30  EUR",
+            "team-a     search  llama    (total)  2026-12         3            450"
+            "                150   36.90  EUR",
+            # mistral 2.84 in three equal parts: 0.9466...; the cent left goes to alice.
+            "team-a     search  mistral  alice    2026-12         2            100"
+            "                 20    0.95  EUR",
+            "team-a     search  mistral  bob      2026-12         1            100"
+            "                 20    0.95  EUR",
+            "team-a     search  mistral  carol    2026-12         4             90"
+            "                 30    0.94  EUR",
+            "team-a     search  mistral  (total)  2026-12         7            290"
+            "                 70    2.84  EUR",
+            "team-a     search  (total)           2026-12        10            740"
+            "                220   39.74  EUR",
+        ]
+    )
+
+
+def test_by_policy_in_utc_unused_spend_is_its_own_row_and_unpriced_is_never_0() -> None:
+    records = json.loads(format_shares(shares("policy", [EVERYTHING]), "policy", "json"))
+    assert [(r["row"], r["model"], r["policy"], r["requests"], r["amount"]) for r in records] == [
+        # gemma ran and nobody asked it anything: its 1.62 is nobody's share, yet shown.
+        ("unused", "gemma", "(unused)", 0, "1.62"),
+        ("model", "gemma", None, 0, "1.62"),
+        # llama 36.90 by tokens in UTC's December: analysts 160, support 80.
+        ("policy", "llama", "analysts", 3, "24.60"),
+        ("policy", "llama", "support", 1, "12.30"),
+        ("model", "llama", None, 4, "36.90"),
+        ("unused", "mistral", "(unused)", 0, "4.46"),
+        ("model", "mistral", None, 0, "4.46"),
+        # qwen has no price: its use is shown, no amount.
+        ("policy", "qwen", "support", 2, None),
+        ("model", "qwen", None, 2, None),
+        ("total", None, None, 6, "42.98"),
+    ]
+    assert records[2] == {
+        "namespace": NS,
+        "budget": "everything",
+        "row": "policy",
+        "model": "llama",
+        "policy": "analysts",
+        "month": "2026-12",
+        "timezone": "UTC",
+        "requests": 3,
+        "prompt_tokens": 120,
+        "completion_tokens": 40,
+        "amount": "24.60",
+        "currency": "EUR",
+        "complete": True,
+        "unpriced": [],
+        "measured": True,
+        "note": "",
+    }
+    assert records[7]["unpriced"] == [A100] and records[7]["note"] == ""
+    assert "incomplete" in records[-1]["note"]
+
+
 @pytest.mark.parametrize("by", ["subject", "policy"])
-def test_per_subject_and_per_policy_reports_are_refused_not_faked(
-    by: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert main(["cost", "report", "--by", by]) == 2
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    assert "per-subject usage metering" in captured.err and "not available yet" in captured.err
+def test_the_shares_of_every_model_add_up_to_its_amount_by_model(by: usage.Grouping) -> None:
+    by_model = december()
+    rows = shares(by)
+    for (budget_name, model), row in by_model.items():
+        if model is None or row.amount is None:
+            continue
+        parts = [
+            s.amount
+            for s in rows
+            if s.model_row.budget == budget_name
+            and s.model_row.model == model
+            and s.kind in ("share", "unused")
+        ]
+        assert parts and sum(p for p in parts if p is not None) == row.amount
+
+
+def test_without_a_usage_ledger_models_are_not_shared_out_and_say_so() -> None:
+    rows = usage_report([SEARCH], MODELS, LEDGER, {}, "subject", "2026-12", NOW)
+    assert [(r.kind, r.model_row.model, r.requests, r.amount) for r in rows] == [
+        ("model", "llama", None, Decimal("36.90")),
+        ("model", "mistral", None, Decimal("2.84")),
+        ("total", None, None, Decimal("39.74")),
+    ]
+    assert "no usage ledger (ConfigMap privatellm-usage-ledger)" in rows[0].note
+    lines = format_shares(rows, "subject", "csv").splitlines()
+    assert lines[0] == (
+        "namespace,budget,row,model,subject,month,timezone,requests,prompt_tokens,"
+        "completion_tokens,amount,currency,complete,unpriced,measured,note"
+    )
+    assert lines[1].startswith("team-a,search,model,llama,,2026-12,Europe/Amsterdam,,,,36.90,")
+    assert format_shares(rows, "subject", "table").splitlines()[1].split()[5:8] == ["-"] * 3
 
 
 def test_an_invalid_month_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -359,6 +516,7 @@ class FakeKube:
             ],
         }
         self.listed: list[tuple[str, str | None]] = []
+        self.read: list[str] = []
 
     def list(self, kind: Any, namespace: str | None = None) -> list[dict[str, Any]]:
         self.listed.append((kind.kind, namespace))
@@ -366,8 +524,10 @@ class FakeKube:
         return self.objects[kind.kind]
 
     def get(self, kind: Any, namespace: str | None, name: str) -> dict[str, Any] | None:
-        assert (kind.kind, namespace, name) == ("ConfigMap", NS, "privatellm-gpu-ledger")
-        return {"data": dump(LEDGER[NS])}
+        assert (kind.kind, namespace) == ("ConfigMap", NS)
+        self.read.append(name)
+        data = {"privatellm-gpu-ledger": dump(LEDGER[NS]), "privatellm-usage-ledger": USAGE_DATA}
+        return {"data": data[name]}
 
 
 def test_the_command_reads_budgets_models_and_ledger_and_prints_csv(
@@ -378,9 +538,39 @@ def test_the_command_reads_budgets_models_and_ledger_and_prints_csv(
     monkeypatch.setattr("privatellm.kube.client.Kube", lambda api: kube)
     assert main(["cost", "report", "-A", "--month", "2026-12", "--format", "csv"]) == 0
     assert kube.listed == [("CostBudget", None), ("InferenceDeployment", NS)]
+    # By model, the usage ledger is not read.
+    assert kube.read == ["privatellm-gpu-ledger"]
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(",")[3] for line in lines[1:]] == ["llama", "mistral", ""]
     assert lines[-1].split(",")[7] == "39.74"
+
+
+def test_the_command_by_subject_reads_the_usage_ledger_too(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kube = FakeKube()
+    monkeypatch.setattr("privatellm.kube.client.new_api_client", lambda: None)
+    monkeypatch.setattr("privatellm.kube.client.Kube", lambda api: kube)
+    argv = ["cost", "report", "-n", NS, "--by", "subject", "--month", "2026-12"]
+    assert main([*argv, "--format", "json"]) == 0
+    assert kube.read == ["privatellm-gpu-ledger", "privatellm-usage-ledger"]
+    records = json.loads(capsys.readouterr().out)
+    assert [(r["model"], r["subject"], r["amount"]) for r in records if r["row"] == "subject"] == [
+        ("llama", "alice", "24.60"),
+        ("llama", "bob", "12.30"),
+        ("mistral", "alice", "0.95"),
+        ("mistral", "bob", "0.95"),
+        ("mistral", "carol", "0.94"),
+    ]
+    assert main([*argv, "--by", "policy"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:5] == ["NAMESPACE", "BUDGET", "MODEL", "POLICY", "MONTH"]
+    # mistral by policy: analysts 240 tokens, support 120 of 2.84: 1.8933 and 0.9466.
+    assert [line.split()[3:] for line in table if " mistral " in line] == [
+        ["analysts", "2026-12", "3", "200", "40", "1.89", "EUR"],
+        ["support", "2026-12", "4", "90", "30", "0.95", "EUR"],
+        ["(total)", "2026-12", "7", "290", "70", "2.84", "EUR"],
+    ]
 
 
 def test_a_budget_that_does_not_validate_is_named_and_the_exit_status_is_1(

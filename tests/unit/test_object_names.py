@@ -72,6 +72,7 @@ NOT_OBJECT_NAMES: dict[str, tuple[tuple[str, str], ...]] = {
     "an OIDC group": (
         (ID, ".spec.governance.review.reviewersGroup"),
         (CB, ".spec.breakGlassGroups[]"),
+        (CB, ".spec.throttle.priorityGroups[]"),
     ),
     "a Vault Transit key name (escaped in Vault paths by keys.transit)": (
         (ID, ".spec.encryption.transitKey"),

@@ -3,23 +3,32 @@ unenforced."""
 
 from __future__ import annotations
 
+import datetime as dt
 from decimal import Decimal
 from typing import Any
 
 from privatellm.api.budget import CostBudgetSpec
+from privatellm.api.inference import InferenceDeploymentSpec
+from privatellm.autoscale import Limits
 from privatellm.controllers import budget as controller
 from privatellm.controllers import ledger
 from privatellm.controllers.builder import KnownKeys, WatchEvent
 from privatellm.controllers.runtime import CONTROLLERS
+from privatellm.cost.schedule import period_at
 from privatellm.cost.spend import Spend
+from privatellm.cost.usage import UsageFigures
 from privatellm.render.budget import (
     ACCOUNTED,
     ACTIONS_NOT_ENFORCED,
     Figures,
+    Reach,
     action_transitions,
     budget_blocks,
+    budget_spec,
     budget_status,
-    scaled_down_models,
+    budget_throttles,
+    model_limits,
+    stricter_elsewhere,
 )
 from privatellm.render.conditions import find_condition
 from privatellm.render.inference_status import Problem
@@ -64,21 +73,58 @@ def test_a_budget_with_only_a_limit_and_prices_is_accounted_and_ready() -> None:
     }
 
 
-def test_fields_nothing_enforces_keep_it_from_ready_and_are_named() -> None:
+def test_what_cannot_act_on_a_model_in_scope_keeps_it_from_ready_and_is_named() -> None:
     acting = spec(
-        thresholds=[{"percent": 80, "action": "alert"}, {"percent": 90, "action": "throttle"}],
+        thresholds=[{"percent": 80, "action": "alert"}, {"percent": 90, "action": "scaleDown"}],
         businessHours={"timezone": "Europe/Amsterdam"},
         idleTimeout="30m",
     )
-    status = budget_status(1, [], {}, T0, acting, figures())
+    everything = budget_status(1, [], {}, T0, acting, figures())
+    assert states(everything)["Ready"] == ("True", ACCOUNTED), "the autoscaler reaches all"
+    reach = Reach(fixed=["small"], keda=["big"])
+    status = budget_status(1, [], {}, T0, acting, figures(), reach=reach)
     assert states(status)["Ready"] == ("False", ACTIONS_NOT_ENFORCED)
     ready = find_condition(status["conditions"], "Ready")
     assert ready is not None
-    assert ready["message"].startswith(
-        "spend is accounted; not acted on yet: spec.thresholds[1] (throttle), spec.businessHours"
+    assert ready["message"] == (
+        "spend is accounted; cannot act on every model in scope:"
+        " spec.idleTimeout (models the operator does not autoscale: big, small),"
+        " spec.businessHours (models scaled by KEDA: big),"
+        " spec.thresholds[1] (scaleDown: models scaled by KEDA: big)"
     )
-    assert "spec.idleTimeout" in ready["message"] and "alert" not in ready["message"]
     assert status["spentThisMonth"] == 123.46, "the figures are there all the same"
+    fixed_only = budget_status(1, [], {}, T0, spec(businessHours={}), figures(), reach=reach)
+    assert states(fixed_only)["Ready"] == ("False", ACTIONS_NOT_ENFORCED)
+    no_keda = budget_status(
+        1, [], {}, T0, spec(businessHours={}), figures(), reach=Reach(fixed=["small"])
+    )
+    assert states(no_keda)["Ready"] == ("True", ACCOUNTED), "off hours lower a fixed count too"
+
+
+def test_off_hours_is_a_condition_with_the_ceiling_and_when_it_ends() -> None:
+    hours = spec(businessHours={"timezone": "Europe/Amsterdam", "offHoursMaxReplicas": 0})
+    assert hours.business_hours is not None
+    friday_evening = at("2026-12-04T17:30:00Z")  # 18:30 in Amsterdam
+    status = budget_status(
+        1, [], {}, T0, hours, figures(), period=period_at(hours.business_hours, friday_evening)
+    )
+    assert status["offHours"] is True
+    off = find_condition(status["conditions"], "OffHours")
+    assert off is not None and off["status"] == "True"
+    assert off["message"] == (
+        "outside business hours until Mon 2026-12-07 08:00 CET: models in scope run at most"
+        " 0 replicas"
+    )
+    monday = period_at(hours.business_hours, at("2026-12-07T07:00:00Z"))
+    working = budget_status(1, [], status, T1, hours, figures(), period=monday)
+    assert working["offHours"] is False
+    assert [c[:2] for c in action_transitions(status["conditions"], working["conditions"])] == [
+        ("OffHours", "lifted")
+    ]
+
+
+def at(text: str) -> float:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 ACTIONS = [
@@ -192,18 +238,23 @@ def test_the_controllers_are_declared_and_the_ledger_queues_its_namespaces_budge
     ]
 
 
-def raw_budget(name: str, action: str | None, models: list[str], groups: list[str]) -> Any:
+def raw_budget(
+    name: str, action: str | None, models: list[str], groups: list[str], **spec: Any
+) -> Any:
     status: dict[str, Any] = {"observedGeneration": 1, "models": models}
     if action:
         status["activeAction"] = action
+    if "offHours" in spec:
+        status["offHours"] = spec.pop("offHours")
+    base = {"currency": "EUR", "monthlyLimit": 1000, "gpuPrices": PRICES}
     return {
         "metadata": {"name": name, "generation": 1},
-        "spec": {"breakGlassGroups": groups},
+        "spec": {**base, "breakGlassGroups": groups, **spec},
         "status": status,
     }
 
 
-def test_blocks_and_ceilings_follow_the_budgets_in_force() -> None:
+def test_blocks_follow_the_budgets_in_force() -> None:
     budgets = [
         raw_budget("a", "block", ["llama", "small"], ["oncall", "sre"]),
         raw_budget("b", "block", ["llama"], ["sre"]),
@@ -215,10 +266,126 @@ def test_blocks_and_ceilings_follow_the_budgets_in_force() -> None:
     assert blocks["llama"].budget == "a" and blocks["llama"].break_glass_groups == ["sre"]
     assert blocks["small"].break_glass_groups == ["oncall", "sre"]
     assert set(blocks) == {"llama", "small"}
-    assert scaled_down_models(budgets) == {"llama", "small", "mixtral"}
     stale = raw_budget("e", "block", ["qwen"], [])
     stale["metadata"]["generation"] = 2  # a limit raised, not reconciled yet
-    assert budget_blocks([stale]) == {} and scaled_down_models([stale]) == set()
+    assert budget_blocks([stale]) == {} and not model_limits([stale], "qwen")
+
+
+def test_the_strictest_limit_of_the_budgets_covering_a_model_applies() -> None:
+    hours = {"timezone": "UTC", "offHoursMaxReplicas": 2}
+    budgets = [
+        raw_budget("a", "scaleDown", ["llama"], []),
+        raw_budget("b", None, ["llama", "small"], [], businessHours=hours, offHours=True),
+        raw_budget(
+            "c",
+            None,
+            ["llama"],
+            [],
+            businessHours={**hours, "offHoursMaxReplicas": 1},
+            offHours=True,
+            idleTimeout="1h",
+        ),
+        raw_budget("d", None, ["llama", "small"], [], idleTimeout="10m"),
+        raw_budget(
+            "e", None, ["small"], [], businessHours={"offHoursMaxReplicas": 0}, offHours=False
+        ),
+    ]
+    llama = model_limits(budgets, "llama")
+    assert (llama.to_minimum, llama.ceiling, llama.idle_after_seconds) == (True, 1, 600.0)
+    assert llama.reasons == (
+        "CostBudget 'a' at scaleDown",
+        "CostBudget 'b' off hours: at most 2",
+        "CostBudget 'c' off hours: at most 1",
+        "CostBudget 'c' idleTimeout 1h",
+        "CostBudget 'd' idleTimeout 10m",
+    )
+    small = model_limits(budgets, "small")
+    assert (small.to_minimum, small.ceiling, small.idle_after_seconds) == (False, 2, 600.0)
+    assert not model_limits(budgets, "gemma"), "no budget covers it"
+
+
+def test_throttles_combine_to_the_lowest_figures_and_the_common_priority() -> None:
+    budgets = [
+        raw_budget(
+            "a",
+            "throttle",
+            ["llama", "small"],
+            [],
+            throttle={
+                "quotaPercent": 50,
+                "requestsPerMinute": 30,
+                "priorityGroups": ["sre", "exec"],
+                "priorityPolicies": ["oncall"],
+            },
+        ),
+        raw_budget(
+            "b",
+            "throttle",
+            ["llama"],
+            [],
+            throttle={"quotaPercent": 20, "requestsPerMinute": 60, "priorityGroups": ["sre"]},
+        ),
+        raw_budget("c", "alert", ["gemma"], []),
+    ]
+    throttles = budget_throttles(budgets)
+    assert set(throttles) == {"llama", "small"}
+    llama = throttles["llama"]
+    assert (llama.quota_percent, llama.requests_per_minute) == (20, 30)
+    assert (llama.priority_groups, llama.priority_policies) == (["sre"], [])
+    small = throttles["small"]
+    assert (small.budget, small.quota_percent, small.priority_groups) == ("a", 50, ["exec", "sre"])
+    defaults = budget_throttles([raw_budget("z", "throttle", ["x"], [])])["x"]
+    assert (defaults.quota_percent, defaults.requests_per_minute) == (25, 10)
+
+
+def model_spec(**fields: Any) -> InferenceDeploymentSpec:
+    base = {
+        "model": {"name": "llama", "source": {"uri": "pvc://weights/llama", "sizeGiB": 16}},
+        "resources": {"gpuProduct": "NVIDIA-H100-80GB-HBM3"},
+        "zones": ["zone-a"],
+    }
+    return InferenceDeploymentSpec.model_validate({**base, **fields})
+
+
+def test_batch_work_goes_to_spot_where_a_budget_prices_spot_for_its_gpu() -> None:
+    spot_prices = [{**PRICES[0], "spotPerHour": 1.64}]
+    priced = [raw_budget("a", None, ["batch"], [], gpuPrices=spot_prices)]
+    batch = model_spec(workloadClass="batch")
+    placed, held = budget_spec(batch, "batch", priced, Limits())
+    assert placed.capacity_type == "spot" and held == ""
+    on_demand = budget_spec(batch, "batch", [raw_budget("a", None, ["batch"], [])], Limits())
+    assert on_demand[0].capacity_type is None, "no spot price: on demand"
+    chosen = model_spec(workloadClass="batch", capacityType="on-demand")
+    assert budget_spec(chosen, "batch", priced, Limits())[0].capacity_type == "on-demand"
+    interactive = model_spec()
+    assert budget_spec(interactive, "batch", priced, Limits())[0].capacity_type is None
+
+
+def test_off_hours_hold_a_model_without_autoscaling_below_its_replicas() -> None:
+    fixed = model_spec(replicas=3)
+    limits = Limits(ceiling=1, reasons=("CostBudget 'a' off hours: at most 1",))
+    held_spec, held = budget_spec(fixed, "llama", [], limits)
+    assert held_spec.replicas == 1
+    assert held == "3 -> 1 replicas: CostBudget 'a' off hours: at most 1"
+    scaled = model_spec(autoscaling={"minReplicas": 1, "maxReplicas": 4})
+    assert budget_spec(scaled, "llama", [], limits) == (scaled, ""), "the autoscaler's to apply"
+
+
+def test_a_model_another_budget_holds_stricter_is_named() -> None:
+    mine = raw_budget("mine", "alert", ["llama", "small"], [])
+    others = [
+        mine,
+        raw_budget("hard", "block", ["llama"], []),
+        raw_budget("soft", "alert", ["small"], []),
+        raw_budget("idle", None, ["small"], []),
+    ]
+    assert stricter_elsewhere(mine, ["llama", "small"], others) == [
+        "llama: block (CostBudget/hard)"
+    ]
+    status = budget_status(
+        1, [], {}, T0, spec(), figures(), stricter_elsewhere=["llama: block (CostBudget/hard)"]
+    )
+    assert status["stricterElsewhere"] == ["llama: block (CostBudget/hard)"]
 
 
 def test_an_action_is_said_once_when_it_starts_and_once_when_it_lifts() -> None:
@@ -238,3 +405,27 @@ def test_an_action_is_said_once_when_it_starts_and_once_when_it_lifts() -> None:
         ("Blocked", "lifted")
     ]
     assert action_transitions([], below) == [], "a new budget below its thresholds says nothing"
+
+
+def test_usage_figures_join_the_spend_and_a_ratio_without_a_divisor_is_left_out() -> None:
+    used = Figures(
+        "2026-01",
+        ["llama"],
+        Spend(9000, Decimal("123.456")),
+        Decimal("250"),
+        UsageFigures(3, Decimal("41.15"), Decimal("61728.00"), 2000),
+        7,
+    )
+    status = budget_status(1, [], {}, T0, spec(), used)
+    assert {k: status[k] for k in ("requestsThisMonth", "tokensThisMonth", "activeUsers")} == {
+        "requestsThisMonth": 7,
+        "tokensThisMonth": 2000,
+        "activeUsers": 3,
+    }
+    assert (status["costPerActiveUser"], status["costPerMillionTokens"]) == (41.15, 61728.0)
+    idle = Figures(
+        "2026-01", ["llama"], Spend(0, Decimal(0)), Decimal(0), UsageFigures(0, None, None, 0)
+    )
+    quiet = budget_status(1, [], {}, T0, spec(), idle)
+    assert quiet["activeUsers"] == 0 and "costPerActiveUser" not in quiet
+    assert "activeUsers" not in budget_status(1, [], {}, T0, spec(), figures()), "not measured"

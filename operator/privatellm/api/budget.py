@@ -17,6 +17,7 @@ from .base import (
     PrinterColumn,
     Resource,
     Rule,
+    SubdomainName,
     age_column,
     cel,
     map_list,
@@ -136,11 +137,49 @@ class BusinessHours(ApiModel):
         default="18:00", description="End of the working day (HH:MM).", pattern=HHMM, max_length=5
     )
     off_hours_max_replicas: int = Field(
-        default=1, description="Replica ceiling outside business hours.", ge=0, le=1000
+        default=1,
+        description=(
+            "Replica ceiling outside business hours for every deployment in scope, with or"
+            " without spec.autoscaling (0: off until the next working day starts)."
+        ),
+        ge=0,
+        le=1000,
     )
 
     cel_rules = (
         Rule("self.start < self.end", "start must be earlier than end", field_path=".start"),
+    )
+
+
+class Throttle(ApiModel):
+    """How the gateway lowers quotas at a throttle threshold, and who is spared."""
+
+    quota_percent: int = Field(
+        default=25,
+        description="Percent of each AccessPolicy quota a subject keeps while throttled.",
+        ge=1,
+        le=100,
+    )
+    requests_per_minute: int = Field(
+        default=10,
+        description=(
+            "Requests per minute a throttled subject whose AccessPolicy sets no"
+            " requestsPerMinute is held to."
+        ),
+        ge=1,
+        le=1_000_000,
+    )
+    priority_groups: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        default_factory=list,
+        description="Groups (as the gateway authenticates them) whose members keep their quotas.",
+        max_length=16,
+        json_schema_extra=set_list(),
+    )
+    priority_policies: list[SubdomainName] = Field(
+        default_factory=list,
+        description="AccessPolicies whose subjects keep their quotas.",
+        max_length=16,
+        json_schema_extra=set_list(),
     )
 
 
@@ -177,7 +216,11 @@ class CostBudgetSpec(ApiModel):
     )
     idle_timeout: str | None = Field(
         default=None,
-        description="Scale an idle model to zero after this long.",
+        description=(
+            "Scale a deployment in scope to zero after this long without demand, whatever"
+            " its minReplicas; acts through the autoscaler, so on deployments with"
+            " spec.autoscaling that the operator scales (not KEDA)."
+        ),
         pattern=DURATION,
         max_length=32,
     )
@@ -186,6 +229,10 @@ class CostBudgetSpec(ApiModel):
         description="Actions at spend thresholds.",
         max_length=16,
         json_schema_extra=map_list("percent"),
+    )
+    throttle: Throttle = Field(
+        default_factory=Throttle,
+        description="What a throttle threshold does at the gateway, and who is spared.",
     )
     break_glass_groups: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
         default_factory=list,
@@ -244,14 +291,40 @@ class CostBudgetStatus(CommonStatus):
         description="Projected spend for the month: spent, plus what runs now until its end.",
         ge=0,
     )
+    requests_this_month: int | None = Field(
+        default=None,
+        description="Requests the gateways served this month for the models in scope.",
+        ge=0,
+    )
+    tokens_this_month: int | None = Field(
+        default=None,
+        description="Prompt plus completion tokens of those requests.",
+        ge=0,
+    )
     active_users: int | None = Field(
-        default=None, description="Distinct subjects this month.", ge=0
+        default=None, description="Distinct subjects served this month.", ge=0
     )
     cost_per_active_user: float | None = Field(
         default=None, description="Spend divided by active users.", ge=0
     )
+    cost_per_million_tokens: float | None = Field(
+        default=None, description="Spend per million tokens served.", ge=0
+    )
     active_action: str | None = Field(
-        default=None, description="Highest threshold action in force."
+        default=None, description="Strictest threshold action in force."
+    )
+    off_hours: bool | None = Field(
+        default=None,
+        description=(
+            "Outside businessHours now: deployments in scope run at most offHoursMaxReplicas."
+        ),
+    )
+    stricter_elsewhere: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Models in scope that another CostBudget holds to a stricter action; the"
+            " strictest of the budgets covering a model acts."
+        ),
     )
 
 

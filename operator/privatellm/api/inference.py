@@ -470,8 +470,13 @@ class InferenceDeploymentSpec(ApiModel):
             " replica, and capacityType spot is allowed."
         ),
     )
-    capacity_type: Literal["on-demand", "spot"] = Field(
-        default="on-demand", description="Node capacity to run on; spot only for batch."
+    capacity_type: Literal["on-demand", "spot"] | None = Field(
+        default=None,
+        description=(
+            "Node capacity to run on; spot only for batch. Unset: on-demand, except a batch"
+            " deployment in scope of a CostBudget that gives a spot price for its"
+            " resources.gpuProduct, which runs on spot."
+        ),
     )
     priority_class_name: SubdomainName | None = Field(
         default=None, description="PriorityClass of the vLLM Pods."
@@ -489,7 +494,8 @@ class InferenceDeploymentSpec(ApiModel):
             field_path=".engine.tensorParallelSize",
         ),
         Rule(
-            "self.capacityType != 'spot' || self.workloadClass == 'batch'",
+            "!has(self.capacityType) || self.capacityType != 'spot'"
+            " || self.workloadClass == 'batch'",
             "capacityType spot is only allowed for workloadClass batch",
             field_path=".capacityType",
             reason="FieldValueForbidden",

@@ -20,13 +20,14 @@ from .demand import (
     gateway_report_problem,
 )
 from .engine_metrics import MetricsError, read_engine_metrics
-from .policy import Policy, policy_for
+from .policy import Limits, Policy, limited, policy_for
 
 __all__ = [
     "Decision",
     "Demand",
     "EngineReport",
     "GatewayReport",
+    "Limits",
     "MetricsError",
     "Policy",
     "Reason",
@@ -37,6 +38,7 @@ __all__ = [
     "duration_seconds",
     "engine_report_problem",
     "gateway_report_problem",
+    "limited",
     "policy_for",
     "read_engine_metrics",
     "start_state",

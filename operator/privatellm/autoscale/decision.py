@@ -20,9 +20,11 @@ policy.py):
   replicas still starting, which do not report yet, do not make it ask again.
 - Bounds: desired is held within [max(minReplicas, 1), maxReplicas] while replicas run;
   only the idle rule goes to zero.
-- To zero: with a scale-to-zero period (minReplicas 0), after that long without any
-  demand (nothing in flight, held, wanted, arriving, running, no tokens flowing). The
-  period is the spec's own promise, so it does not also wait for the window.
+- To zero: with a scale-to-zero period (minReplicas 0, or a CostBudget's idleTimeout
+  above a minimum), after that long without any demand (nothing in flight, held,
+  wanted, arriving, running, no tokens flowing). The period is the spec's own promise,
+  so it does not also wait for the window. At zero, a model with such a period stays
+  there until it is wanted, whatever its minimum.
 - Up: at once to desired, but at most doubling or 4 more (whichever is more) per
   decision, so that one wrong but plausible report costs at most that for a window.
 - Down: only to the highest count desired within the scale-down window. Each desired
@@ -139,7 +141,9 @@ def decide(policy: Policy, state: State, demand: Demand, now: float) -> Decision
 
 def _unknown(policy: Policy, state: State, demand: Demand, now: float) -> Decision:
     current = state.replicas
-    bounded = min(max(current, policy.min_replicas), policy.max_replicas)
+    # A model that went to zero when idle stays there until it is wanted.
+    idle_at_zero = current == 0 and policy.scale_to_zero_after_seconds is not None
+    bounded = min(max(current, 0 if idle_at_zero else policy.min_replicas), policy.max_replicas)
     if bounded != current:
         # The spec's bounds apply whatever is known of the demand.
         up = bounded > current
@@ -180,7 +184,7 @@ def _from_zero(policy: Policy, demand: Demand, now: float, last_active: float) -
         signal, value = Signal.ARRIVED, float(demand.arrived)
     else:
         signal, value = Signal.REQUESTS, float(load)
-    if policy.min_replicas > 0:
+    if policy.min_replicas > 0 and policy.scale_to_zero_after_seconds is None:
         replicas, reason = policy.min_replicas, Reason.SCALE_UP
         signal, value = Signal.MIN_REPLICAS, float(policy.min_replicas)
         message = f"0 -> {replicas} replicas: minReplicas"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 from privatellm.api import InferenceDeploymentSpec
 from privatellm.api.base import duration_seconds
@@ -31,7 +32,9 @@ class Policy:
     target_in_flight_per_replica: int
     # Seconds a lower demand must last before replicas are removed.
     scale_down_window_seconds: float
-    # Seconds without any demand before going to zero; None: never to zero.
+    # Seconds without any demand before going to zero; None: never to zero. With
+    # min_replicas above 0 (a CostBudget's idleTimeout), the minimum holds while there is
+    # demand and an idle model still goes to zero.
     scale_to_zero_after_seconds: float | None
 
     def __post_init__(self) -> None:
@@ -41,10 +44,8 @@ class Policy:
             raise ValueError("target_in_flight_per_replica must be at least 1")
         if self.scale_down_window_seconds < 0:
             raise ValueError("scale_down_window_seconds must not be negative")
-        if self.scale_to_zero_after_seconds is not None and (
-            self.min_replicas > 0 or self.scale_to_zero_after_seconds < 0
-        ):
-            raise ValueError("scale_to_zero_after_seconds needs min_replicas 0 and >= 0")
+        if self.scale_to_zero_after_seconds is not None and self.scale_to_zero_after_seconds < 0:
+            raise ValueError("scale_to_zero_after_seconds must not be negative")
 
 
 def policy_for(spec: InferenceDeploymentSpec) -> Policy:
@@ -70,5 +71,42 @@ def policy_for(spec: InferenceDeploymentSpec) -> Policy:
         max_replicas=scaling.max_replicas,
         target_in_flight_per_replica=scaling.target_in_flight_per_replica,
         scale_down_window_seconds=window,
+        scale_to_zero_after_seconds=to_zero,
+    )
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What CostBudgets impose on a model's policy for now (render/budget.py reads them
+    from the budgets' status); the strictest of several budgets."""
+
+    # A scaleDown (or block) threshold: the ceiling drops to the minimum, or to one
+    # replica for a model that scales to zero (scaled down, not switched off).
+    to_minimum: bool = False
+    # Outside business hours: at most this many replicas; None: no ceiling.
+    ceiling: int | None = None
+    # idleTimeout: to zero after this many seconds without demand, whatever minReplicas.
+    idle_after_seconds: float | None = None
+    # Why, for the autoscaler's message: "CostBudget 'team': off hours", ...
+    reasons: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return self.to_minimum or self.ceiling is not None or self.idle_after_seconds is not None
+
+
+def limited(policy: Policy, limits: Limits) -> Policy:
+    """`policy` within `limits`: each only lowers a bound or shortens the idle period."""
+    highest = policy.max_replicas
+    if limits.to_minimum:
+        highest = min(highest, max(policy.min_replicas, 1))
+    if limits.ceiling is not None:
+        highest = min(highest, limits.ceiling)
+    to_zero = policy.scale_to_zero_after_seconds
+    if limits.idle_after_seconds is not None:
+        to_zero = min(limits.idle_after_seconds, to_zero if to_zero is not None else math.inf)
+    return replace(
+        policy,
+        min_replicas=min(policy.min_replicas, highest),
+        max_replicas=highest,
         scale_to_zero_after_seconds=to_zero,
     )

@@ -1,4 +1,5 @@
-"""`privatellm cost report`: GPU spend of each CostBudget's models in a month, from the ledger.
+"""`privatellm cost report`: GPU spend of each CostBudget's models in a month, from the ledger,
+per model or shared out per subject or AccessPolicy by the usage ledger.
 
 The report itself is privatellm.cost.report; this reads the budgets, the models and the
 ledgers from the cluster and prints it.
@@ -24,8 +25,12 @@ from privatellm.cost.report import (
     ReportError,
     cost_report,
     format_report,
+    format_shares,
     parse_month,
+    usage_report,
 )
+from privatellm.cost.usage import USAGE_CONFIGMAP, UsageRow
+from privatellm.cost.usage import load as load_usage
 
 if TYPE_CHECKING:
     from privatellm.kube.client import Kube
@@ -54,7 +59,10 @@ def add_cost_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
         "it spent. An InferenceDeployment that several budgets select appears under each "
         "of them, so the totals of a namespace's budgets may count it more than once. A run "
         "on a GPU product without a price makes its rows incomplete: they name the product "
-        "and their amount is what the priced runs cost (at least that much).",
+        "and their amount is what the priced runs cost (at least that much). By subject or "
+        "policy, each model's amount is shared out in proportion to the tokens (else the "
+        "requests) each subject or AccessPolicy used on it, as the gateways counted them in "
+        "the usage ledger, to the cent: the shares add up to the model's amount exactly.",
     )
     scope = report.add_mutually_exclusive_group()
     scope.add_argument("-n", "--namespace", default="default", help="the namespace to report")
@@ -65,8 +73,8 @@ def add_cost_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
         "--by",
         choices=GROUPINGS,
         default="model",
-        help="rows per model (subject and policy need per-subject usage metering, "
-        "which is not available yet)",
+        help="rows per model, or each model's amount shared out per subject or per "
+        "AccessPolicy by the usage the gateways counted",
     )
     report.add_argument(
         "--month",
@@ -86,15 +94,16 @@ class ClusterView:
     models_labels: dict[str, dict[str, dict[str, str]]]
     ledger_runs: dict[str, dict[str, Run]]
     unreadable: list[str]
+    usage_rows: dict[str, list[UsageRow]]
 
 
-def read_cluster(kube: Kube, namespace: str | None) -> ClusterView:
+def read_cluster(kube: Kube, namespace: str | None, usage: bool = False) -> ClusterView:
     """CostBudgets of `namespace` (None: every namespace), then the InferenceDeployments
-    and the GPU ledger of each namespace that has one. Raises ReportError for a ledger
-    that does not load."""
+    and the GPU ledger of each namespace that has one, and with `usage` its usage ledger.
+    Raises ReportError for a ledger that does not load."""
     from privatellm.kube.client import KINDS
 
-    view = ClusterView([], {}, {}, [])
+    view = ClusterView([], {}, {}, [], {})
     for raw in kube.list(KINDS["CostBudget"], namespace):
         meta = raw.get("metadata") or {}
         try:
@@ -108,27 +117,27 @@ def read_cluster(kube: Kube, namespace: str | None) -> ClusterView:
             for o in kube.list(KINDS["InferenceDeployment"], space)
         }
         ledger = kube.get(KINDS["ConfigMap"], space, LEDGER_CONFIGMAP)
-        if ledger is None:
-            continue
-        try:
-            view.ledger_runs[space] = load(ledger.get("data"))
-        except (ValueError, TypeError) as error:
-            raise ReportError(
-                f"the GPU ledger {space}/{LEDGER_CONFIGMAP} does not load: {error}"
-            ) from None
+        if ledger is not None:
+            try:
+                view.ledger_runs[space] = load(ledger.get("data"))
+            except (ValueError, TypeError) as error:
+                raise ReportError(
+                    f"the GPU ledger {space}/{LEDGER_CONFIGMAP} does not load: {error}"
+                ) from None
+        tallies = kube.get(KINDS["ConfigMap"], space, USAGE_CONFIGMAP) if usage else None
+        if tallies is not None:
+            try:
+                view.usage_rows[space] = load_usage(tallies.get("data"))
+            except ValueError as error:
+                raise ReportError(
+                    f"the usage ledger {space}/{USAGE_CONFIGMAP} does not load: {error}"
+                ) from None
     return view
 
 
 def run_cost(args: argparse.Namespace) -> int:
-    """Print the report; exit 2 for --by subject/policy and when the cluster cannot be read."""
+    """Print the report; exit 2 when the cluster cannot be read."""
     failed = f"privatellm cost {args.cost_command}:"
-    if args.by != "model":
-        print(
-            f"{failed} --by {args.by} needs per-subject usage metering, which is not "
-            "available yet; only --by model reports spend",
-            file=sys.stderr,
-        )
-        return 2
     from kubernetes.config.config_exception import ConfigException
     from urllib3.exceptions import HTTPError
 
@@ -136,10 +145,24 @@ def run_cost(args: argparse.Namespace) -> int:
 
     namespace = None if args.all_namespaces else args.namespace
     try:
-        view = read_cluster(Kube(new_api_client()), namespace)
-        rows = cost_report(
-            view.budgets, view.models_labels, view.ledger_runs, args.month, int(time.time())
-        )
+        view = read_cluster(Kube(new_api_client()), namespace, usage=args.by != "model")
+        moment = int(time.time())
+        if args.by == "model":
+            rows = cost_report(
+                view.budgets, view.models_labels, view.ledger_runs, args.month, moment
+            )
+            text = format_report(rows, args.format)
+        else:
+            shares = usage_report(
+                view.budgets,
+                view.models_labels,
+                view.ledger_runs,
+                view.usage_rows,
+                args.by,
+                args.month,
+                moment,
+            )
+            text = format_shares(shares, args.by, args.format)
     except (
         ApiError,
         ReportError,
@@ -152,9 +175,9 @@ def run_cost(args: argparse.Namespace) -> int:
         return 2
     for problem in view.unreadable:
         print(f"{failed} skipped {problem}", file=sys.stderr)
-    if not rows and args.format == "table":
+    if not view.budgets and args.format == "table":
         where = "any namespace" if namespace is None else f"namespace {namespace}"
         print(f"no CostBudget in {where}", file=sys.stderr)
         return 1 if view.unreadable else 0
-    print(format_report(rows, args.format))
+    print(text)
     return 1 if view.unreadable else 0

@@ -19,9 +19,11 @@ from privatellm.autoscale import (
     Decision,
     EngineReport,
     GatewayReport,
+    Limits,
     State,
     aggregate_demand,
     decide,
+    limited,
     policy_for,
     start_state,
 )
@@ -29,6 +31,7 @@ from privatellm.render.inference import baseline_replicas
 
 from .metrics import DEMAND_REQUESTS, DESIRED_REPLICAS, SCALING_DECISIONS
 
+NO_LIMITS = Limits()
 # (namespace, name) of a model.
 Key = tuple[str, str]
 
@@ -53,12 +56,12 @@ class Autoscaler:
         self._states: dict[Key, State] = {}
 
     def decide(
-        self, obj: InferenceDeployment, status: Mapping[str, Any], capped: bool = False
+        self, obj: InferenceDeployment, status: Mapping[str, Any], limits: Limits = NO_LIMITS
     ) -> Decision | None:
         """The replica count for a model with spec.autoscaling; None for the others.
 
-        `capped` (a CostBudget at a scaleDown threshold) drops the ceiling to minReplicas,
-        or to one replica for a model that scales to zero: scaled down, not switched off.
+        `limits` are what CostBudgets impose now (a scaleDown threshold, off hours, an
+        idle timeout); the decision's message says which acted.
         """
         if obj.spec.autoscaling is None:
             return None
@@ -70,12 +73,10 @@ class Autoscaler:
         )
         now = self.clock()
         state = self._states.get(key) or start_state(_running(obj, status), now)
-        policy = policy_for(obj.spec)
-        if capped:
-            policy = replace(
-                policy, max_replicas=min(policy.max_replicas, max(policy.min_replicas, 1))
-            )
-        decision = decide(policy, state, demand, now)
+        decision = decide(limited(policy_for(obj.spec), limits), state, demand, now)
+        if limits:
+            why = "; ".join(limits.reasons)
+            decision = replace(decision, message=f"{decision.message} ({why})")
         self._states[key] = decision.state
         DEMAND_REQUESTS.labels(namespace, name).set(demand.in_flight + demand.held)
         DESIRED_REPLICAS.labels(namespace, name).set(decision.replicas)

@@ -14,25 +14,32 @@ from zoneinfo import ZoneInfoNotFoundError
 
 from pydantic import ValidationError
 
-from privatellm.api import CostBudget
+from privatellm.api import CostBudget, InferenceDeploymentSpec
 from privatellm.audit import AuditLog
 from privatellm.audit.records import control_record
 from privatellm.cost.ledger import LEDGER_CONFIGMAP, Run, load
+from privatellm.cost.schedule import period_at
 from privatellm.cost.spend import forecast, month_of, spend
+from privatellm.cost.usage import USAGE_CONFIGMAP, UsageRow, month_usage, usage_figures
+from privatellm.cost.usage import load as load_usage
 from privatellm.kube.client import KINDS, Kube, Obj, namespace_and_name
 from privatellm.render.budget import (
     ACTION_CONDITIONS,
     Figures,
+    Reach,
     action_transitions,
     budget_status,
+    stricter_elsewhere,
 )
 from privatellm.render.conditions import transition_events, validation_messages
 from privatellm.render.inference_status import Problem
+from privatellm.render.keda import scaled_by_keda
 from privatellm.render.meta import COMPONENT_LABEL
 from privatellm.render.workload import SERVER_COMPONENT
 
 from .builder import Context, Controller, For, Key, Watches, WatchEvent
 from .events import event_for, now
+from .keda import keda_present
 from .metrics import BUDGET_ACTION_ACTIVE, BUDGET_SPENT_RATIO
 
 COST_BUDGET = KINDS["CostBudget"]
@@ -74,11 +81,12 @@ def reconcile(
     zone = spec.time_zone
     try:
         month = month_of(moment, zone)
+        period = period_at(spec.business_hours, moment) if spec.business_hours else None
     except ZoneInfoNotFoundError:
         problem = Problem(
             "UnknownTimeZone",
             f"spec.businessHours.timezone: this operator cannot load {zone!r}, so the month"
-            " cannot be told and no spend is reported",
+            " cannot be told, no spend is reported and business hours do not act",
         )
         status = budget_status(generation, [], previous, now(), spec, problems=[problem])
         _write_status(kube, raw, previous, status, audit)
@@ -89,11 +97,66 @@ def reconcile(
         for r in load((ledger or {}).get("data")).values()
         if r.selected_by(spec.selector.match_labels)
     ]
-    models = in_scope(budget, kube.list(INFERENCE, namespace), runs)
+    deployments = kube.list(INFERENCE, namespace)
+    models = in_scope(budget, deployments, runs)
     spent = spend(runs, spec.gpu_prices, None, month, moment)
-    figures = Figures(month.label, models, spent, forecast(spent, month, moment))
-    status = budget_status(generation, [], previous, now(), spec, figures)
+    problems = []
+    try:
+        used = _month_usage(kube, namespace, zone, month.label, models)
+    except ValueError as error:
+        used = None
+        problems.append(Problem("UsageLedgerUnreadable", f"{USAGE_CONFIGMAP}: {error}"))
+    figures = Figures(
+        month.label,
+        models,
+        spent,
+        forecast(spent, month, moment),
+        usage_figures(used, spent.amount) if used is not None else None,
+        sum(row.requests for row in used or []),
+    )
+    others = kube.list(COST_BUDGET, namespace)
+    status = budget_status(
+        generation,
+        [],
+        previous,
+        now(),
+        spec,
+        figures,
+        problems,
+        period=period,
+        reach=reach(kube, deployments, models),
+        stricter_elsewhere=stricter_elsewhere(raw, models, others),
+    )
     _write_status(kube, raw, previous, status, audit)
+
+
+def _month_usage(
+    kube: Kube, namespace: str, zone: str, month: str, models: Collection[str]
+) -> list[UsageRow] | None:
+    """The gateways' usage of `models` in the month; None while no gateway has reported.
+    ValueError when the usage ledger cannot be read."""
+    ledger = kube.get(CONFIG_MAP, namespace, USAGE_CONFIGMAP)
+    if ledger is None:
+        return None
+    return month_usage(load_usage(ledger.get("data")), zone, month, models)
+
+
+def reach(kube: Kube, deployments: Iterable[Obj], models: Collection[str]) -> Reach:
+    """Which of the models in scope the operator's autoscaler does not decide."""
+    fixed, keda = [], []
+    installed = keda_present(kube)
+    for raw in deployments:
+        if raw["metadata"]["name"] not in models:
+            continue
+        try:
+            spec = InferenceDeploymentSpec.model_validate(raw.get("spec") or {})
+        except ValidationError:
+            continue  # its own status says why; nothing scales it
+        if spec.autoscaling is None:
+            fixed.append(raw["metadata"]["name"])
+        elif installed and scaled_by_keda(spec):
+            keda.append(raw["metadata"]["name"])
+    return Reach(sorted(fixed), sorted(keda))
 
 
 def _write_status(
@@ -120,7 +183,9 @@ def _write_status(
     for condition, change, message in action_transitions(before, status["conditions"]):
         started = change == "started"
         reason = condition if started else f"{condition}Lifted"
-        kube.post_event(event_for(raw, "Warning" if started else "Normal", reason, message))
+        # An action started is a warning; business hours ending is routine.
+        warning = started and condition in ACTION_CONDITIONS.values()
+        kube.post_event(event_for(raw, "Warning" if warning else "Normal", reason, message))
         if audit is not None:
             record = control_record(
                 f"budget.{condition.lower()}.{change}",
@@ -146,8 +211,9 @@ CONTROLLER = Controller(
     for_=For(COST_BUDGET),
     # A serving Pod starting or stopping moves the spend (its ledger entry is written on
     # the same event; the resync catches a budget read before it); models' labels move
-    # the scope. The ledger ConfigMap itself is not watched: the operator may not list
-    # ConfigMaps.
+    # the scope. Business hours turning, and other budgets' actions (stricterElsewhere),
+    # are seen at the next resync. The ledger ConfigMap itself is not watched: the
+    # operator may not list ConfigMaps.
     watches=(
         Watches(POD, _budgets_of_namespace, labels={COMPONENT_LABEL: SERVER_COMPONENT}),
         Watches(INFERENCE, _budgets_of_namespace),

@@ -33,7 +33,12 @@ from privatellm.render.access_policy import (
     policy_problems,
     resolved_models,
 )
-from privatellm.render.budget import action_signature, budget_blocks
+from privatellm.render.budget import (
+    action_signature,
+    budget_blocks,
+    budget_throttles,
+    usage_time_zones,
+)
 from privatellm.render.conditions import ConditionState, merge_conditions, validation_messages
 from privatellm.render.gateway import (
     AUDIT_KEY_KEY,
@@ -250,6 +255,7 @@ def reconcile_gateway(
     api_keys = _api_key_digests(kube, namespace, policies, problems)
     protected = _protected_entities(kube, namespace, policies, problems)
     names = [m.metadata.name for m in live_models]
+    budgets = kube.list(COST_BUDGET, namespace)
     for policy in policies:
         problems[policy.metadata.name] += policy_problems(policy, names)
     unreachable: list[str] = []
@@ -276,7 +282,9 @@ def reconcile_gateway(
             operator_namespace=operator_namespace,
             resources=settings.resources,
             network=network,
-            budget_blocks=budget_blocks(kube.list(COST_BUDGET, namespace)),
+            budget_blocks=budget_blocks(budgets),
+            budget_throttles=budget_throttles(budgets),
+            usage_time_zones=usage_time_zones(budgets),
         )
         tls_revision = ensure_certificate(
             kube,

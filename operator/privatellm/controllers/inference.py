@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from privatellm.api import InferenceDeployment
 from privatellm.keys.transit import VaultClient, VaultError
 from privatellm.kube.client import KINDS, LOOKUP, ApiError, Kube, Obj, namespace_and_name
-from privatellm.render.budget import action_signature, scaled_down_models
+from privatellm.render.budget import action_signature, budget_spec, model_limits
 from privatellm.render.conditions import find_condition, merge_conditions, validation_messages
 from privatellm.render.inference import (
     render_children,
@@ -155,13 +155,15 @@ def reconcile(
     by_keda = keda and scaled_by_keda(obj.spec)
     if by_keda and autoscaler is not None:
         autoscaler.forget((namespace, name))
+    # The CostBudgets covering the model: a scaleDown threshold, off hours and an idle
+    # timeout bound the count; a spot price moves batch work to spot.
+    budgets = kube.list(COST_BUDGET, namespace)
+    limits = model_limits(budgets, name)
+    spec, held = budget_spec(obj.spec, name, budgets, limits)
+    obj = obj.model_copy(update={"spec": spec})
     scaling = None
     if autoscaler and not by_keda:
-        # A CostBudget at its scaleDown (or block) threshold drops the ceiling.
-        capped = obj.spec.autoscaling is not None and name in scaled_down_models(
-            kube.list(COST_BUDGET, namespace)
-        )
-        scaling = autoscaler.decide(obj, previous, capped)
+        scaling = autoscaler.decide(obj, previous, limits)
     live = _zonal_children(kube, obj, keda)
     zones = _observe_zones(obj, live)
     warm = {z for z, view in zones.items() if view.cache_warm}
@@ -221,6 +223,7 @@ def reconcile(
         fallback_endpoint=_fallback_endpoint(kube, obj),
         refused=refused,
         failed_creates=_failed_creates(kube, obj, live),
+        budget_ceiling=held,
     )
     status = compute_status(
         obj, observed, plan, invalid, previous, now(), problems, encryption_key, scaling

@@ -43,6 +43,7 @@ from .demand import DemandCollector, access_from_secrets, replicas_from_slices
 from .engines import ClientCertificates, EngineScraper, engine_replicas, namespace_ca
 from .events import ReportedError
 from .metrics import QUEUE_DEPTH, RECONCILE_SECONDS, RECONCILES
+from .usage import UsageCollector
 
 log = logging.getLogger(__name__)
 
@@ -352,6 +353,11 @@ class Runtime:
                     if key[0] == namespace:
                         loop.request(key, urgent=wake)
 
+    def budget_namespaces(self) -> set[str]:
+        """The namespaces with a CostBudget: those whose gateways' usage is collected."""
+        loops = [loop for loop in self.loops if loop.controller is budget.CONTROLLER]
+        return {key[0] for loop in loops for key in loop.known}
+
     def request_all(self) -> None:
         for loop in self.loops:
             for key in loop.known:
@@ -388,6 +394,13 @@ class Runtime:
             engines=engines,
         )
         self.tasks.append(asyncio.create_task(collector.run()))
+        usage = UsageCollector(
+            kube,
+            self.budget_namespaces,
+            lambda namespace: replicas_from_slices(kube, namespace),
+            lambda namespace: access_from_secrets(kube, namespace),
+        )
+        self.tasks.append(asyncio.create_task(usage.run()))
         self.context = Context(
             kube,
             vault,

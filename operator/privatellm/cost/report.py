@@ -9,6 +9,9 @@ selector picked when they ran, so a model deleted since still counts.
 Amounts are exact until they are rounded once, to the cent. A run on a GPU product the
 budget has no price for is never shown as costing nothing: its row says the spend is
 incomplete and names the product, and the amount is what the priced runs cost.
+
+By subject or by AccessPolicy, each model's row is shared out by the namespace's usage
+ledger (cost/usage.py `chargeback`): the shares of a model add up to its row exactly.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import io
 import json
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
@@ -35,6 +38,7 @@ from .spend import (
     month_of,
     spend,
 )
+from .usage import UNNAMED, UNUSED, USAGE_CONFIGMAP, Grouping, UsageRow, chargeback, month_usage
 
 FORMATS = ("table", "json", "csv")
 # Months whose bounds every time zone can express as epoch seconds.
@@ -62,6 +66,7 @@ FIELDS = (
     "note",
 )
 NOT_MEASURED = "not measured: the namespace has no GPU ledger (ConfigMap privatellm-gpu-ledger)"
+USAGE_NOT_MEASURED = f"no usage ledger (ConfigMap {USAGE_CONFIGMAP}): not shared out"
 
 
 class ReportError(ValueError):
@@ -320,18 +325,23 @@ def _table_cells(row: ReportRow) -> list[str]:
     ]
 
 
-def format_table(rows: Sequence[ReportRow]) -> str:
-    cells = [_table_cells(row) for row in rows]
-    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(TABLE_COLUMNS)]
+def _table(
+    columns: Sequence[str], cells: Sequence[Sequence[str]], right_aligned: Collection[str]
+) -> str:
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
 
     def line(values: Sequence[str]) -> str:
         parts = [
-            value.rjust(width) if column in RIGHT_ALIGNED else value.ljust(width)
-            for value, width, column in zip(values, widths, TABLE_COLUMNS, strict=True)
+            value.rjust(width) if column in right_aligned else value.ljust(width)
+            for value, width, column in zip(values, widths, columns, strict=True)
         ]
         return "  ".join(parts).rstrip()
 
-    return "\n".join([line(TABLE_COLUMNS), *(line(r) for r in cells)])
+    return "\n".join([line(columns), *(line(r) for r in cells)])
+
+
+def format_table(rows: Sequence[ReportRow]) -> str:
+    return _table(TABLE_COLUMNS, [_table_cells(row) for row in rows], RIGHT_ALIGNED)
 
 
 def format_csv(rows: Sequence[ReportRow]) -> str:
@@ -353,3 +363,223 @@ def format_report(rows: Sequence[ReportRow], output: str) -> str:
     if output == "csv":
         return format_csv(rows)
     return format_table(rows)
+
+
+@dataclass(frozen=True)
+class ShareRow:
+    """A line of the report by subject or by AccessPolicy: a model's share charged to one
+    subject or policy (`name`), or to nobody (`unused`); a model's total (`name` None),
+    which its shares add up to exactly; or the budget's total (`model` None).
+
+    `amount` is to the cent; None where the model's row has none (nothing measured, or
+    nothing priced). Requests and tokens are None when the namespace has no usage ledger.
+    """
+
+    model_row: ReportRow
+    name: str | None = None
+    unused: bool = False
+    requests: int | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    amount: Decimal | None = None
+
+    @property
+    def kind(self) -> str:
+        """share, unused, model or total."""
+        if self.model_row.total:
+            return "total"
+        if self.unused:
+            return "unused"
+        return "model" if self.name is None else "share"
+
+    @property
+    def note(self) -> str:
+        model = self.model_row
+        if self.kind in ("share", "unused"):
+            # The model's own row says why; a share says what its amount is.
+            partial = self.amount is not None and not model.complete
+            return "incomplete: a share of what the priced runs cost" if partial else ""
+        notes = [model.note]
+        if self.kind == "model" and self.requests is None:
+            notes.append(USAGE_NOT_MEASURED)
+        return "; ".join(n for n in notes if n)
+
+
+def _shared_rows(
+    rows: Sequence[ReportRow], usage: list[UsageRow] | None, by: Grouping
+) -> list[ShareRow]:
+    """One budget's rows by model (its total last), each model's shares before it."""
+    *models, total = rows
+    if usage is None:
+        bare = [ShareRow(row, amount=row.amount) for row in models]
+        return [*bare, ShareRow(total, amount=total.amount)]
+    cost = {r.model: r.amount or Decimal(0) for r in models if r.model}
+    used = month_usage(usage, total.timezone, total.month, set(cost))
+    shares = chargeback(cost, used, by)
+    out: list[ShareRow] = []
+    for row in models:
+        mine = [s for s in shares if s.model == row.model]
+        for share in mine:
+            # No amount for the model, none for its shares: never a 0.
+            amount = None if row.amount is None else share.amount
+            out.append(
+                ShareRow(
+                    row,
+                    share.name,
+                    share.name is None,
+                    share.requests,
+                    share.prompt_tokens,
+                    share.completion_tokens,
+                    amount,
+                )
+            )
+        out.append(
+            ShareRow(
+                row,
+                requests=sum(s.requests for s in mine),
+                prompt_tokens=sum(s.prompt_tokens for s in mine),
+                completion_tokens=sum(s.completion_tokens for s in mine),
+                amount=row.amount,
+            )
+        )
+    counted = [s for s in out if s.kind == "model"]
+    out.append(
+        ShareRow(
+            total,
+            requests=sum(s.requests or 0 for s in counted),
+            prompt_tokens=sum(s.prompt_tokens or 0 for s in counted),
+            completion_tokens=sum(s.completion_tokens or 0 for s in counted),
+            amount=total.amount,
+        )
+    )
+    return out
+
+
+def usage_report(
+    budgets: Iterable[CostBudget],
+    models_labels: Mapping[str, Mapping[str, Mapping[str, str]]],
+    ledger_runs: Mapping[str, Mapping[str, Run]],
+    usage_rows: Mapping[str, list[UsageRow]],
+    by: Grouping,
+    month_label: str | None,
+    now: int,
+) -> list[ShareRow]:
+    """The report by subject or AccessPolicy: each budget's models priced as `cost_report`
+    does, each model's amount shared out by `chargeback` over the usage its gateways
+    counted in the budget's time zone and month (`usage_rows` by namespace, `usage.load`,
+    a namespace without a usage ledger being absent), then the model's total and the
+    budget's. Raises ReportError as `cost_report` does."""
+    rows = cost_report(budgets, models_labels, ledger_runs, month_label, now)
+    out: list[ShareRow] = []
+    start = 0
+    for end, row in enumerate(rows, 1):
+        if row.total:
+            out += _shared_rows(rows[start:end], usage_rows.get(row.namespace), by)
+            start = end
+    return out
+
+
+def _count(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def share_record(row: ShareRow, by: Grouping) -> dict[str, Any]:
+    """One row as JSON, keyed like `row_record`, with the subject or policy and the use."""
+    model = row.model_row
+    return {
+        "namespace": model.namespace,
+        "budget": model.budget,
+        "row": by if row.kind == "share" else row.kind,
+        "model": model.model,
+        by: UNUSED if row.unused else row.name,
+        "month": model.month,
+        "timezone": model.timezone,
+        "requests": row.requests,
+        "prompt_tokens": row.prompt_tokens,
+        "completion_tokens": row.completion_tokens,
+        "amount": _text(row.amount),
+        "currency": model.currency,
+        "complete": model.complete,
+        "unpriced": list(model.unpriced),
+        "measured": model.measured,
+        "note": row.note,
+    }
+
+
+def share_fields(by: Grouping) -> tuple[str, ...]:
+    """The keys of `share_record`, in order: the CSV header."""
+    return (
+        "namespace",
+        "budget",
+        "row",
+        "model",
+        by,
+        "month",
+        "timezone",
+        "requests",
+        "prompt_tokens",
+        "completion_tokens",
+        "amount",
+        "currency",
+        "complete",
+        "unpriced",
+        "measured",
+        "note",
+    )
+
+
+def _share_cells(row: ShareRow) -> list[str]:
+    model = row.model_row
+    name = {"total": "", "model": "(total)", "unused": UNUSED}.get(row.kind, row.name or UNNAMED)
+    return [
+        model.namespace,
+        model.budget,
+        "(total)" if model.model is None else model.model,
+        name,
+        model.month,
+        _count(row.requests),
+        _count(row.prompt_tokens),
+        _count(row.completion_tokens),
+        _cell(model, row.amount),
+        model.currency,
+        row.note,
+    ]
+
+
+def _columns(by: Grouping) -> tuple[str, ...]:
+    return (
+        "NAMESPACE",
+        "BUDGET",
+        "MODEL",
+        by.upper(),
+        "MONTH",
+        "REQUESTS",
+        "PROMPT-TOKENS",
+        "COMPLETION-TOKENS",
+        "AMOUNT",
+        "CURRENCY",
+        "NOTE",
+    )
+
+
+SHARE_RIGHT_ALIGNED = {"REQUESTS", "PROMPT-TOKENS", "COMPLETION-TOKENS", "AMOUNT"}
+
+
+def format_shares(rows: Sequence[ShareRow], by: Grouping, output: str) -> str:
+    """The report by subject or policy as a table, JSON or CSV."""
+    if output == "json":
+        return json.dumps([share_record(row, by) for row in rows], indent=2)
+    if output == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        fields = share_fields(by)
+        writer.writerow(fields)
+        for row in rows:
+            record = share_record(row, by)
+            record["unpriced"] = ";".join(record["unpriced"])
+            record["complete"] = str(record["complete"]).lower()
+            record["measured"] = str(record["measured"]).lower()
+            writer.writerow("" if record[f] is None else record[f] for f in fields)
+        return out.getvalue().rstrip("\n")
+    columns = _columns(by)
+    return _table(columns, [_share_cells(row) for row in rows], SHARE_RIGHT_ALIGNED)

@@ -96,6 +96,8 @@ class Observed:
     refused: Sequence[ChildFailure] = ()
     # Children whose Pods cannot be created (the ReplicaSet's or Job's FailedCreate).
     failed_creates: Sequence[ChildFailure] = ()
+    # Why CostBudgets hold a model without autoscaling below spec.replicas (off hours).
+    budget_ceiling: str = ""
 
 
 FAILED_CREATE = "FailedCreate"
@@ -323,7 +325,9 @@ def _conditions(
         for zone in obj.spec.zones
         if obj.spec.weight_cache.enabled and not observed.zones.get(zone, ZoneView()).cache_warm
     ]
-    if desired == 0 and baseline_replicas(obj.spec) > 0:
+    if desired == 0 and observed.budget_ceiling:
+        ready_state = ConditionState("Ready", "True", "ScaledToZero", observed.budget_ceiling)
+    elif desired == 0 and baseline_replicas(obj.spec) > 0:
         waiting = f"weight cache warming in {', '.join(cold)}" if cold else "no zone can host"
         ready_state = ConditionState("Ready", "False", "NoServingZone", waiting)
     elif desired == 0:

@@ -90,6 +90,7 @@ bench: $(READY) testenv
 	$(BIN)/python -m tests.benchmarks.bench_filters
 	$(BIN)/python -m tests.benchmarks.bench_audit
 	$(BIN)/python -m tests.benchmarks.bench_autoscale
+	$(BIN)/python -m tests.benchmarks.bench_cost
 	$(BIN)/python -m tests.benchmarks.bench_scale_from_zero --cycles 20 --burst 50
 	$(BIN)/python -m tests.benchmarks.bench_connector --items 500 --seed 7
 

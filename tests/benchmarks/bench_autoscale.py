@@ -265,9 +265,17 @@ class Day:
         self.arrived, self.tokens = 0, 0.0
         return gateway, engines
 
-    def replay(self, policy: Policy | None, static: int) -> Run:
-        """The day with `static` replicas, or from policy.min_replicas under `policy`."""
-        first = static if policy is None else policy.min_replicas
+    def replay(
+        self,
+        policy: Policy | None,
+        static: int,
+        policy_at: Callable[[Policy, float], Policy] | None = None,
+    ) -> Run:
+        """The day with `static` replicas, or from policy.min_replicas under `policy`.
+        `policy_at(policy, now)`, when given, is the policy each decision uses (what a
+        CostBudget makes of it at that moment)."""
+        at = policy_at or (lambda p, _: p)
+        first = static if policy is None else at(policy, 0.0).min_replicas
         for _ in range(first):
             self.replicas.append(Replica(asked=0.0, ready_at=0.0, ready=True))
         for index, request in enumerate(self.requests):
@@ -291,7 +299,7 @@ class Day:
                 data.ready = True
             elif kind == "decide" and policy is not None:
                 gateway, engines = self.report(now)
-                decision = decide(policy, state, aggregate_demand([gateway], engines), now)
+                decision = decide(at(policy, now), state, aggregate_demand([gateway], engines), now)
                 state = decision.state
                 run.decisions += 1
                 run.reasons[decision.reason] += 1

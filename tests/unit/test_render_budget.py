@@ -27,6 +27,7 @@ from privatellm.render.budget import (
     budget_spec,
     budget_status,
     budget_throttles,
+    idle_timeouts,
     model_limits,
     stricter_elsewhere,
 )
@@ -302,6 +303,7 @@ def test_the_strictest_limit_of_the_budgets_covering_a_model_applies() -> None:
     small = model_limits(budgets, "small")
     assert (small.to_minimum, small.ceiling, small.idle_after_seconds) == (False, 2, 600.0)
     assert not model_limits(budgets, "gemma"), "no budget covers it"
+    assert idle_timeouts(budgets) == {"llama", "small"}, "the gateway holds their requests"
 
 
 def test_throttles_combine_to_the_lowest_figures_and_the_common_priority() -> None:

@@ -332,6 +332,17 @@ def test_models_that_may_scale_to_zero_hold_requests_for_their_restore_time() ->
     assert '"hold": {\n    "maxQueue": 256,\n    "maxWaitSeconds": 202' in text
 
 
+def test_a_model_a_budget_idles_to_zero_holds_requests_whatever_its_minimum() -> None:
+    always = scaling_model("always", 16, autoscaling={"minReplicas": 2})
+    fixed = scaling_model("fixed", 16, replicas=2)
+    inputs = dataclasses.replace(
+        INPUTS, models=[always, fixed], idle_timeouts=frozenset({"always", "fixed"})
+    )
+    holds = {m.name: m.hold for m in render_gateway_config(inputs).models}
+    assert holds["always"] is not None, "its idle timeout may leave it at zero"
+    assert holds["fixed"] is None, "no autoscaler sends it to zero"
+
+
 def test_a_hold_never_waits_longer_than_the_cap() -> None:
     huge = scaling_model(
         "huge", 4000, autoscaling={"minReplicas": 0}, weightCache={"bandwidthMiBps": 100}

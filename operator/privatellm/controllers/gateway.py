@@ -37,6 +37,7 @@ from privatellm.render.budget import (
     action_signature,
     budget_blocks,
     budget_throttles,
+    idle_timeouts,
     usage_time_zones,
 )
 from privatellm.render.conditions import ConditionState, merge_conditions, validation_messages
@@ -284,6 +285,7 @@ def reconcile_gateway(
             network=network,
             budget_blocks=budget_blocks(budgets),
             budget_throttles=budget_throttles(budgets),
+            idle_timeouts=idle_timeouts(budgets),
             usage_time_zones=usage_time_zones(budgets),
         )
         tls_revision = ensure_certificate(

@@ -273,6 +273,16 @@ def budget_blocks(budgets: Sequence[Mapping[str, Any]]) -> dict[str, BudgetBlock
     return blocks
 
 
+def idle_timeouts(budgets: Sequence[Mapping[str, Any]]) -> set[str]:
+    """The models a budget's idleTimeout can send to zero."""
+    return {
+        model
+        for budget in budgets
+        if _current(budget) and (budget.get("spec") or {}).get("idleTimeout")
+        for model in budget["status"].get("models") or []
+    }
+
+
 def usage_time_zones(budgets: Sequence[Mapping[str, Any]]) -> list[str]:
     """The zones whose calendar months the gateways count usage by: UTC, for reports
     across budgets, and each budget's own."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,6 +180,8 @@ class GatewayInputs:
     budget_blocks: Mapping[str, BudgetBlock] = field(default_factory=dict)
     # Models a CostBudget's throttle threshold slows, by name.
     budget_throttles: Mapping[str, BudgetThrottle] = field(default_factory=dict)
+    # Models a CostBudget's idleTimeout sends to zero when idle, whatever their minimum.
+    idle_timeouts: Collection[str] = frozenset()
     # The CostBudgets' time zones: the gateway tallies usage by their calendar months.
     usage_time_zones: Sequence[str] = ("UTC",)
 
@@ -213,11 +215,14 @@ HOLD_MAX_WAIT_SECONDS = 1800
 HOLD_MAX_QUEUE = 256
 
 
-def render_hold(model: InferenceDeployment) -> HoldSettings | None:
+def render_hold(model: InferenceDeployment, idles_to_zero: bool = False) -> HoldSettings | None:
     """Hold settings for a model that may have no replica by design: one that scales to zero
-    (autoscaling.minReplicas 0) or a batch model; None for the others (503 at once)."""
+    (autoscaling.minReplicas 0, or `idles_to_zero`: a CostBudget's idleTimeout covers it)
+    or a batch model; None for the others (503 at once)."""
     spec = model.spec
-    scales_to_zero = spec.autoscaling is not None and spec.autoscaling.min_replicas == 0
+    scales_to_zero = spec.autoscaling is not None and (
+        spec.autoscaling.min_replicas == 0 or idles_to_zero
+    )
     if not scales_to_zero and spec.workload_class != "batch":
         return None
     wait = min(HOLD_MAX_WAIT_SECONDS, estimated_restore_seconds(spec) + HOLD_START_MARGIN_SECONDS)
@@ -239,7 +244,7 @@ def render_gateway_config(inputs: GatewayInputs) -> GatewayConfig:
             fallback=m.spec.fallback.model if m.spec.fallback else None,
             max_model_len=m.spec.engine.max_model_len,
             transit_key=key_name(m) if inputs.vault_addr else None,
-            hold=render_hold(m),
+            hold=render_hold(m, m.metadata.name in inputs.idle_timeouts),
             budget_block=inputs.budget_blocks.get(m.metadata.name),
             budget_throttle=inputs.budget_throttles.get(m.metadata.name),
         )

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
+from privatellm.cli.main import main
 from privatellm.devcluster import DevVault, LocalCluster, Toolchain, enable_transit
 from privatellm.keys import TransitClient, VaultClient
 
@@ -186,3 +187,22 @@ def own_vault(tmp_path: Path) -> Iterator[DevVault]:
         yield dev
     finally:
         dev.stop()
+
+
+@pytest.fixture
+def report(crds: Cluster, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """`privatellm cost report ...` as a user runs it: KUBECONFIG names the cluster."""
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setattr(
+        "kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", str(crds.kubeconfig)
+    )
+    # load_kube_config sets the client's process-wide default: restored after the test.
+    monkeypatch.setattr(client.Configuration, "_default", client.Configuration._default)
+
+    def run(capsys: pytest.CaptureFixture[str], *args: str, exit_code: int = 0) -> str:
+        capsys.readouterr()
+        assert main(["cost", "report", *args]) == exit_code, capsys.readouterr().err
+        captured = capsys.readouterr()
+        return captured.out if exit_code == 0 else captured.err
+
+    return run

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime
 import json
 import ssl
 import threading
@@ -26,12 +25,10 @@ from typing import Any
 import yaml
 
 from privatellm.api import GROUP, VERSION
-from privatellm.cli.main import main
 from privatellm.controllers import budget, ledger
 from privatellm.controllers.gateway import reconcile_gateway
-from privatellm.keys.tls import issue_ca, issue_leaf, service_names
 from privatellm.kube.client import KINDS, Kube
-from privatellm.render.gateway import CONFIG_KEY, CONFIG_SECRET, GATEWAY_NAME
+from privatellm.render.gateway import CONFIG_KEY, CONFIG_SECRET
 from tests.gateway.conftest import base_config
 from tests.gateway.test_gateway_budget import token
 from tests.gateway.test_gateway_oidc_backoff import AUDIENCE, Provider
@@ -39,7 +36,7 @@ from tests.support.fake_openai import FakeOpenAI
 
 from .conftest import Cluster
 from .test_cost_ledger import at, cost_budget, gpu_nodes, run_llama_a  # noqa: F401
-from .test_cost_usage import HASH_KEY, gateway_process
+from .test_cost_usage import gateway_files, gateway_process
 from .test_inference_operator import model
 
 MOMENT = "2026-12-01T12:00:00Z"  # llama-a has run 10 h on 2 H100s: 82.00 EUR
@@ -117,14 +114,7 @@ def test_a_throttle_then_a_block_reach_a_real_gateway_process(
     blocked_route = operator_route(kube, namespace)
     assert blocked_route["budgetBlock"] == {"budget": "team", "breakGlassGroups": ["oncall"]}
 
-    now = datetime.datetime.now(datetime.UTC)
-    ca = issue_ca(namespace, now)
-    leaf = issue_leaf(ca, GATEWAY_NAME, service_names(GATEWAY_NAME, namespace), now)
-    (tmp_path / "gateway.crt").write_bytes(leaf.cert_pem)
-    (tmp_path / "gateway.key").write_bytes(leaf.key_pem)
-    (tmp_path / "hash.key").write_bytes(HASH_KEY)
-    signing_key = tmp_path / "audit.pem"
-    assert main(["audit", "keygen", "--out", str(signing_key)]) == 0
+    ca, signing_key = gateway_files(tmp_path, namespace)
     trust = ssl.create_default_context(cadata=ca.cert_pem.decode())
 
     answers: dict[str, list[tuple[int, str | None]]] = {}

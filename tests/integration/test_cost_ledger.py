@@ -23,7 +23,13 @@ from privatellm.audit import AuditLog, Signer
 from privatellm.cli.main import main
 from privatellm.controllers import budget, ledger
 from privatellm.controllers.gateway import reconcile_gateway
-from privatellm.cost.ledger import LEDGER_CONFIGMAP, load, timestamp
+from privatellm.cost.ledger import (
+    ARCHIVES_ANNOTATION,
+    LEDGER_CONFIGMAP,
+    archive_name,
+    load,
+    timestamp,
+)
 from privatellm.kube.client import KINDS, Kube
 from privatellm.render.gateway import CONFIG_KEY, CONFIG_SECRET
 
@@ -294,3 +300,45 @@ def test_thresholds_act_once_each_reach_the_gateway_and_lift_with_a_raised_limit
         "budget.alerting.lifted",
         "budget.blocked.lifted",
     ]
+
+
+def test_closed_runs_move_to_archives_the_budget_still_counts_and_a_lost_one_is_said(
+    crds: Cluster,
+    namespace: str,
+    gpu_nodes: dict[str, dict[str, str]],
+    report: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    kube = Kube(crds.api)
+    crds.custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "costbudgets", cost_budget("utc")
+    )
+    run_llama_a(crds, namespace)  # ended 1 December, 11:00
+    later = at("2026-12-04T12:00:00Z")
+    for _ in range(2):  # the second sees the Succeeded Pod again
+        ledger.reconcile(kube, namespace, gpu_nodes, later)
+    live = kube.get(KINDS["ConfigMap"], namespace, LEDGER_CONFIGMAP)
+    assert live is not None and load(live.get("data")) == {}
+    assert live["metadata"]["annotations"][ARCHIVES_ANNOTATION] == "2026-12.1"
+    archived = kube.get(KINDS["ConfigMap"], namespace, archive_name("2026-12.1"))
+    assert archived is not None
+    assert [r.pod for r in load(archived["data"]).values()] == ["llama-a"]
+
+    budget.reconcile(kube, namespace, "utc", later)
+    status = status_of(crds, namespace, "utc")
+    assert (status["spentThisMonth"], status["spendComplete"]) == (82.0, True)
+    month = ["-n", namespace, "--month", "2026-12", "--format", "json"]
+    rows = json.loads(report(capsys, *month))
+    assert [(r["model"], r["amount"]) for r in rows] == [("llama", "82.00"), (None, "82.00")]
+
+    crds.core.delete_namespaced_config_map(archive_name("2026-12.1"), namespace)
+    budget.reconcile(kube, namespace, "utc", later)
+    status = status_of(crds, namespace, "utc")
+    assert (status["spentThisMonth"], status["spendComplete"]) == (0.0, False)
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "LedgerArchiveMissing")
+    assert "privatellm-gpu-ledger-2026-12.1" in degraded["message"]
+    error = report(capsys, *month, exit_code=2)
+    assert (
+        f"the GPU ledger archives {namespace}/privatellm-gpu-ledger-2026-12.1 are missing" in error
+    )

@@ -1,5 +1,6 @@
-"""The usage ledger on the real control plane: gateway tallies collected into a ConfigMap,
-and a month's GPU spend shared out per subject to the cent by `privatellm cost report`.
+"""The usage ledgers on the real control plane: gateway tallies collected into a ConfigMap
+per month, and a month's GPU spend shared out per subject to the cent by
+`privatellm cost report`.
 
 The first test serves the `GET /usage` contract from two small HTTP servers on loopback
 (one per tally, with answers the test chooses: a stale one, a malformed one, a gone
@@ -38,7 +39,7 @@ from privatellm.controllers import budget, ledger
 from privatellm.controllers.demand import PeerAccess, access_from_secrets
 from privatellm.controllers.usage import UsageCollector, collect_once, store_usage
 from privatellm.cost.ledger import timestamp
-from privatellm.cost.usage import USAGE_CONFIGMAP, load, parse_answer
+from privatellm.cost.usage import load, parse_answer, usage_configmap
 from privatellm.devcluster.cluster import free_port
 from privatellm.gateway.quotas import peer_token
 from privatellm.keys.tls import issue_ca, issue_leaf, service_names
@@ -73,24 +74,6 @@ def gpu_node(crds: Cluster) -> Iterator[dict[str, dict[str, str]]]:
         crds.core.delete_node(name)
 
 
-@pytest.fixture
-def report(crds: Cluster, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """`privatellm cost report ...` as a user runs it: KUBECONFIG names the cluster."""
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    monkeypatch.setattr(
-        "kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", str(crds.kubeconfig)
-    )
-    # load_kube_config sets the client's process-wide default: restored after the test.
-    monkeypatch.setattr(client.Configuration, "_default", client.Configuration._default)
-
-    def run(capsys: pytest.CaptureFixture[str], *args: str) -> str:
-        capsys.readouterr()
-        assert main(["cost", "report", *args]) == 0, capsys.readouterr().err
-        return capsys.readouterr().out
-
-    return run
-
-
 USAGE_STATUS = (
     "requestsThisMonth",
     "tokensThisMonth",
@@ -100,10 +83,17 @@ USAGE_STATUS = (
 )
 
 
-def usage_item(subject: str, policy: str, requests: int, prompt: int, completion: int) -> Obj:
+def usage_item(
+    subject: str,
+    policy: str,
+    requests: int,
+    prompt: int,
+    completion: int,
+    month: str = "2026-12",
+) -> Obj:
     return {
         "zone": "UTC",
-        "month": "2026-12",
+        "month": month,
         "subject": subject,
         "policy": policy,
         "model": "llama",
@@ -146,9 +136,12 @@ async def stand_ins(*answers: Any) -> AsyncIterator[list[StandIn]]:
             await runner.cleanup()
 
 
-def ledger_data(kube: Kube, namespace: str) -> tuple[str, dict[str, str]] | None:
-    """The usage ledger's resourceVersion and data; None while it does not exist."""
-    live = kube.get(CONFIG_MAP, namespace, USAGE_CONFIGMAP)
+def ledger_data(
+    kube: Kube, namespace: str, month: str = "2026-12"
+) -> tuple[str, dict[str, str]] | None:
+    """The resourceVersion and data of the usage ledger of `month`; None while it does not
+    exist."""
+    live = kube.get(CONFIG_MAP, namespace, usage_configmap(month))
     if live is None:
         return None
     return live["metadata"]["resourceVersion"], live.get("data") or {}
@@ -186,7 +179,7 @@ def test_two_tallies_are_collected_and_share_the_month_to_the_cent(
 ) -> None:
     kube = Kube(crds.api)
     # Tally A (alice, bob) and tally B (carol, and alice once more without token counts):
-    # 160 tokens each for alice, bob and carol.
+    # 160 tokens each for alice, bob and carol in December. B counted erin in November.
     answer_a = {
         "tally": TALLY_A,
         "usage": [
@@ -199,6 +192,7 @@ def test_two_tallies_are_collected_and_share_the_month_to_the_cent(
         "usage": [
             usage_item("carol", "analysts", 1, 150, 10),
             usage_item("alice", "analysts", 1, 0, 0),
+            usage_item("erin", "support", 7, 700, 70, month="2026-11"),
         ],
     }
     stale_a = {"tally": TALLY_A, "usage": [usage_item("alice", "analysts", 1, 60, 20)]}
@@ -216,6 +210,11 @@ def test_two_tallies_are_collected_and_share_the_month_to_the_cent(
             assert await collector.collect(session, namespace)
             written = await asyncio.to_thread(ledger_data, kube, namespace)
             assert written is not None and sorted(written[1]) == sorted([TALLY_A, TALLY_B])
+            # Each month in a ConfigMap of its own: November holds B's rows of November.
+            november = await asyncio.to_thread(ledger_data, kube, namespace, "2026-11")
+            assert november is not None and list(november[1]) == [TALLY_B]
+            assert [(r.subject, r.month) for r in load(november[1])] == [("erin", "2026-11")]
+            assert {r.month for r in load(written[1])} == {"2026-12"}
             # Replica B is gone, A's answer is stale: nothing is written.
             urls.remove(b.url)
             a.answer = stale_a
@@ -259,7 +258,7 @@ def test_two_tallies_are_collected_and_share_the_month_to_the_cent(
     counted = {(r.subject, r.requests, r.tokens) for r in load(stored[1])}
     assert counted == {("alice", 3, 160), ("bob", 1, 160), ("carol", 2, 320), ("dave", 1, 0)}
     # Start again from the two tallies the report below shares out.
-    crds.core.delete_namespaced_config_map(USAGE_CONFIGMAP, namespace)
+    crds.core.delete_namespaced_config_map(usage_configmap("2026-12"), namespace)
     assert store_usage(kube, namespace, [parse_answer(answer_a), parse_answer(answer_b)])
 
     # llama: 2 on-demand H100s for 10 h on 1 December: 82.00 EUR.
@@ -321,6 +320,20 @@ def at(text: str) -> int:
     moment = timestamp(text)
     assert moment is not None
     return moment
+
+
+def gateway_files(tmp_path: Path, namespace: str) -> tuple[Any, Path]:
+    """What `gateway_process` runs with, in `tmp_path`: the namespace's gateway certificate
+    and hash key, and an audit signing key; the CA and the signing key's path."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca = issue_ca(namespace, now)
+    leaf = issue_leaf(ca, GATEWAY_NAME, service_names(GATEWAY_NAME, namespace), now)
+    (tmp_path / "gateway.crt").write_bytes(leaf.cert_pem)
+    (tmp_path / "gateway.key").write_bytes(leaf.key_pem)
+    (tmp_path / "hash.key").write_bytes(HASH_KEY)
+    signing_key = tmp_path / "audit.pem"
+    assert main(["audit", "keygen", "--out", str(signing_key)]) == 0
+    return ca, signing_key
 
 
 @contextmanager
@@ -385,14 +398,7 @@ def test_real_gateway_processes_tallies_reach_the_report(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     kube = Kube(crds.api)
-    now = datetime.datetime.now(datetime.UTC)
-    ca = issue_ca(namespace, now)
-    leaf = issue_leaf(ca, GATEWAY_NAME, service_names(GATEWAY_NAME, namespace), now)
-    (tmp_path / "gateway.crt").write_bytes(leaf.cert_pem)
-    (tmp_path / "gateway.key").write_bytes(leaf.key_pem)
-    (tmp_path / "hash.key").write_bytes(HASH_KEY)
-    signing_key = tmp_path / "audit.pem"
-    assert main(["audit", "keygen", "--out", str(signing_key)]) == 0
+    ca, signing_key = gateway_files(tmp_path, namespace)
     # What the operator reads to call the replicas: the hash key and the namespace CA.
     for name, key, value in (
         (CONFIG_SECRET, HASH_KEY_KEY, HASH_KEY),
@@ -434,7 +440,7 @@ def test_real_gateway_processes_tallies_reach_the_report(
                 try:
                     await asyncio.to_thread(
                         wait_until,
-                        lambda: len((ledger_data(kube, namespace) or ("", {}))[1]) == 2,
+                        lambda: len((ledger_data(kube, namespace, month) or ("", {}))[1]) == 2,
                         what="both tallies in the usage ledger",
                     )
                 finally:
@@ -442,7 +448,7 @@ def test_real_gateway_processes_tallies_reach_the_report(
 
             asyncio.run(collect())
 
-    stored = ledger_data(kube, namespace)
+    stored = ledger_data(kube, namespace, month)
     assert stored is not None
     rows = load(stored[1])
     assert [(r.zone, r.month, r.subject, r.policy, r.model, r.requests) for r in rows] == [

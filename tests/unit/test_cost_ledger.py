@@ -12,7 +12,21 @@ import pytest
 
 from privatellm.api.budget import GPUPrice
 from privatellm.controllers.ledger import worth_writing
-from privatellm.cost.ledger import Capacity, Run, dump, load, merge, observe, timestamp
+from privatellm.cost.ledger import (
+    ARCHIVE_PART_BYTES,
+    Capacity,
+    Run,
+    archivable,
+    archive_name,
+    archive_parts,
+    dump,
+    fill_parts,
+    load,
+    merge,
+    observe,
+    parts_for,
+    timestamp,
+)
 from privatellm.cost.spend import cents, forecast, gpu_seconds, month_named, month_of, spend
 
 H100 = "NVIDIA-H100-80GB-HBM3"
@@ -225,3 +239,48 @@ def test_a_run_is_selected_by_its_models_labels_as_first_seen() -> None:
         "team": "support",
         "tier": "gold",
     }
+
+
+def test_runs_that_ended_two_days_ago_are_archived_by_the_utc_month_they_ended_in() -> None:
+    ledger = {
+        r.uid: r
+        for r in (
+            run("open", "2026-11-20T00:00:00Z", None),
+            run("recent", "2026-12-01T00:00:00Z", "2026-12-04T23:00:00Z"),
+            run("december", "2026-11-30T20:00:00Z", "2026-12-01T02:00:00Z"),
+            run("november", "2026-11-01T00:00:00Z", "2026-11-30T23:00:00Z"),
+        )
+    }
+    months = archivable(ledger, at("2026-12-06T12:00:00Z"))
+    assert {month: sorted(runs) for month, runs in months.items()} == {
+        "2026-12": ["december"],
+        "2026-11": ["november"],
+    }
+
+
+def test_archive_parts_fill_up_and_a_run_archived_before_is_not_added_twice() -> None:
+    runs = {
+        f"{n:05d}": run(f"{n:05d}", "2026-11-01T00:00:00Z", "2026-11-02T00:00:00Z")
+        for n in range(8000)
+    }
+    last = {"00000": runs["00000"]}
+    written = fill_parts(["2026-10.1", "2026-11.1"], "2026-11", last, runs)
+    assert [part for part, _ in written] == ["2026-11.1", "2026-11.2", "2026-11.3"]
+    # About 211 bytes a run: 3,727 fill a part.
+    sizes = [sum(len(k) + len(v) for k, v in dump(content).items()) for _, content in written]
+    assert all(ARCHIVE_PART_BYTES - 300 < size <= ARCHIVE_PART_BYTES for size in sizes[:2]), sizes
+    placed = [uid for _, content in written for uid in content]
+    assert sorted(placed) == sorted(runs), "each run once, none lost"
+    assert fill_parts([], "2026-12", {}, {"x": runs["00001"]}) == [
+        ("2026-12.1", {"x": runs["00001"]})
+    ]
+
+
+def test_a_month_reads_the_parts_of_the_utc_month_before_it_and_after() -> None:
+    parts = ["2026-11.1", "2026-11.2", "2026-12.1", "2027-01.1", "2026-10.1"]
+    assert parts_for(parts, "2026-12") == ["2026-11.1", "2026-11.2", "2026-12.1", "2027-01.1"]
+    assert parts_for(parts, "2027-01") == ["2026-12.1", "2027-01.1"], "December of the year before"
+    assert archive_parts("2026-11.1,2026-12.1") == ["2026-11.1", "2026-12.1"]
+    assert (
+        archive_parts(None) == [] and archive_name("2026-11.2") == "privatellm-gpu-ledger-2026-11.2"
+    )

@@ -23,6 +23,7 @@ from privatellm.cost.report import (
     format_report,
     format_shares,
     parse_month,
+    usage_months,
     usage_report,
 )
 
@@ -360,36 +361,41 @@ def usage_item(
 
 
 # Two gateway replicas' tallies: each counts in the budgets' zones (Amsterdam) and UTC.
-USAGE_DATA = usage.merge(
-    None,
-    [
-        usage.parse_answer(
-            {
-                "tally": "aa01",
-                "usage": [
-                    usage_item(AMSTERDAM, "alice", "analysts", "mistral", 2, 100, 20),
-                    usage_item(AMSTERDAM, "bob", "analysts", "mistral", 1, 100, 20),
-                    usage_item(AMSTERDAM, "alice", "analysts", "llama", 1, 300, 100),
-                    usage_item("UTC", "alice", "analysts", "llama", 3, 120, 40),
-                ],
-            }
-        ),
-        usage.parse_answer(
-            {
-                "tally": "bb02",
-                "usage": [
-                    usage_item(AMSTERDAM, "carol", "support", "mistral", 4, 90, 30),
-                    usage_item(AMSTERDAM, "bob", "support", "llama", 2, 150, 50),
-                    usage_item("UTC", "bob", "support", "qwen", 2, 10, 10),
-                    usage_item("UTC", "bob", "support", "llama", 1, 50, 30),
-                    # November: in no December.
-                    usage_item(AMSTERDAM, "dave", "support", "mistral", 9, 900, 300, "2026-11"),
-                ],
-            }
-        ),
-    ],
-)
-USAGE = {NS: usage.load(USAGE_DATA)}
+ANSWERS = [
+    usage.parse_answer(
+        {
+            "tally": "aa01",
+            "usage": [
+                usage_item(AMSTERDAM, "alice", "analysts", "mistral", 2, 100, 20),
+                usage_item(AMSTERDAM, "bob", "analysts", "mistral", 1, 100, 20),
+                usage_item(AMSTERDAM, "alice", "analysts", "llama", 1, 300, 100),
+                usage_item("UTC", "alice", "analysts", "llama", 3, 120, 40),
+            ],
+        }
+    ),
+    usage.parse_answer(
+        {
+            "tally": "bb02",
+            "usage": [
+                usage_item(AMSTERDAM, "carol", "support", "mistral", 4, 90, 30),
+                usage_item(AMSTERDAM, "bob", "support", "llama", 2, 150, 50),
+                usage_item("UTC", "bob", "support", "qwen", 2, 10, 10),
+                usage_item("UTC", "bob", "support", "llama", 1, 50, 30),
+                # November: in no December.
+                usage_item(AMSTERDAM, "dave", "support", "mistral", 9, 900, 300, "2026-11"),
+            ],
+        }
+    ),
+]
+# The namespace's usage ledgers, one per month, as the operator stores them.
+USAGE_DATA = {
+    usage.usage_configmap(month): usage.merge(month, None, ANSWERS)
+    for month in usage.answer_months(ANSWERS)
+}
+USAGE = {
+    (NS, month): usage.load(USAGE_DATA[usage.usage_configmap(month)])
+    for month in ("2026-11", "2026-12")
+}
 
 
 def shares(by: usage.Grouping, budgets: list[CostBudget] | None = None) -> list[ShareRow]:
@@ -486,7 +492,7 @@ def test_without_a_usage_ledger_models_are_not_shared_out_and_say_so() -> None:
         ("model", "mistral", None, Decimal("2.84")),
         ("total", None, None, Decimal("39.74")),
     ]
-    assert "no usage ledger (ConfigMap privatellm-usage-ledger)" in rows[0].note
+    assert "no usage ledger (ConfigMap privatellm-usage-ledger-2026-12)" in rows[0].note
     lines = format_shares(rows, "subject", "csv").splitlines()
     assert lines[0] == (
         "namespace,budget,row,model,subject,month,timezone,requests,prompt_tokens,"
@@ -494,6 +500,26 @@ def test_without_a_usage_ledger_models_are_not_shared_out_and_say_so() -> None:
     )
     assert lines[1].startswith("team-a,search,model,llama,,2026-12,Europe/Amsterdam,,,,36.90,")
     assert format_shares(rows, "subject", "table").splitlines()[1].split()[5:8] == ["-"] * 3
+
+
+def test_each_budget_s_month_is_shared_out_by_the_usage_ledger_of_that_month() -> None:
+    # 23:30Z on New Year's Eve: January in Amsterdam (search), December in UTC (everything).
+    new_year = at("2026-12-31T23:30:00Z")
+    assert usage_months([SEARCH, EVERYTHING], None, new_year) == [(NS, "2026-12"), (NS, "2027-01")]
+    assert usage_months([EVERYTHING, SEARCH], "2026-11", NOW) == [(NS, "2026-11")]
+    # November is in November's ledger only: dave's use, none of December's.
+    november = usage_report([SEARCH], MODELS, LEDGER, USAGE, "subject", "2026-11", NOW)
+    assert [(r.kind, r.model_row.model, r.name, r.requests, r.amount) for r in november] == [
+        ("unused", "llama", None, 0, Decimal("32.80")),
+        ("model", "llama", None, 0, Decimal("32.80")),
+        ("share", "mistral", "dave", 9, Decimal("0.00")),
+        ("model", "mistral", None, 9, Decimal("0.00")),
+        ("total", None, None, 9, Decimal("32.80")),
+    ]
+    # A month whose ledger is absent is not shared out, and says which ConfigMap it missed.
+    january = usage_report([SEARCH], MODELS, LEDGER, USAGE, "subject", "2027-01", NOW)
+    assert [r.requests for r in january] == [None, None, None]
+    assert "(ConfigMap privatellm-usage-ledger-2027-01)" in january[0].note
 
 
 def test_an_invalid_month_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -526,8 +552,8 @@ class FakeKube:
     def get(self, kind: Any, namespace: str | None, name: str) -> dict[str, Any] | None:
         assert (kind.kind, namespace) == ("ConfigMap", NS)
         self.read.append(name)
-        data = {"privatellm-gpu-ledger": dump(LEDGER[NS]), "privatellm-usage-ledger": USAGE_DATA}
-        return {"data": data[name]}
+        data = {"privatellm-gpu-ledger": dump(LEDGER[NS]), **USAGE_DATA}
+        return {"metadata": {"name": name}, "data": data[name]} if name in data else None
 
 
 def test_the_command_reads_budgets_models_and_ledger_and_prints_csv(
@@ -553,7 +579,8 @@ def test_the_command_by_subject_reads_the_usage_ledger_too(
     monkeypatch.setattr("privatellm.kube.client.Kube", lambda api: kube)
     argv = ["cost", "report", "-n", NS, "--by", "subject", "--month", "2026-12"]
     assert main([*argv, "--format", "json"]) == 0
-    assert kube.read == ["privatellm-gpu-ledger", "privatellm-usage-ledger"]
+    # The usage ledger of the month asked for only.
+    assert kube.read == ["privatellm-gpu-ledger", "privatellm-usage-ledger-2026-12"]
     records = json.loads(capsys.readouterr().out)
     assert [(r["model"], r["subject"], r["amount"]) for r in records if r["row"] == "subject"] == [
         ("llama", "alice", "24.60"),
@@ -571,6 +598,49 @@ def test_the_command_by_subject_reads_the_usage_ledger_too(
         ["support", "2026-12", "4", "90", "30", "0.95", "EUR"],
         ["(total)", "2026-12", "7", "290", "70", "2.84", "EUR"],
     ]
+
+
+def test_without_a_month_the_command_reads_the_ledger_of_each_budget_s_month(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kube = FakeKube()
+    kube.objects["CostBudget"].append(EVERYTHING.model_dump(by_alias=True, exclude_none=True))
+    monkeypatch.setattr("privatellm.kube.client.new_api_client", lambda: None)
+    monkeypatch.setattr("privatellm.kube.client.Kube", lambda api: kube)
+    monkeypatch.setattr("time.time", lambda: float(at("2026-12-31T23:30:00Z")))
+    assert main(["cost", "report", "-n", NS, "--by", "policy", "--format", "json"]) == 0
+    assert kube.read == [
+        "privatellm-gpu-ledger",
+        "privatellm-usage-ledger-2026-12",
+        "privatellm-usage-ledger-2027-01",
+    ]
+    records = json.loads(capsys.readouterr().out)
+    # everything: UTC's December, shared out; search: Amsterdam's January, no ledger yet.
+    assert {(r["budget"], r["month"]) for r in records} == {
+        ("everything", "2026-12"),
+        ("search", "2027-01"),
+    }
+    assert [r["policy"] for r in records if r["row"] == "policy"] == [
+        "analysts",
+        "support",
+        "support",
+    ]
+    assert all(r["requests"] is None for r in records if r["budget"] == "search")
+
+
+def test_a_ledger_of_the_month_that_does_not_load_is_an_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kube = FakeKube()
+    monkeypatch.setitem(USAGE_DATA, "privatellm-usage-ledger-2026-12", {"aa01": "{"})
+    monkeypatch.setattr("privatellm.kube.client.new_api_client", lambda: None)
+    monkeypatch.setattr("privatellm.kube.client.Kube", lambda api: kube)
+    argv = ["cost", "report", "-n", NS, "--by", "subject", "--month", "2026-12"]
+    assert main(argv) == 2
+    assert (
+        f"the usage ledger {NS}/privatellm-usage-ledger-2026-12 does not load: tally aa01: "
+        in capsys.readouterr().err
+    )
 
 
 def test_a_budget_that_does_not_validate_is_named_and_the_exit_status_is_1(

@@ -11,6 +11,7 @@ be read, 2 on usage errors or when the cluster could not be read.
 from __future__ import annotations
 
 import argparse
+import datetime
 import sys
 import time
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from privatellm.api import CostBudget
-from privatellm.cost.ledger import LEDGER_CONFIGMAP, Run, load
+from privatellm.cost.ledger import LEDGER_CONFIGMAP, Run
 from privatellm.cost.report import (
     FORMATS,
     ReportError,
@@ -27,9 +28,10 @@ from privatellm.cost.report import (
     format_report,
     format_shares,
     parse_month,
+    usage_months,
     usage_report,
 )
-from privatellm.cost.usage import USAGE_CONFIGMAP, UsageRow
+from privatellm.cost.usage import UsageRow, usage_configmap
 from privatellm.cost.usage import load as load_usage
 
 if TYPE_CHECKING:
@@ -62,7 +64,8 @@ def add_cost_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
         "and their amount is what the priced runs cost (at least that much). By subject or "
         "policy, each model's amount is shared out in proportion to the tokens (else the "
         "requests) each subject or AccessPolicy used on it, as the gateways counted them in "
-        "the usage ledger, to the cent: the shares add up to the model's amount exactly.",
+        "the usage ledger of that month, to the cent: the shares add up to the model's "
+        "amount exactly.",
     )
     scope = report.add_mutually_exclusive_group()
     scope.add_argument("-n", "--namespace", default="default", help="the namespace to report")
@@ -94,13 +97,16 @@ class ClusterView:
     models_labels: dict[str, dict[str, dict[str, str]]]
     ledger_runs: dict[str, dict[str, Run]]
     unreadable: list[str]
-    usage_rows: dict[str, list[UsageRow]]
+    # By (namespace, month): the usage ledger of that month, where there is one.
+    usage_rows: dict[tuple[str, str], list[UsageRow]]
 
 
-def read_cluster(kube: Kube, namespace: str | None, usage: bool = False) -> ClusterView:
+def read_cluster(kube: Kube, namespace: str | None, first_month: str) -> ClusterView:
     """CostBudgets of `namespace` (None: every namespace), then the InferenceDeployments
-    and the GPU ledger of each namespace that has one, and with `usage` its usage ledger.
-    Raises ReportError for a ledger that does not load."""
+    and the GPU ledger of each namespace that has one, with its archives of `first_month`
+    (YYYY-MM) and after. Raises ReportError for a ledger that does not load or an archive
+    that is missing: a report never presents part of the spend as the whole."""
+    from privatellm.controllers.ledger import read_runs
     from privatellm.kube.client import KINDS
 
     view = ClusterView([], {}, {}, [], {})
@@ -116,23 +122,33 @@ def read_cluster(kube: Kube, namespace: str | None, usage: bool = False) -> Clus
             o["metadata"]["name"]: dict(o["metadata"].get("labels") or {})
             for o in kube.list(KINDS["InferenceDeployment"], space)
         }
-        ledger = kube.get(KINDS["ConfigMap"], space, LEDGER_CONFIGMAP)
-        if ledger is not None:
-            try:
-                view.ledger_runs[space] = load(ledger.get("data"))
-            except (ValueError, TypeError) as error:
-                raise ReportError(
-                    f"the GPU ledger {space}/{LEDGER_CONFIGMAP} does not load: {error}"
-                ) from None
-        tallies = kube.get(KINDS["ConfigMap"], space, USAGE_CONFIGMAP) if usage else None
-        if tallies is not None:
-            try:
-                view.usage_rows[space] = load_usage(tallies.get("data"))
-            except ValueError as error:
-                raise ReportError(
-                    f"the usage ledger {space}/{USAGE_CONFIGMAP} does not load: {error}"
-                ) from None
+        try:
+            runs, missing = read_runs(kube, space, first_month)
+        except (ValueError, TypeError) as error:
+            raise ReportError(
+                f"the GPU ledger {space}/{LEDGER_CONFIGMAP} does not load: {error}"
+            ) from None
+        if missing:
+            raise ReportError(f"the GPU ledger archives {space}/{', '.join(missing)} are missing")
+        if runs:
+            view.ledger_runs[space] = runs
     return view
+
+
+def read_usage(kube: Kube, view: ClusterView, month_label: str | None, now: int) -> None:
+    """Into `view`, the usage ledger of each budget's month (one ConfigMap per namespace
+    and month), where there is one. Raises ReportError for one that does not load."""
+    from privatellm.kube.client import KINDS
+
+    for space, month in usage_months(view.budgets, month_label, now):
+        name = usage_configmap(month)
+        tallies = kube.get(KINDS["ConfigMap"], space, name)
+        if tallies is None:
+            continue
+        try:
+            view.usage_rows[space, month] = load_usage(tallies.get("data"))
+        except ValueError as error:
+            raise ReportError(f"the usage ledger {space}/{name} does not load: {error}") from None
 
 
 def run_cost(args: argparse.Namespace) -> int:
@@ -145,14 +161,19 @@ def run_cost(args: argparse.Namespace) -> int:
 
     namespace = None if args.all_namespaces else args.namespace
     try:
-        view = read_cluster(Kube(new_api_client()), namespace, usage=args.by != "model")
+        kube = Kube(new_api_client())
         moment = int(time.time())
+        # Without --month each budget's own month: a zone behind UTC may still be in the
+        # month before UTC's.
+        earliest = datetime.datetime.fromtimestamp(moment - 86_400, datetime.UTC)
+        view = read_cluster(kube, namespace, args.month or f"{earliest:%Y-%m}")
         if args.by == "model":
             rows = cost_report(
                 view.budgets, view.models_labels, view.ledger_runs, args.month, moment
             )
             text = format_report(rows, args.format)
         else:
+            read_usage(kube, view, args.month, moment)
             shares = usage_report(
                 view.budgets,
                 view.models_labels,

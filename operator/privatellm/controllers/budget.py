@@ -17,10 +17,10 @@ from pydantic import ValidationError
 from privatellm.api import CostBudget, InferenceDeploymentSpec
 from privatellm.audit import AuditLog
 from privatellm.audit.records import control_record
-from privatellm.cost.ledger import LEDGER_CONFIGMAP, Run, load
+from privatellm.cost.ledger import Run
 from privatellm.cost.schedule import period_at
 from privatellm.cost.spend import forecast, month_of, spend
-from privatellm.cost.usage import USAGE_CONFIGMAP, UsageRow, month_usage, usage_figures
+from privatellm.cost.usage import UsageRow, month_usage, usage_configmap, usage_figures
 from privatellm.cost.usage import load as load_usage
 from privatellm.kube.client import KINDS, Kube, Obj, namespace_and_name
 from privatellm.render.budget import (
@@ -40,6 +40,7 @@ from privatellm.render.workload import SERVER_COMPONENT
 from .builder import Context, Controller, For, Key, Watches, WatchEvent
 from .events import event_for, now
 from .keda import keda_present
+from .ledger import read_runs
 from .metrics import BUDGET_ACTION_ACTIVE, BUDGET_SPENT_RATIO
 
 COST_BUDGET = KINDS["CostBudget"]
@@ -91,12 +92,8 @@ def reconcile(
         status = budget_status(generation, [], previous, now(), spec, problems=[problem])
         _write_status(kube, raw, previous, status, audit)
         return
-    ledger = kube.get(CONFIG_MAP, namespace, LEDGER_CONFIGMAP)
-    runs = [
-        r
-        for r in load((ledger or {}).get("data")).values()
-        if r.selected_by(spec.selector.match_labels)
-    ]
+    ledger, missing = read_runs(kube, namespace, month.label)
+    runs = [r for r in ledger.values() if r.selected_by(spec.selector.match_labels)]
     deployments = kube.list(INFERENCE, namespace)
     models = in_scope(budget, deployments, runs)
     spent = spend(runs, spec.gpu_prices, None, month, moment)
@@ -105,7 +102,9 @@ def reconcile(
         used = _month_usage(kube, namespace, zone, month.label, models)
     except ValueError as error:
         used = None
-        problems.append(Problem("UsageLedgerUnreadable", f"{USAGE_CONFIGMAP}: {error}"))
+        problems.append(
+            Problem("UsageLedgerUnreadable", f"{usage_configmap(month.label)}: {error}")
+        )
     figures = Figures(
         month.label,
         models,
@@ -113,6 +112,7 @@ def reconcile(
         forecast(spent, month, moment),
         usage_figures(used, spent.amount) if used is not None else None,
         sum(row.requests for row in used or []),
+        missing,
     )
     others = kube.list(COST_BUDGET, namespace)
     status = budget_status(
@@ -135,7 +135,7 @@ def _month_usage(
 ) -> list[UsageRow] | None:
     """The gateways' usage of `models` in the month; None while no gateway has reported.
     ValueError when the usage ledger cannot be read."""
-    ledger = kube.get(CONFIG_MAP, namespace, USAGE_CONFIGMAP)
+    ledger = kube.get(CONFIG_MAP, namespace, usage_configmap(month))
     if ledger is None:
         return None
     return month_usage(load_usage(ledger.get("data")), zone, month, models)

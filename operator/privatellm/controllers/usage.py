@@ -1,13 +1,13 @@
-"""Collect every gateway replica's usage tally into its namespace's usage ledger.
+"""Collect every gateway replica's usage tally into its namespace's usage ledgers.
 
 Each replica counts requests and tokens per subject, AccessPolicy and model in a durable
 tally and serves it as `GET /usage` on its peer port (the bearer token and TLS of
 `GET /demand`). Every USAGE_POLL_SECONDS the collector reads each replica of each
-namespace that has a CostBudget and merges the answers into the ConfigMap
-USAGE_CONFIGMAP (cost/usage.py): in etcd, the counters of a replica that is gone, or
-of one whose answer could not be read this time, still count, across operator restarts.
-A replica that fails is logged once and asked again at the next poll; a malformed answer
-is refused whole and never written.
+namespace that has a CostBudget and merges the answers, month by month, into the
+namespace's ConfigMap of each month, `usage_configmap(month)` (cost/usage.py): in etcd,
+the counters of a replica that is gone, or of one whose answer could not be read this
+time, still count, across operator restarts. A replica that fails is logged once and
+asked again at the next poll; a malformed answer is refused whole and never written.
 """
 
 from __future__ import annotations
@@ -19,7 +19,15 @@ from typing import Any
 
 import aiohttp
 
-from privatellm.cost.usage import USAGE_CONFIGMAP, UsageAnswer, merge, parse_answer
+from privatellm.cost.usage import (
+    MAX_LEDGER_BYTES,
+    UsageAnswer,
+    answer_months,
+    ledger_bytes,
+    merge,
+    parse_answer,
+    usage_configmap,
+)
 from privatellm.kube.client import KINDS, ApiError, Kube
 from privatellm.render.meta import MANAGED_BY, MANAGED_BY_LABEL
 
@@ -55,12 +63,12 @@ class _Trouble:
             log.info("usage of %s is read again", source)
 
 
-def render_usage_ledger(namespace: str, data: Mapping[str, str]) -> dict[str, Any]:
+def render_usage_ledger(namespace: str, month: str, data: Mapping[str, str]) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {
-            "name": USAGE_CONFIGMAP,
+            "name": usage_configmap(month),
             "namespace": namespace,
             "labels": {MANAGED_BY_LABEL: MANAGED_BY},
         },
@@ -68,30 +76,66 @@ def render_usage_ledger(namespace: str, data: Mapping[str, str]) -> dict[str, An
     }
 
 
-def store_usage(kube: Kube, namespace: str, answers: Iterable[UsageAnswer]) -> bool:
-    """Merge `answers` into the namespace's usage ledger; True when it was written.
+def store_month(kube: Kube, namespace: str, month: str, answers: Iterable[UsageAnswer]) -> bool:
+    """Merge the rows of `month` of `answers` into the namespace's ledger of that month;
+    True when it was written.
 
     Written only when the merge changes it, with the resourceVersion read, so a
-    concurrent writer's update is re-read and merged, never overwritten.
+    concurrent writer's update is re-read and merged, never overwritten. A merge that
+    would not fit in a ConfigMap is logged as an error and not written: the figures
+    stored before stay whole, rather than a ledger cut short or a write that fails.
     """
     answers = list(answers)
+    name = usage_configmap(month)
     for _ in range(WRITE_ATTEMPTS):
-        live = kube.get(CONFIG_MAP, namespace, USAGE_CONFIGMAP)
+        live = kube.get(CONFIG_MAP, namespace, name)
         stored = (live or {}).get("data") or {}
-        merged = merge(stored, answers)
+        merged = merge(month, stored, answers)
         if merged == stored and (live is not None or not merged):
             return False
+        size = ledger_bytes(merged)
+        if size > MAX_LEDGER_BYTES:
+            log.error(
+                "usage of namespace %s in %s is not recorded: its ledger %s would hold "
+                "%d bytes, over the limit of %d; it keeps the figures stored before",
+                namespace,
+                month,
+                name,
+                size,
+                MAX_LEDGER_BYTES,
+            )
+            return False
         try:
-            kube.write_if_unchanged(render_usage_ledger(namespace, merged), live)
+            kube.write_if_unchanged(render_usage_ledger(namespace, month, merged), live)
         except ApiError as error:
             if error.status != 409:
                 raise
             continue
         return True
     raise RuntimeError(
-        f"the usage ledger {namespace}/{USAGE_CONFIGMAP} changed under each of "
-        f"{WRITE_ATTEMPTS} writes"
+        f"the usage ledger {namespace}/{name} changed under each of {WRITE_ATTEMPTS} writes"
     )
+
+
+def store_usage(kube: Kube, namespace: str, answers: Iterable[UsageAnswer]) -> bool:
+    """Merge `answers` into the namespace's ledger of each month they count anything in;
+    True when any was written.
+
+    A month the API server refuses does not keep the others from being written; the
+    refusals are raised together afterwards. An API server that cannot be reached stops
+    the round at once.
+    """
+    answers = list(answers)
+    written = False
+    refused = []
+    for month in answer_months(answers):
+        try:
+            written = store_month(kube, namespace, month, answers) or written
+        except (ApiError, RuntimeError) as error:
+            refused.append(f"{usage_configmap(month)} not written: {error}")
+    if refused:
+        raise RuntimeError("; ".join(refused))
+    return written
 
 
 def _read(url: str, body: Any, trouble: _Trouble) -> UsageAnswer | None:
@@ -106,7 +150,7 @@ def _read(url: str, body: Any, trouble: _Trouble) -> UsageAnswer | None:
 
 def collect_once(kube: Kube, namespace: str, replicas: Iterable[str], fetch: Fetch) -> bool:
     """Read each replica's `GET /usage` with `fetch` and merge what answers well into the
-    namespace's usage ledger; True when it was written. A replica that fails or answers
+    namespace's usage ledgers; True when any was written. A replica that fails or answers
     something malformed is logged and left out."""
     trouble = _Trouble()
     answers = []
@@ -151,13 +195,13 @@ class UsageCollector:
                         await self.collect(session, namespace)
                     except Exception as error:
                         # The API server is away: the tallies keep counting, read them later.
-                        self._trouble.failed(namespace, f"usage ledger of {namespace}: {error}")
+                        self._trouble.failed(namespace, f"usage ledgers of {namespace}: {error}")
                     else:
                         self._trouble.succeeded(namespace)
                 await asyncio.sleep(self._poll_seconds)
 
     async def collect(self, session: aiohttp.ClientSession, namespace: str) -> bool:
-        """One poll of the namespace's replicas; True when its ledger was written."""
+        """One poll of the namespace's replicas; True when any of its ledgers was written."""
         replicas = await asyncio.to_thread(self._find_replicas, namespace)
         access = await asyncio.to_thread(self._find_access, namespace)
         if access is None or not replicas:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
@@ -28,6 +28,16 @@ from privatellm.render.workload import SERVER_COMPONENT
 
 # One per namespace: the runs of every serving Pod there (docs/cost.md).
 LEDGER_CONFIGMAP = "privatellm-gpu-ledger"
+# Closed runs move to archive ConfigMaps, so that the live one, read and written at every
+# Pod event, stays small: a model scaling to zero and back every few minutes would fill
+# a ConfigMap's 1 MiB within a month. Its annotation lists the archives, oldest first.
+ARCHIVES_ANNOTATION = "privatellm.io/archives"
+# A closed run moves once it ended this long ago: by then its Pod object is normally
+# gone (one still there is observed again, and skipped when archived), and the moves
+# come in batches rather than a write per Pod.
+ARCHIVE_AFTER_SECONDS = 2 * 86_400
+# An archive part holds at most this much ConfigMap data, well inside 1 MiB.
+ARCHIVE_PART_BYTES = 768 * 1024
 Capacity = Literal["on-demand", "spot"]
 ON_DEMAND: Capacity = "on-demand"
 
@@ -152,3 +162,65 @@ def dump(ledger: Mapping[str, Run]) -> dict[str, str]:
 def load(data: Mapping[str, str] | None) -> dict[str, Run]:
     """The ledger from ConfigMap data, as `dump` wrote it."""
     return {uid: Run(**json.loads(text)) for uid, text in (data or {}).items()}
+
+
+def archive_name(part: str) -> str:
+    """The ConfigMap of archive part `part` ("2026-11.1": the first part of the runs that
+    ended in November 2026, UTC)."""
+    return f"{LEDGER_CONFIGMAP}-{part}"
+
+
+def _end_month(run: Run) -> str:
+    assert run.end is not None
+    return datetime.datetime.fromtimestamp(run.end, datetime.UTC).strftime("%Y-%m")
+
+
+def archivable(ledger: Mapping[str, Run], now: int) -> dict[str, dict[str, Run]]:
+    """The closed runs that may leave the live ledger, by the UTC month they ended in."""
+    months: dict[str, dict[str, Run]] = {}
+    for uid, run in ledger.items():
+        if run.end is not None and run.end < now - ARCHIVE_AFTER_SECONDS:
+            months.setdefault(_end_month(run), {})[uid] = run
+    return months
+
+
+def fill_parts(
+    parts: Sequence[str], month: str, last: Mapping[str, Run], runs: Mapping[str, Run]
+) -> list[tuple[str, dict[str, Run]]]:
+    """Where `runs` (ended in `month`) go: into `last`, the newest part of that month
+    among `parts` (empty when it has none), and new parts while each is full. Returns
+    (part, its whole content) for each part to write."""
+    numbers = [int(p.rsplit(".", 1)[1]) for p in parts if p.startswith(f"{month}.")]
+    number = max(numbers, default=1)
+    current = dict(last)
+    size = _size(current)
+    written = []
+    for uid, run in sorted(runs.items()):
+        if uid in current:
+            continue  # archived before, and seen again while its Pod lingered
+        entry = _size({uid: run})
+        if current and size + entry > ARCHIVE_PART_BYTES:
+            written.append((f"{month}.{number}", current))
+            number, current, size = number + 1, {}, 0
+        current[uid] = run
+        size += entry
+    written.append((f"{month}.{number}", current))
+    return written
+
+
+def _size(runs: Mapping[str, Run]) -> int:
+    """Bytes of ConfigMap data `runs` take."""
+    return sum(len(uid) + len(text) for uid, text in dump(runs).items())
+
+
+def archive_parts(annotation: str | None) -> list[str]:
+    """The archive parts a live ledger's annotation lists."""
+    return [p for p in (annotation or "").split(",") if p]
+
+
+def parts_for(parts: Sequence[str], first_month: str) -> list[str]:
+    """The parts that may hold runs of `first_month` (YYYY-MM, any time zone) or later:
+    those of runs that ended in the UTC month before it or after."""
+    year, month = (int(x) for x in first_month.split("-"))
+    before = f"{year - 1:04d}-12" if month == 1 else f"{year:04d}-{month - 1:02d}"
+    return [p for p in parts if p.rsplit(".", 1)[0] >= before]

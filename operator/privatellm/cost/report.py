@@ -11,7 +11,8 @@ budget has no price for is never shown as costing nothing: its row says the spen
 incomplete and names the product, and the amount is what the priced runs cost.
 
 By subject or by AccessPolicy, each model's row is shared out by the namespace's usage
-ledger (cost/usage.py `chargeback`): the shares of a model add up to its row exactly.
+ledger of the budget's month (cost/usage.py `chargeback`): the shares of a model add up to
+its row exactly.
 """
 
 from __future__ import annotations
@@ -38,7 +39,15 @@ from .spend import (
     month_of,
     spend,
 )
-from .usage import UNNAMED, UNUSED, USAGE_CONFIGMAP, Grouping, UsageRow, chargeback, month_usage
+from .usage import (
+    UNNAMED,
+    UNUSED,
+    Grouping,
+    UsageRow,
+    chargeback,
+    month_usage,
+    usage_configmap,
+)
 
 FORMATS = ("table", "json", "csv")
 # Months whose bounds every time zone can express as epoch seconds.
@@ -66,7 +75,6 @@ FIELDS = (
     "note",
 )
 NOT_MEASURED = "not measured: the namespace has no GPU ledger (ConfigMap privatellm-gpu-ledger)"
-USAGE_NOT_MEASURED = f"no usage ledger (ConfigMap {USAGE_CONFIGMAP}): not shared out"
 
 
 class ReportError(ValueError):
@@ -157,6 +165,21 @@ def _month(budget: CostBudget, wanted: tuple[int, int] | None, now: int) -> Mont
             f"CostBudget {budget.metadata.namespace}/{budget.metadata.name}: "
             f"time zone {zone!r} cannot be loaded here ({error})"
         ) from None
+
+
+def usage_months(
+    budgets: Iterable[CostBudget], month_label: str | None, now: int
+) -> list[tuple[str, str]]:
+    """The (namespace, month) pairs whose usage ledgers the report by subject or policy
+    shares out by: each budget's month, read as `cost_report` reads it. Raises
+    ReportError as `cost_report` does."""
+    wanted = parse_month(month_label) if month_label is not None else None
+    return sorted({(b.metadata.namespace or "", _month(b, wanted, now).label) for b in budgets})
+
+
+def usage_not_measured(month: str) -> str:
+    """The note of a model whose month has no usage ledger."""
+    return f"no usage ledger (ConfigMap {usage_configmap(month)}): not shared out"
 
 
 def _product(product: str) -> str:
@@ -372,7 +395,8 @@ class ShareRow:
     which its shares add up to exactly; or the budget's total (`model` None).
 
     `amount` is to the cent; None where the model's row has none (nothing measured, or
-    nothing priced). Requests and tokens are None when the namespace has no usage ledger.
+    nothing priced). Requests and tokens are None when the namespace has no usage ledger
+    of the month.
     """
 
     model_row: ReportRow
@@ -401,7 +425,7 @@ class ShareRow:
             return "incomplete: a share of what the priced runs cost" if partial else ""
         notes = [model.note]
         if self.kind == "model" and self.requests is None:
-            notes.append(USAGE_NOT_MEASURED)
+            notes.append(usage_not_measured(model.month))
         return "; ".join(n for n in notes if n)
 
 
@@ -459,22 +483,24 @@ def usage_report(
     budgets: Iterable[CostBudget],
     models_labels: Mapping[str, Mapping[str, Mapping[str, str]]],
     ledger_runs: Mapping[str, Mapping[str, Run]],
-    usage_rows: Mapping[str, list[UsageRow]],
+    usage_rows: Mapping[tuple[str, str], list[UsageRow]],
     by: Grouping,
     month_label: str | None,
     now: int,
 ) -> list[ShareRow]:
     """The report by subject or AccessPolicy: each budget's models priced as `cost_report`
     does, each model's amount shared out by `chargeback` over the usage its gateways
-    counted in the budget's time zone and month (`usage_rows` by namespace, `usage.load`,
-    a namespace without a usage ledger being absent), then the model's total and the
-    budget's. Raises ReportError as `cost_report` does."""
+    counted in the budget's time zone and month (`usage_rows` by namespace and month,
+    `usage.load` of that month's ledger, absent when there is none; `usage_months` says
+    which are needed), then the model's total and the budget's. Raises ReportError as
+    `cost_report` does."""
     rows = cost_report(budgets, models_labels, ledger_runs, month_label, now)
     out: list[ShareRow] = []
     start = 0
     for end, row in enumerate(rows, 1):
         if row.total:
-            out += _shared_rows(rows[start:end], usage_rows.get(row.namespace), by)
+            used = usage_rows.get((row.namespace, row.month))
+            out += _shared_rows(rows[start:end], used, by)
             start = end
     return out
 

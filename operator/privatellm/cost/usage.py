@@ -4,8 +4,10 @@ the chargeback that shares a model's GPU spend among them.
 Pure. Each gateway replica keeps a durable tally (its id changes only when the replica's
 volume is lost) and serves it as `GET /usage`: cumulative counters per time zone, month,
 subject, policy and model, which never decrease for one tally. The operator keeps every
-tally's latest answer in the ConfigMap USAGE_CONFIGMAP of the namespace, one data key
-per tally, so the counters outlive the replica that counted them (docs/cost.md).
+tally's latest rows of each month in the namespace's ConfigMap of that month,
+`usage_configmap(month)`, one data key per tally, so the counters outlive the replica
+that counted them. One ConfigMap per month keeps each under the 1 MiB an object may hold
+while the gateway keeps 13 months (docs/cost.md).
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from typing import Any, Literal, NamedTuple
 
 from .spend import cents
 
-# One per namespace: the latest `GET /usage` answer of every tally its gateways kept.
-USAGE_CONFIGMAP = "privatellm-usage-ledger"
+# Followed by "-YYYY-MM": one ConfigMap per namespace and month (usage_configmap).
+USAGE_CONFIGMAP_PREFIX = "privatellm-usage-ledger"
+# An object may hold 1 MiB: what is left is for the metadata (managedFields included).
+MAX_LEDGER_BYTES = 900 * 1024
 # A tally id is a data key of the ConfigMap: hex keeps it a valid one.
 TALLY_PATTERN = re.compile(r"[0-9a-fA-F]{1,128}")
 MONTH_LABEL = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
@@ -31,6 +35,13 @@ UNUSED = "(unused)"
 UNNAMED = "(unnamed)"
 Grouping = Literal["subject", "policy"]
 TOKENS_PER_MILLION = Decimal(1_000_000)
+
+
+def usage_configmap(month: str) -> str:
+    """The name of a namespace's usage ledger of `month` (YYYY-MM); ValueError otherwise."""
+    if not MONTH_LABEL.fullmatch(month):
+        raise ValueError(f"month {month!r} is not YYYY-MM")
+    return f"{USAGE_CONFIGMAP_PREFIX}-{month}"
 
 
 @dataclass(frozen=True)
@@ -58,7 +69,8 @@ class UsageRow:
 
 @dataclass(frozen=True)
 class UsageAnswer:
-    """One tally's counters, as one replica's `GET /usage` answered them."""
+    """One tally's counters, as one replica's `GET /usage` answered them (or as the
+    ledger of one month keeps them: that month's rows only)."""
 
     tally: str
     rows: tuple[UsageRow, ...]
@@ -71,6 +83,10 @@ class UsageAnswer:
     def tokens(self) -> int:
         return sum(row.tokens for row in self.rows)
 
+    def of_month(self, month: str) -> UsageAnswer:
+        """The rows of `month` (YYYY-MM), in whatever zone it is that month."""
+        return UsageAnswer(self.tally, tuple(row for row in self.rows if row.month == month))
+
 
 _TEXT_FIELDS = ("zone", "month", "subject", "policy", "model")
 # A request the gateway could not attribute to a subject or policy is still counted.
@@ -80,10 +96,12 @@ _COUNTERS = {
     "promptTokens": "prompt_tokens",
     "completionTokens": "completion_tokens",
 }
+# The stored form of a row: an array, not an object, so that names are not repeated in
+# every row (half the bytes); the month is said once per tally.
+STORED_COLUMNS = ("zone", "subject", "policy", "model", *_COUNTERS)
 
 
-def _row(index: int, item: Any) -> UsageRow:
-    where = f"usage[{index}]"
+def _row(where: str, item: Any) -> UsageRow:
     if not isinstance(item, dict):
         raise ValueError(f"{where} is not an object")
     values: dict[str, Any] = {}
@@ -107,6 +125,21 @@ def _row(index: int, item: Any) -> UsageRow:
     return UsageRow(**values)
 
 
+def _each_once(rows: tuple[UsageRow, ...], where: str) -> None:
+    seen: set[tuple[str, ...]] = set()
+    for row in rows:
+        if row.key in seen:
+            raise ValueError(f"{where} counts {row.key} more than once")
+        seen.add(row.key)
+
+
+def _tally(body: Mapping[str, Any]) -> str:
+    tally = body.get("tally")
+    if not isinstance(tally, str) or not TALLY_PATTERN.fullmatch(tally):
+        raise ValueError(f"tally {tally!r} is not a hex id")
+    return tally
+
+
 def parse_answer(body: Any) -> UsageAnswer:
     """One `GET /usage` answer; ValueError naming what is wrong when it is not one.
 
@@ -115,79 +148,121 @@ def parse_answer(body: Any) -> UsageAnswer:
     """
     if not isinstance(body, dict):
         raise ValueError("the answer is not a JSON object")
-    tally = body.get("tally")
-    if not isinstance(tally, str) or not TALLY_PATTERN.fullmatch(tally):
-        raise ValueError(f"tally {tally!r} is not a hex id")
+    tally = _tally(body)
     items = body.get("usage")
     if not isinstance(items, list):
         raise ValueError("usage is not a list")
-    rows = tuple(_row(index, item) for index, item in enumerate(items))
-    seen: set[tuple[str, ...]] = set()
-    for row in rows:
-        if row.key in seen:
-            raise ValueError(f"usage counts {row.key} more than once")
-        seen.add(row.key)
+    rows = tuple(_row(f"usage[{index}]", item) for index, item in enumerate(items))
+    _each_once(rows, "usage")
     return UsageAnswer(tally, rows)
 
 
-def dump_answer(answer: UsageAnswer) -> str:
-    """The answer as compact JSON in the shape the gateway serves, rows in a stable order."""
-    usage = [
-        {
-            "zone": row.zone,
-            "month": row.month,
-            "subject": row.subject,
-            "policy": row.policy,
-            "model": row.model,
-            "requests": row.requests,
-            "promptTokens": row.prompt_tokens,
-            "completionTokens": row.completion_tokens,
-        }
+def answer_months(answers: Iterable[UsageAnswer]) -> list[str]:
+    """The months (YYYY-MM) that `answers` count anything in, in order."""
+    return sorted({row.month for answer in answers for row in answer.rows})
+
+
+def dump_entry(answer: UsageAnswer, month: str) -> str:
+    """A tally's rows of `month` as a data value of the month's ledger: compact JSON,
+    `{"tally", "month", "rows"}`, each row an array in STORED_COLUMNS order, rows in a
+    stable order. ValueError for a row of another month."""
+    if any(row.month != month for row in answer.rows):
+        raise ValueError(f"tally {answer.tally} has rows outside {month}")
+    rows = [
+        [
+            row.zone,
+            row.subject,
+            row.policy,
+            row.model,
+            row.requests,
+            row.prompt_tokens,
+            row.completion_tokens,
+        ]
         for row in sorted(answer.rows, key=lambda r: r.key)
     ]
-    return json.dumps({"tally": answer.tally, "usage": usage}, separators=(",", ":"))
+    entry = {"tally": answer.tally, "month": month, "rows": rows}
+    return json.dumps(entry, separators=(",", ":"), ensure_ascii=False)
 
 
-def _newer(answer: UsageAnswer, stored: str) -> bool:
-    """Whether `answer` counts more than the stored copy of its tally.
+def parse_entry(text: str) -> tuple[str, UsageAnswer]:
+    """The month and the rows of a data value `dump_entry` wrote; ValueError naming what
+    is wrong when it is not one."""
+    body = json.loads(text)
+    if not isinstance(body, dict):
+        raise ValueError("the entry is not a JSON object")
+    tally = _tally(body)
+    month = body.get("month")
+    if not isinstance(month, str) or not MONTH_LABEL.fullmatch(month):
+        raise ValueError(f"month {month!r} is not YYYY-MM")
+    items = body.get("rows")
+    if not isinstance(items, list):
+        raise ValueError("rows is not a list")
+    rows = []
+    for index, item in enumerate(items):
+        where = f"rows[{index}]"
+        if not isinstance(item, list) or len(item) != len(STORED_COLUMNS):
+            raise ValueError(f"{where} is not an array of {len(STORED_COLUMNS)}")
+        rows.append(_row(where, {"month": month, **dict(zip(STORED_COLUMNS, item, strict=True))}))
+    _each_once(tuple(rows), "rows")
+    return month, UsageAnswer(tally, tuple(rows))
 
-    A tally's counters never decrease, so the copy with more requests (then more tokens)
-    is the later one; a stored copy that does not parse is replaced by any answer, which
-    holds the tally's whole history anyway.
+
+def _newer(answer: UsageAnswer, month: str, stored: str) -> bool:
+    """Whether `answer` (rows of `month`) counts more than the stored copy of its tally.
+
+    A tally's counters never decrease, so neither does their sum over one month: the copy
+    with more requests (then more tokens) is the later one. A stored copy that does not
+    parse, or is not of this tally and month, is replaced by any answer, which holds the
+    tally's whole month anyway.
     """
     try:
-        known = parse_answer(json.loads(stored))
+        known_month, known = parse_entry(stored)
     except ValueError:
+        return True
+    if (known_month, known.tally) != (month, answer.tally):
         return True
     return (answer.requests, answer.tokens) > (known.requests, known.tokens)
 
 
-def merge(stored: Mapping[str, str] | None, answers: Iterable[UsageAnswer]) -> dict[str, str]:
-    """The ledger's data after taking in `answers`: for each tally, the copy that counts more.
+def merge(
+    month: str, stored: Mapping[str, str] | None, answers: Iterable[UsageAnswer]
+) -> dict[str, str]:
+    """The data of the ledger of `month` after taking in the rows of that month of
+    `answers`: for each tally, the copy that counts more.
 
     A stale answer (a replica read before another's write landed) never replaces a newer
     copy, a new tally is added, and a tally nobody answers for (its replica is gone, or
-    did not answer this time) keeps its last copy: what it counted still counts.
+    did not answer this time) keeps its last copy: what it counted still counts. An
+    answer with nothing in `month` changes nothing, so each month is merged on its own.
     """
     merged = dict(stored or {})
     for answer in answers:
+        mine = answer.of_month(month)
+        if not mine.rows:
+            continue
         known = merged.get(answer.tally)
-        if known is None or _newer(answer, known):
-            merged[answer.tally] = dump_answer(answer)
+        if known is None or _newer(mine, month, known):
+            merged[answer.tally] = dump_entry(mine, month)
     return dict(sorted(merged.items()))
 
 
+def ledger_bytes(data: Mapping[str, str]) -> int:
+    """What a ledger's data weighs towards the 1 MiB of a ConfigMap: its keys and values,
+    in UTF-8."""
+    return sum(len(key.encode()) + len(value.encode()) for key, value in data.items())
+
+
 def load(data: Mapping[str, str] | None) -> list[UsageRow]:
-    """The usage of every tally in the ledger's data, summed per (zone, month, subject,
-    policy, model). ValueError when an entry is not an answer or not under its own tally."""
+    """The usage of every tally in a ledger's data, summed per (zone, month, subject,
+    policy, model). ValueError when an entry is not one or not under its own tally."""
     totals: dict[tuple[str, str, str, str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
     for tally, text in sorted((data or {}).items()):
         try:
-            answer = parse_answer(json.loads(text))
+            _, answer = parse_entry(text)
         except ValueError as error:
             raise ValueError(f"tally {tally}: {error}") from None
         if answer.tally != tally:
-            raise ValueError(f"tally {tally} holds the answer of tally {answer.tally}")
+            raise ValueError(f"tally {tally} holds the rows of tally {answer.tally}")
         for row in answer.rows:
             counts = totals[row.key]
             counts[0] += row.requests

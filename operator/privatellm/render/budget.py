@@ -59,6 +59,8 @@ class Figures:
     # The gateways' usage of the models in scope; None while no gateway has reported.
     usage: UsageFigures | None = None
     requests: int = 0
+    # GPU ledger archives the live ledger lists and nobody can read: spend is a floor.
+    missing_archives: Sequence[str] = ()
 
 
 def crossed_thresholds(spec: CostBudgetSpec, percent: Decimal) -> list[ThresholdAction]:
@@ -139,18 +141,23 @@ def off_hours_condition(spec: CostBudgetSpec, period: Period) -> ConditionState:
 
 
 def figures_problems(figures: Figures) -> list[Problem]:
-    """Degraded reasons: GPU products in scope that have no price."""
-    products = sorted({product or "(unknown)" for product, _ in figures.spent.unpriced})
-    if not products:
-        return []
-    models = sorted({model for _, model in figures.spent.unpriced})
-    return [
-        Problem(
-            "UnpricedGPU",
+    """Degraded reasons: GPU products in scope that have no price, ledger archives that
+    cannot be read."""
+    problems = []
+    if products := sorted({product or "(unknown)" for product, _ in figures.spent.unpriced}):
+        models = sorted({model for _, model in figures.spent.unpriced})
+        message = (
             f"spec.gpuPrices: no price for {', '.join(products)} (models {', '.join(models)});"
-            " spentThisMonth counts the priced GPUs only",
+            " spentThisMonth counts the priced GPUs only"
         )
-    ]
+        problems.append(Problem("UnpricedGPU", message))
+    if figures.missing_archives:
+        message = (
+            f"the GPU ledger archives {', '.join(figures.missing_archives)} are missing;"
+            " spentThisMonth counts the runs still recorded only"
+        )
+        problems.append(Problem("LedgerArchiveMissing", message))
+    return problems
 
 
 def budget_conditions(
@@ -190,7 +197,7 @@ def figures_status(spec: CostBudgetSpec, figures: Figures) -> dict[str, Any]:
         "month": figures.month,
         "models": list(figures.models),
         "spentThisMonth": float(cents(spent.amount)),
-        "spendComplete": spent.complete,
+        "spendComplete": spent.complete and not figures.missing_archives,
         "unpricedGpuProducts": sorted({p or "(unknown)" for p, _ in spent.unpriced}),
         "percentOfLimit": float(percent.quantize(Decimal("0.01"))),
         "gpuHoursThisMonth": float((Decimal(spent.gpu_seconds) / 3600).quantize(Decimal("0.01"))),

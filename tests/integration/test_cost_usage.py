@@ -80,6 +80,7 @@ USAGE_STATUS = (
     "activeUsers",
     "costPerActiveUser",
     "costPerMillionTokens",
+    "idleGpuShare",
 )
 
 
@@ -185,6 +186,10 @@ def test_two_tallies_are_collected_and_share_the_month_to_the_cent(
         "usage": [
             usage_item("alice", "analysts", 2, 120, 40),
             usage_item("bob", "support", 1, 100, 60),
+        ],
+        # llama's replicas had requests in flight 2.5 h between them.
+        "busy": [
+            {"zone": "UTC", "month": "2026-12", "model": "llama", "replicaMilliseconds": 9_000_000}
         ],
     }
     answer_b = {
@@ -298,6 +303,8 @@ def test_two_tallies_are_collected_and_share_the_month_to_the_cent(
         "activeUsers": 3,
         "costPerActiveUser": 27.33,
         "costPerMillionTokens": 170833.33,
+        # 2.5 replica-hours of 2 GPUs busy, of 20 GPU-hours.
+        "idleGpuShare": 0.75,
     }
     table = report(capsys, *common, "--by", "subject")
     assert table.splitlines() == [

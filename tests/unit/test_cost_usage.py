@@ -13,6 +13,8 @@ from typing import Any, cast
 import pytest
 
 from privatellm.controllers.usage import store_usage
+from privatellm.cost import usage
+from privatellm.cost.spend import Spend
 from privatellm.cost.usage import (
     MAX_LEDGER_BYTES,
     UNNAMED,
@@ -456,11 +458,49 @@ def test_usage_figures_count_active_users_and_never_divide_by_zero() -> None:
     rows = [row("alice", 3, 600_000, 150_000), row("bob", 1, 250_000), row("carol", 0)]
     figures = usage_figures(rows, Decimal("100"))
     # alice and bob asked; carol did not. 100 / 2 = 50; 100 / 1.0 M tokens.
-    assert figures == (2, Decimal("50.00"), Decimal("100.00"), 1_000_000)
+    assert figures == (2, Decimal("50.00"), Decimal("100.00"), 1_000_000, 4)
     assert figures.active_users == 2 and figures.tokens == 1_000_000
     # 10 / 3 users = 3.333 -> 3.33; per million of 3 tokens: 3,333,333.33.
     thirds = usage_figures([row(n, 1, 1) for n in "abc"], Decimal("10"))
-    assert thirds == (3, Decimal("3.33"), Decimal("3333333.33"), 3)
-    assert usage_figures([], Decimal("100")) == (0, None, None, 0)
+    assert thirds == (3, Decimal("3.33"), Decimal("3333333.33"), 3, 3)
+    assert usage_figures([], Decimal("100")) == (0, None, None, 0, 0)
     # Requests without token counts: users, but no cost per token.
-    assert usage_figures([row("alice", 2)], Decimal("5")) == (1, Decimal("5.00"), None, 0)
+    assert usage_figures([row("alice", 2)], Decimal("5")) == (1, Decimal("5.00"), None, 0, 2)
+
+
+def test_busy_time_is_parsed_stored_merged_by_month_and_summed_over_tallies() -> None:
+    body = {
+        "tally": "ab12",
+        "usage": [],
+        "busy": [
+            {"zone": "UTC", "month": "2026-12", "model": "llama", "replicaMilliseconds": 9000},
+            {"zone": "UTC", "month": "2026-11", "model": "llama", "replicaMilliseconds": 500},
+        ],
+    }
+    answer = usage.parse_answer(body)
+    assert usage.answer_months([answer]) == ["2026-11", "2026-12"]
+    december = usage.merge("2026-12", None, [answer])
+    assert usage.load_busy(december) == {("UTC", "2026-12", "llama"): 9000}
+    # A later answer of the same tally with more busy time replaces it; a stale one not.
+    later = {**body, "busy": [{**body["busy"][0], "replicaMilliseconds": 12000}]}
+    newer = usage.merge("2026-12", december, [usage.parse_answer(later)])
+    assert usage.load_busy(newer) == {("UTC", "2026-12", "llama"): 12000}
+    assert usage.merge("2026-12", newer, [answer]) == newer
+    other = {**later, "tally": "cd34"}
+    both = usage.merge("2026-12", newer, [usage.parse_answer(other)])
+    assert usage.load_busy(both) == {("UTC", "2026-12", "llama"): 24000}
+    assert usage.month_busy(usage.load_busy(both), "UTC", "2026-12", {"llama"}) == {"llama": 24000}
+    bad = {**body, "busy": [{**body["busy"][0], "replicaMilliseconds": -1}]}
+    with pytest.raises(ValueError, match="replicaMilliseconds"):
+        usage.parse_answer(bad)
+    assert usage.parse_answer({"tally": "ab12", "usage": []}).busy == (), "older gateways"
+
+
+def test_the_idle_share_is_the_gpu_time_no_request_was_in_flight_on() -> None:
+    spent = Spend(gpu_seconds=4 * 3600)  # llama: 2 replicas of 2 GPUs, 1 h
+    # Its replicas were busy 1.5 h between them: 3 GPU-hours of 4.
+    assert usage.idle_gpu_share(spent, {"llama": 5_400_000}, {"llama": 2}) == Decimal("0.250")
+    assert usage.idle_gpu_share(spent, {}, {"llama": 2}) == Decimal("1.000"), "never asked"
+    overlapping = usage.idle_gpu_share(spent, {"llama": 9_000_000}, {"llama": 2})
+    assert overlapping == Decimal("0.000"), "two gateways' busy times exceed the GPU time"
+    assert usage.idle_gpu_share(Spend(), {"llama": 1}, {"llama": 1}) is None

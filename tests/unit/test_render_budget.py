@@ -415,8 +415,8 @@ def test_usage_figures_join_the_spend_and_a_ratio_without_a_divisor_is_left_out(
         ["llama"],
         Spend(9000, Decimal("123.456")),
         Decimal("250"),
-        UsageFigures(3, Decimal("41.15"), Decimal("61728.00"), 2000),
-        7,
+        UsageFigures(3, Decimal("41.15"), Decimal("61728.00"), 2000, 7),
+        Decimal("0.625"),
     )
     status = budget_status(1, [], {}, T0, spec(), used)
     assert {k: status[k] for k in ("requestsThisMonth", "tokensThisMonth", "activeUsers")} == {
@@ -425,6 +425,7 @@ def test_usage_figures_join_the_spend_and_a_ratio_without_a_divisor_is_left_out(
         "activeUsers": 3,
     }
     assert (status["costPerActiveUser"], status["costPerMillionTokens"]) == (41.15, 61728.0)
+    assert status["idleGpuShare"] == 0.625
     idle = Figures(
         "2026-01", ["llama"], Spend(0, Decimal(0)), Decimal(0), UsageFigures(0, None, None, 0)
     )

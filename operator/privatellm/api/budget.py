@@ -310,6 +310,15 @@ class CostBudgetStatus(CommonStatus):
     cost_per_million_tokens: float | None = Field(
         default=None, description="Spend per million tokens served.", ge=0
     )
+    idle_gpu_share: float | None = Field(
+        default=None,
+        description=(
+            "Share of this month's GPU time in which a replica had no request in flight, as"
+            " the gateways saw it (at least this much: their busy times are summed)."
+        ),
+        ge=0,
+        le=1,
+    )
     active_action: str | None = Field(
         default=None, description="Strictest threshold action in force."
     )

@@ -20,7 +20,15 @@ from privatellm.audit.records import control_record
 from privatellm.cost.ledger import Run
 from privatellm.cost.schedule import period_at
 from privatellm.cost.spend import forecast, month_of, spend
-from privatellm.cost.usage import UsageRow, month_usage, usage_configmap, usage_figures
+from privatellm.cost.usage import (
+    UsageRow,
+    idle_gpu_share,
+    load_busy,
+    month_busy,
+    month_usage,
+    usage_configmap,
+    usage_figures,
+)
 from privatellm.cost.usage import load as load_usage
 from privatellm.kube.client import KINDS, Kube, Obj, namespace_and_name
 from privatellm.render.budget import (
@@ -98,21 +106,18 @@ def reconcile(
     models = in_scope(budget, deployments, runs)
     spent = spend(runs, spec.gpu_prices, None, month, moment)
     problems = []
+    usage = idle = None
     try:
-        used = _month_usage(kube, namespace, zone, month.label, models)
+        if (used := _month_usage(kube, namespace, zone, month.label, models)) is not None:
+            rows, busy = used
+            usage = usage_figures(rows, spent.amount)
+            idle = idle_gpu_share(spent, busy, {run.model: run.gpus for run in runs})
     except ValueError as error:
-        used = None
         problems.append(
             Problem("UsageLedgerUnreadable", f"{usage_configmap(month.label)}: {error}")
         )
     figures = Figures(
-        month.label,
-        models,
-        spent,
-        forecast(spent, month, moment),
-        usage_figures(used, spent.amount) if used is not None else None,
-        sum(row.requests for row in used or []),
-        missing,
+        month.label, models, spent, forecast(spent, month, moment), usage, idle, missing
     )
     others = kube.list(COST_BUDGET, namespace)
     status = budget_status(
@@ -132,13 +137,16 @@ def reconcile(
 
 def _month_usage(
     kube: Kube, namespace: str, zone: str, month: str, models: Collection[str]
-) -> list[UsageRow] | None:
-    """The gateways' usage of `models` in the month; None while no gateway has reported.
-    ValueError when the usage ledger cannot be read."""
+) -> tuple[list[UsageRow], dict[str, int]] | None:
+    """The gateways' usage of `models` in the month, and their replica-busy milliseconds
+    by model; None while no gateway has reported in the month. ValueError when the usage
+    ledger cannot be read."""
     ledger = kube.get(CONFIG_MAP, namespace, usage_configmap(month))
     if ledger is None:
         return None
-    return month_usage(load_usage(ledger.get("data")), zone, month, models)
+    data = ledger.get("data")
+    rows = month_usage(load_usage(data), zone, month, models)
+    return rows, month_busy(load_busy(data), zone, month, models)
 
 
 def reach(kube: Kube, deployments: Iterable[Obj], models: Collection[str]) -> Reach:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal, NamedTuple
 
-from .spend import cents
+from .spend import Spend, cents
 
 # Followed by "-YYYY-MM": one ConfigMap per namespace and month (usage_configmap).
 USAGE_CONFIGMAP_PREFIX = "privatellm-usage-ledger"
@@ -68,12 +68,28 @@ class UsageRow:
 
 
 @dataclass(frozen=True)
+class BusyRow:
+    """How long a model's replicas had requests in flight in a month of a time zone, as
+    one gateway replica saw them: the sum over replicas, in milliseconds."""
+
+    zone: str
+    month: str
+    model: str
+    replica_milliseconds: int
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.zone, self.month, self.model)
+
+
+@dataclass(frozen=True)
 class UsageAnswer:
     """One tally's counters, as one replica's `GET /usage` answered them (or as the
     ledger of one month keeps them: that month's rows only)."""
 
     tally: str
     rows: tuple[UsageRow, ...]
+    busy: tuple[BusyRow, ...] = ()
 
     @property
     def requests(self) -> int:
@@ -83,9 +99,21 @@ class UsageAnswer:
     def tokens(self) -> int:
         return sum(row.tokens for row in self.rows)
 
+    @property
+    def months(self) -> set[str]:
+        return {row.month for row in self.rows} | {row.month for row in self.busy}
+
+    @property
+    def busy_milliseconds(self) -> int:
+        return sum(row.replica_milliseconds for row in self.busy)
+
     def of_month(self, month: str) -> UsageAnswer:
         """The rows of `month` (YYYY-MM), in whatever zone it is that month."""
-        return UsageAnswer(self.tally, tuple(row for row in self.rows if row.month == month))
+        return UsageAnswer(
+            self.tally,
+            tuple(row for row in self.rows if row.month == month),
+            tuple(row for row in self.busy if row.month == month),
+        )
 
 
 _TEXT_FIELDS = ("zone", "month", "subject", "policy", "model")
@@ -125,6 +153,33 @@ def _row(where: str, item: Any) -> UsageRow:
     return UsageRow(**values)
 
 
+def _busy_row(where: str, item: Any) -> BusyRow:
+    if not isinstance(item, dict):
+        raise ValueError(f"{where} is not an object")
+    texts = {name: item.get(name) for name in ("zone", "month", "model")}
+    for name, text in texts.items():
+        if not isinstance(text, str) or not text:
+            raise ValueError(f"{where}.{name} is not a non-empty string")
+    if not MONTH_LABEL.fullmatch(str(texts["month"])):
+        raise ValueError(f"{where}.month {texts['month']!r} is not YYYY-MM")
+    count = item.get("replicaMilliseconds")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise ValueError(f"{where}.replicaMilliseconds is not a whole number >= 0")
+    return BusyRow(str(texts["zone"]), str(texts["month"]), str(texts["model"]), count)
+
+
+def _busy(items: Any, where: str) -> tuple[BusyRow, ...]:
+    """The busy rows of an answer or entry; absent in one from before they were counted."""
+    if items is None:
+        return ()
+    if not isinstance(items, list):
+        raise ValueError(f"{where} is not a list")
+    rows = tuple(_busy_row(f"{where}[{i}]", item) for i, item in enumerate(items))
+    if len({row.key for row in rows}) != len(rows):
+        raise ValueError(f"{where} counts a (zone, month, model) more than once")
+    return rows
+
+
 def _each_once(rows: tuple[UsageRow, ...], where: str) -> None:
     seen: set[tuple[str, ...]] = set()
     for row in rows:
@@ -154,19 +209,19 @@ def parse_answer(body: Any) -> UsageAnswer:
         raise ValueError("usage is not a list")
     rows = tuple(_row(f"usage[{index}]", item) for index, item in enumerate(items))
     _each_once(rows, "usage")
-    return UsageAnswer(tally, rows)
+    return UsageAnswer(tally, rows, _busy(body.get("busy"), "busy"))
 
 
 def answer_months(answers: Iterable[UsageAnswer]) -> list[str]:
     """The months (YYYY-MM) that `answers` count anything in, in order."""
-    return sorted({row.month for answer in answers for row in answer.rows})
+    return sorted({month for answer in answers for month in answer.months})
 
 
 def dump_entry(answer: UsageAnswer, month: str) -> str:
     """A tally's rows of `month` as a data value of the month's ledger: compact JSON,
     `{"tally", "month", "rows"}`, each row an array in STORED_COLUMNS order, rows in a
     stable order. ValueError for a row of another month."""
-    if any(row.month != month for row in answer.rows):
+    if answer.months - {month}:
         raise ValueError(f"tally {answer.tally} has rows outside {month}")
     rows = [
         [
@@ -180,7 +235,10 @@ def dump_entry(answer: UsageAnswer, month: str) -> str:
         ]
         for row in sorted(answer.rows, key=lambda r: r.key)
     ]
-    entry = {"tally": answer.tally, "month": month, "rows": rows}
+    entry: dict[str, Any] = {"tally": answer.tally, "month": month, "rows": rows}
+    if answer.busy:
+        busy = sorted(answer.busy, key=lambda r: r.key)
+        entry["busy"] = [[r.zone, r.model, r.replica_milliseconds] for r in busy]
     return json.dumps(entry, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -204,7 +262,13 @@ def parse_entry(text: str) -> tuple[str, UsageAnswer]:
             raise ValueError(f"{where} is not an array of {len(STORED_COLUMNS)}")
         rows.append(_row(where, {"month": month, **dict(zip(STORED_COLUMNS, item, strict=True))}))
     _each_once(tuple(rows), "rows")
-    return month, UsageAnswer(tally, tuple(rows))
+    busy = body.get("busy")
+    if isinstance(busy, list):
+        columns = ("zone", "model", "replicaMilliseconds")
+        if not all(isinstance(item, list) and len(item) == len(columns) for item in busy):
+            raise ValueError("busy is not a list of arrays of 3")
+        busy = [{"month": month, **dict(zip(columns, item, strict=True))} for item in busy]
+    return month, UsageAnswer(tally, tuple(rows), _busy(busy, "busy"))
 
 
 def _newer(answer: UsageAnswer, month: str, stored: str) -> bool:
@@ -221,7 +285,8 @@ def _newer(answer: UsageAnswer, month: str, stored: str) -> bool:
         return True
     if (known_month, known.tally) != (month, answer.tally):
         return True
-    return (answer.requests, answer.tokens) > (known.requests, known.tokens)
+    later = (answer.requests, answer.tokens, answer.busy_milliseconds)
+    return later > (known.requests, known.tokens, known.busy_milliseconds)
 
 
 def merge(
@@ -238,7 +303,7 @@ def merge(
     merged = dict(stored or {})
     for answer in answers:
         mine = answer.of_month(month)
-        if not mine.rows:
+        if not mine.rows and not mine.busy:
             continue
         known = merged.get(answer.tally)
         if known is None or _newer(mine, month, known):
@@ -269,6 +334,21 @@ def load(data: Mapping[str, str] | None) -> list[UsageRow]:
             counts[1] += row.prompt_tokens
             counts[2] += row.completion_tokens
     return [UsageRow(*key, *counts) for key, counts in sorted(totals.items())]
+
+
+def load_busy(data: Mapping[str, str] | None) -> dict[tuple[str, str, str], int]:
+    """Replica-busy milliseconds of every tally in a ledger's data, summed per (zone,
+    month, model). Summed over gateway replicas, so a replica two gateways kept busy at
+    once counts twice: an upper bound of its busy time. ValueError as `load`."""
+    totals: dict[tuple[str, str, str], int] = defaultdict(int)
+    for tally, text in sorted((data or {}).items()):
+        try:
+            _, answer = parse_entry(text)
+        except ValueError as error:
+            raise ValueError(f"tally {tally}: {error}") from None
+        for row in answer.busy:
+            totals[row.key] += row.replica_milliseconds
+    return dict(totals)
 
 
 def month_usage(
@@ -364,6 +444,7 @@ class UsageFigures(NamedTuple):
     cost_per_active_user: Decimal | None
     cost_per_million_tokens: Decimal | None
     tokens: int
+    requests: int = 0
 
 
 def usage_figures(rows: Iterable[UsageRow], spent: Decimal) -> UsageFigures:
@@ -375,4 +456,27 @@ def usage_figures(rows: Iterable[UsageRow], spent: Decimal) -> UsageFigures:
     tokens = sum(row.tokens for row in listed)
     per_user = cents(spent / active) if active else None
     per_million = cents(spent * TOKENS_PER_MILLION / tokens) if tokens else None
-    return UsageFigures(active, per_user, per_million, tokens)
+    requests = sum(row.requests for row in listed)
+    return UsageFigures(active, per_user, per_million, tokens, requests)
+
+
+def month_busy(
+    busy: Mapping[tuple[str, str, str], int], zone: str, month: str, models: Collection[str]
+) -> dict[str, int]:
+    """Replica-busy milliseconds of `models` in `month` (YYYY-MM) of `zone`, by model."""
+    return {m: ms for (z, mo, m), ms in busy.items() if (z, mo) == (zone, month) and m in models}
+
+
+def idle_gpu_share(
+    spent: Spend, busy: Mapping[str, int], gpus: Mapping[str, int]
+) -> Decimal | None:
+    """The share of the month's GPU time in which a replica had no request in flight:
+    1 - busy GPU time / GPU time, where a model's busy GPU time is its replica-busy time
+    (by model, milliseconds) times the GPUs of one of its replicas (`gpus`, by model).
+    The busy time is summed over gateway replicas, so this is a lower bound of the idle
+    share; never below 0. None without GPU time."""
+    total = spent.gpu_seconds * 1000
+    if not total:
+        return None
+    used = sum(ms * gpus.get(model, 0) for model, ms in busy.items())
+    return max(Decimal(0), 1 - Decimal(used) / total).quantize(Decimal("0.001"))

@@ -58,7 +58,8 @@ class Figures:
     forecast: Decimal
     # The gateways' usage of the models in scope; None while no gateway has reported.
     usage: UsageFigures | None = None
-    requests: int = 0
+    # Of the GPU time, the share no request was in flight on (cost/usage.py).
+    idle_gpu_share: Decimal | None = None
     # GPU ledger archives the live ledger lists and nobody can read: spend is a floor.
     missing_archives: Sequence[str] = ()
 
@@ -203,18 +204,21 @@ def figures_status(spec: CostBudgetSpec, figures: Figures) -> dict[str, Any]:
         "gpuHoursThisMonth": float((Decimal(spent.gpu_seconds) / 3600).quantize(Decimal("0.01"))),
         "forecastThisMonth": float(cents(figures.forecast)),
         **({"activeAction": active} if active else {}),
-        **(_usage_status(figures.usage, figures.requests) if figures.usage else {}),
+        **(_usage_status(figures) if figures.usage else {}),
     }
 
 
-def _usage_status(usage: UsageFigures, requests: int) -> dict[str, Any]:
+def _usage_status(figures: Figures) -> dict[str, Any]:
     """Usage and what it cost; a ratio with nothing to divide by is left out."""
+    usage = figures.usage
+    assert usage is not None
     ratios = {
         "costPerActiveUser": usage.cost_per_active_user,
         "costPerMillionTokens": usage.cost_per_million_tokens,
+        "idleGpuShare": figures.idle_gpu_share,
     }
     return {
-        "requestsThisMonth": requests,
+        "requestsThisMonth": usage.requests,
         "tokensThisMonth": usage.tokens,
         "activeUsers": usage.active_users,
         **{key: float(value) for key, value in ratios.items() if value is not None},

@@ -1,5 +1,6 @@
 """The usage tally at the gateway: what it allowed, per subject, policy, model and month,
-served on the peer port (`GET /usage`) and kept in the audit directory across restarts."""
+and how long each model's replicas were busy, served on the peer port (`GET /usage`) and
+kept in the audit directory across restarts."""
 
 from __future__ import annotations
 
@@ -140,6 +141,7 @@ def test_usage_is_tallied_per_subject_and_month_and_survives_a_restart(tmp_path:
         "tally": first["tally"],
         "usage": [row("Europe/Amsterdam", "2026-12", *r) for r in november]
         + [row("UTC", "2026-11", *r) for r in november],
+        "busy": [],  # the clock stood still: no time passed for a replica to be busy
     }
     assert len(first["tally"]) == 32 and int(first["tally"], 16) >= 0
     assert (on_disk["tally"], on_disk["usage"]) == (first["tally"], first["usage"])
@@ -155,6 +157,7 @@ def test_usage_is_tallied_per_subject_and_month_and_survives_a_restart(tmp_path:
             *[row("UTC", "2026-11", *r) for r in november],
             row("UTC", "2026-12", "alice", "alice", "llama", 1, 3, 2),
         ],
+        "busy": [],
     }
 
 
@@ -256,6 +259,79 @@ def test_the_gateway_process_keeps_its_tally_in_its_audit_dir_across_sigterm(
     assert [r["requests"] for r in second["usage"]] == [5]
     # The last two requests reached the file on SIGTERM, not only the peer port.
     assert on_disk["usage"] == second["usage"]
+    # Idle between the last read and SIGTERM: no busy time was added meanwhile.
+    assert on_disk["busy"] == second["busy"]
+    assert {r["model"] for r in second["busy"]} <= {"llama"}
+    before = {(r["zone"], r["month"]): r["replicaMilliseconds"] for r in first["busy"]}
+    for r in second["busy"]:
+        assert r["replicaMilliseconds"] >= before.get((r["zone"], r["month"]), 0)
+
+
+def running_clock() -> Any:
+    """A clock that starts at NOW and runs as time does: months known, time passing."""
+    start = time.monotonic()
+    return lambda: NOW + (time.monotonic() - start)
+
+
+def busy_of(answer: dict[str, Any]) -> dict[tuple[str, str, str], int]:
+    return {(r["zone"], r["month"], r["model"]): r["replicaMilliseconds"] for r in answer["busy"]}
+
+
+def test_replica_busy_time_is_counted_while_requests_are_in_flight_and_not_while_idle(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> list[dict[str, Any]]:
+        answers: list[dict[str, Any]] = []
+
+        async def read() -> None:
+            status, body = await get_usage(stack, peers)
+            assert status == 200
+            answers.append(body)
+
+        async with (
+            upstream(delay=0.4) as slow,
+            upstream(fail="close") as broken,
+            upstream(delay=0.1) as small,
+        ):
+            config = usage_config(slow.url)
+            config["models"].append(
+                {"name": "down", "servedName": "fake-model", "endpoints": [broken.url]}
+            )
+            config["models"][-1]["fallback"] = "small"
+            config["models"][1]["endpoints"] = [small.url]
+            options = {"hash_key": HASH_KEY, "usage_dir": tmp_path, "clock": running_clock()}
+            async with gateway_stack(config, **options) as stack, peer_port(stack.gateway) as peers:
+                await read()
+                assert (await stack.chat("one two three"))[0] == 200
+                await read()
+                await asyncio.sleep(0.3)
+                await read()
+                # Two at once on the one replica: its busy time is their union.
+                both = await asyncio.gather(stack.chat("one"), stack.chat("two"))
+                assert [status for status, _ in both] == [200, 200]
+                await read()
+                # Served by the fallback: its replica was the busy one.
+                assert (await stack.chat("one", model="down"))[0] == 200
+                assert stack.events[-1].served_by == "small"
+                await read()
+        return answers
+
+    before, after, idle, overlapped, fallback = (busy_of(a) for a in asyncio.run(scenario()))
+    assert before == {}
+    zones = [("Europe/Amsterdam", "2026-12"), ("UTC", "2026-11")]
+    assert set(after) == {(zone, month, "llama") for zone, month in zones}
+    # The replica held the answer back 400 ms; one read to the next, with nothing in
+    # flight, adds nothing.
+    assert all(milliseconds >= 400 for milliseconds in after.values())
+    assert idle == after
+    for key, milliseconds in overlapped.items():
+        assert 400 <= milliseconds - after[key] < 800
+    for zone, month in zones:
+        assert fallback[(zone, month, "small")] >= 100
+        assert fallback[(zone, month, "llama")] == overlapped[(zone, month, "llama")]
+    # "down" only for the moment its replica had the request, until it hung up.
+    assert {(zone, month) for zone, month, _ in fallback} == set(zones)
+    assert {model for _, _, model in fallback} <= {"llama", "small", "down"}
 
 
 def utc_month() -> str:

@@ -39,7 +39,7 @@ from privatellm.controllers import budget, ledger
 from privatellm.controllers.demand import PeerAccess, access_from_secrets
 from privatellm.controllers.usage import UsageCollector, collect_once, store_usage
 from privatellm.cost.ledger import timestamp
-from privatellm.cost.usage import load, parse_answer, usage_configmap
+from privatellm.cost.usage import load, load_busy, parse_answer, usage_configmap
 from privatellm.devcluster.cluster import free_port
 from privatellm.gateway.quotas import peer_token
 from privatellm.keys.tls import issue_ca, issue_leaf, service_names
@@ -463,6 +463,8 @@ def test_real_gateway_processes_tallies_reach_the_report(
         ("UTC", month, "bob", "analysts", "llama", 1),
     ]
     assert all(r.tokens > 0 for r in rows)
+    # Both gateways had llama's replica busy for a while, and said so.
+    assert load_busy(stored[1])[("UTC", month, "llama")] > 0
 
     # One hour of 2 on-demand H100s at the start of this month: 8.20 EUR.
     crds.custom.create_namespaced_custom_object(*API, namespace, "costbudgets", cost_budget("team"))

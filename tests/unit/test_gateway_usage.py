@@ -78,6 +78,7 @@ def test_counters_add_up_and_rows_are_sorted() -> None:
     document = tally.document()
     assert re.fullmatch(r"[0-9a-f]{32}", document["tally"])
     assert document["usage"] == tally.rows()
+    assert document["busy"] == []
 
 
 def test_thirteen_months_are_kept_per_zone() -> None:
@@ -123,6 +124,7 @@ def test_a_new_file_gets_its_id_on_disk_at_the_first_write(tmp_path: Path) -> No
         "version": 1,
         "tally": tally.tally_id,
         "usage": [],
+        "busy": [],
     }
 
 
@@ -139,6 +141,14 @@ def tally_of(rows: list[dict[str, object]]) -> str:
     return json.dumps({"version": 1, "tally": "a" * 32, "usage": rows})
 
 
+def busy(zone: str, month: str, milliseconds: object, model: str = "llama") -> dict[str, object]:
+    return {"zone": zone, "month": month, "model": model, "replicaMilliseconds": milliseconds}
+
+
+def busy_of(*rows: dict[str, object]) -> str:
+    return json.dumps({"version": 1, "tally": "a" * 32, "usage": [], "busy": list(rows)})
+
+
 @pytest.mark.parametrize(
     "content",
     [
@@ -151,6 +161,13 @@ def tally_of(rows: list[dict[str, object]]) -> str:
         tally_of([row("UTC", "2026-05", True, 1, 1)]),
         tally_of([row("UTC", "2026-05", 1, 1, 1)] * 2),
         tally_of([{"zone": "UTC"}]),
+        busy_of({"zone": "UTC"}),
+        busy_of(busy("UTC", "2026-5", 1)),
+        busy_of(busy("UTC", "2026-05", -1)),
+        busy_of(busy("UTC", "2026-05", True)),
+        busy_of(busy("UTC", "2026-05", 1.5)),
+        busy_of(busy("UTC", "2026-05", 1), busy("UTC", "2026-05", 2)),
+        json.dumps({"version": 1, "tally": "a" * 32, "usage": [], "busy": {}}),
     ],
 )
 def test_a_corrupt_file_is_moved_aside_and_a_new_tally_begins(
@@ -293,3 +310,167 @@ def test_the_operator_renders_throttles_and_zones_into_the_configuration() -> No
     assert config.usage_time_zones == ["Europe/Amsterdam", "UTC"]
     # What the gateway reads back from the Secret is what was rendered.
     assert GatewayConfig.model_validate(yaml.safe_load(config_text(config))) == config
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def tick(self, seconds: float) -> None:
+        self.now += seconds
+
+
+REPLICA_A, REPLICA_B = "http://10.0.0.1:8000", "http://10.0.0.2:8000"
+
+
+def test_overlapping_requests_to_one_replica_count_its_busy_time_once() -> None:
+    clock = Clock(at(2026, 5))
+    tally = UsageTally(None, ["UTC"], clock)
+    tally.replica_busy("llama", REPLICA_A)
+    clock.tick(2)
+    tally.replica_busy("llama", REPLICA_A)
+    clock.tick(1)
+    assert tally.busy_rows() == [busy("UTC", "2026-05", 3000)]  # read while both run
+    clock.tick(2)
+    tally.replica_done("llama", REPLICA_A)
+    clock.tick(4)
+    tally.replica_done("llama", REPLICA_A)
+    # Busy for the 9 s from the first request sent to the last one done, not 9 + 3.
+    assert tally.busy_rows() == [busy("UTC", "2026-05", 9000)]
+
+
+def test_replicas_busy_at_the_same_time_each_count_for_their_model() -> None:
+    clock = Clock(at(2026, 5))
+    tally = UsageTally(None, ["UTC"], clock)
+    tally.replica_busy("llama", REPLICA_A)
+    tally.replica_busy("llama", REPLICA_B)
+    tally.replica_busy("small", REPLICA_B)  # another model's replica at the same address
+    clock.tick(1.5)
+    tally.replica_done("llama", REPLICA_A)
+    tally.replica_done("llama", REPLICA_B)
+    clock.tick(1)
+    tally.replica_done("small", REPLICA_B)
+    assert tally.busy_rows() == [
+        busy("UTC", "2026-05", 3000),
+        busy("UTC", "2026-05", 2500, model="small"),
+    ]
+
+
+def test_an_idle_replica_counts_nothing_and_reads_count_a_busy_one_before_it_ends() -> None:
+    clock = Clock(at(2026, 5))
+    tally = UsageTally(None, ["UTC"], clock)
+    assert tally.busy_rows() == []
+    tally.replica_busy("llama", REPLICA_A)
+    clock.tick(2)
+    tally.replica_done("llama", REPLICA_A)
+    clock.tick(3600)  # idle: nothing in flight
+    assert tally.document()["busy"] == [busy("UTC", "2026-05", 2000)]
+    tally.replica_busy("llama", REPLICA_A)
+    clock.tick(5)
+    assert tally.document()["busy"] == [busy("UTC", "2026-05", 7000)]
+    clock.tick(1)
+    assert tally.document()["busy"] == [busy("UTC", "2026-05", 8000)]
+    tally.replica_done("llama", REPLICA_A)
+    tally.replica_done("llama", REPLICA_A)  # one too many: ignored
+    clock.tick(60)
+    assert tally.busy_rows() == [busy("UTC", "2026-05", 8000)]
+
+
+def test_fractions_of_a_millisecond_are_not_lost_between_reads() -> None:
+    clock = Clock(at(2026, 5))
+    tally = UsageTally(None, ["UTC"], clock)
+    tally.replica_busy("llama", REPLICA_A)
+    for _ in range(11):
+        clock.tick(0.00035)
+        tally.busy_rows()  # each read is less than a millisecond after the last
+    tally.replica_done("llama", REPLICA_A)
+    assert tally.busy_rows() == [busy("UTC", "2026-05", 3)]
+
+
+def test_a_clock_set_back_adds_nothing() -> None:
+    clock = Clock(at(2026, 5))
+    tally = UsageTally(None, ["UTC"], clock)
+    tally.replica_busy("llama", REPLICA_A)
+    clock.tick(-10)
+    assert tally.busy_rows() == []
+    clock.tick(1)
+    tally.replica_done("llama", REPLICA_A)
+    assert tally.busy_rows() == [busy("UTC", "2026-05", 1000)]
+
+
+def test_a_busy_stretch_across_a_month_is_split_where_it_was_read() -> None:
+    clock = Clock(datetime.datetime(2026, 11, 30, 23, 59, tzinfo=UTC).timestamp())
+    tally = UsageTally(None, ZONES, clock)
+    tally.replica_busy("llama", REPLICA_A)
+    clock.tick(40)
+    tally.busy_rows()  # 23:59:40 UTC: November's
+    clock.tick(50)
+    tally.replica_busy("llama", REPLICA_B)  # 00:00:30: B was idle, A goes on
+    clock.tick(30)
+    tally.replica_done("llama", REPLICA_A)  # 00:01:00: A's last 80 s are December's
+    tally.replica_done("llama", REPLICA_B)
+    assert tally.busy_rows() == [
+        # In Amsterdam it was December all along.
+        busy("Europe/Amsterdam", "2026-12", 150_000),
+        busy("UTC", "2026-11", 40_000),
+        busy("UTC", "2026-12", 110_000),
+    ]
+
+
+def test_thirteen_months_of_busy_time_are_kept_per_zone() -> None:
+    clock = Clock(at(2025, 1))
+    tally = UsageTally(None, ["UTC"], clock)
+    for month in [*range(1, 13), 13, 14]:
+        clock.now = at(2025 + (month - 1) // 12, (month - 1) % 12 + 1)
+        tally.replica_busy("llama", REPLICA_A)
+        clock.tick(1)
+        tally.replica_done("llama", REPLICA_A)
+    months = [r["month"] for r in tally.busy_rows()]
+    assert len(months) == KEEP_MONTHS
+    assert (months[0], months[-1]) == ("2025-02", "2026-02")
+
+
+def test_busy_time_survives_a_restart_and_a_file_without_it_loads(tmp_path: Path) -> None:
+    path = tmp_path / USAGE_FILE
+    clock = Clock(at(2026, 5))
+    first = UsageTally(path, ["UTC"], clock)
+    first.record("alice", "analysts", "llama", clock(), 3, 2)
+    first.replica_busy("llama", REPLICA_A)
+    clock.tick(2)
+    first.save()  # still busy: what it was busy for so far is in the file
+    assert json.loads(path.read_bytes())["busy"] == [busy("UTC", "2026-05", 2000)]
+    clock.tick(1)
+    first.replica_done("llama", REPLICA_A)
+    assert first.changed
+    first.save()
+    second = UsageTally(path, ["UTC"], clock)
+    assert second.tally_id == first.tally_id
+    assert second.document() == first.document()
+    assert second.busy_rows() == [busy("UTC", "2026-05", 3000)]
+    second.replica_busy("llama", REPLICA_B)
+    clock.tick(1)
+    second.replica_done("llama", REPLICA_B)
+    second.save()
+    assert json.loads(path.read_bytes())["busy"] == [busy("UTC", "2026-05", 4000)]
+
+    # A file written before busy time was counted: the same tally, from no busy time.
+    path.write_text(tally_of([row("UTC", "2026-05", 1, 3, 2)]))
+    older = UsageTally(path, ["UTC"], clock)
+    assert (older.tally_id, older.rows(), older.busy_rows()) == (
+        "a" * 32,
+        [row("UTC", "2026-05", 1, 3, 2)],
+        [],
+    )
+    assert not older.changed
+    older.replica_busy("llama", REPLICA_A)
+    clock.tick(1)
+    older.replica_done("llama", REPLICA_A)
+    older.save()
+    on_disk = json.loads(path.read_bytes())
+    assert on_disk["tally"] == "a" * 32
+    assert on_disk["busy"] == [busy("UTC", "2026-05", 1000)]

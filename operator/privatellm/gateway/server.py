@@ -941,6 +941,9 @@ class Gateway:
                 if span is not None:
                     span.set_attribute("privatellm.replica", target.url)
                 try:
+                    # The replica is busy with this attempt from the request sent until
+                    # the gateway lets go of its answer (read, streamed or given up on).
+                    self.usage.replica_busy(target.route.name, target.url)
                     async with self._session.post(
                         target.url + path,
                         data=payload,
@@ -970,6 +973,7 @@ class Gateway:
                     self.router.mark_failed(target.url)
                     last_error = f"{target.url}: {type(error).__name__}"
                 finally:
+                    self.usage.replica_done(target.route.name, target.url)
                     if not answered:
                         waiting.dec()
         log.warning("no replica of %s answered: %s", route.name, last_error)

@@ -12,6 +12,14 @@ keep each replica's latest answer per id and add them up, whatever restarts or
 rescheduling happened. A file that cannot be read is moved aside and a new tally
 (a new id) begins, so nothing unreadable is ever added to what was counted.
 The operator reads the tally on the peer port, `GET /usage` (see peers.py).
+
+Beside the requests, the tally counts each model's replica-busy time: per (zone, month,
+model), the milliseconds summed over the model's replicas during which each had at least
+one request of this gateway in flight. Against the GPU time the model's replicas ran,
+it gives the share of it that sat idle. A busy stretch is added up lazily, when a
+replica's in-flight count goes 0 to 1 or back, and whenever the tally is read or saved,
+into the month of that moment: a long stretch is counted before it ends, and lands in
+the months it spans to within one read.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import math
 import os
 import re
 import secrets
@@ -42,11 +51,15 @@ SAVE_INTERVAL_SECONDS = 1.0
 FORMAT_VERSION = 1
 
 Key = tuple[str, str, str, str, str]  # (zone, month, subject, policy, model)
+BusyKey = tuple[str, str, str]  # (zone, month, model)
+Replica = tuple[str, str]  # (model, base URL)
 
 _MONTH = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])$")
 _TALLY_ID = re.compile(r"^[0-9a-f]{32}$")
 _NAMES = ("zone", "month", "subject", "policy", "model")
 _COUNTERS = ("requests", "promptTokens", "completionTokens")
+_BUSY_NAMES = ("zone", "month", "model")
+_BUSY_COUNTER = "replicaMilliseconds"
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +98,10 @@ class UsageTally:
         self.path = path
         self._clock = clock
         self._counts: dict[Key, list[int]] = {}
+        self._busy: dict[BusyKey, int] = {}
+        # Replicas with requests in flight: how many, and the millisecond (of the clock,
+        # whole so that the sums telescope and lose nothing) counted up to.
+        self._in_flight: dict[Replica, list[int]] = {}
         self._zones: list[tuple[str, datetime.tzinfo]] = []
         self._warned: set[str] = set()
         # Changes made, and the change the file holds (under _write_lock).
@@ -100,6 +117,7 @@ class UsageTally:
     def set_zones(self, names: Iterable[str]) -> None:
         """Bucket from now on by `names`; a zone this runtime cannot load is skipped
         (warned about once). Buckets of zones dropped stay until they age out."""
+        self._accrue()  # what was busy so far goes to the zones it was busy under
         zones: list[tuple[str, datetime.tzinfo]] = []
         for name in dict.fromkeys(names):
             try:
@@ -140,10 +158,55 @@ class UsageTally:
 
     def _prune(self, zone: str) -> None:
         """Keep the KEEP_MONTHS most recent months of `zone`."""
-        months = {key[1] for key in self._counts if key[0] == zone}
-        oldest = _month_number(max(months)) - (KEEP_MONTHS - 1)
-        for key in [k for k in self._counts if k[0] == zone and _month_number(k[1]) < oldest]:
-            del self._counts[key]
+        _prune(self._counts, zone)
+
+    def replica_busy(self, model: str, url: str) -> None:
+        """A request is sent to the replica at `url` of `model` (the model it serves)."""
+        replica = (model, url)
+        state = self._in_flight.get(replica)
+        if state is None:
+            self._in_flight[replica] = [1, self._now_ms()]
+        else:
+            state[0] += 1
+
+    def replica_done(self, model: str, url: str) -> None:
+        """The request `replica_busy` announced is over: answered, failed or given up."""
+        replica = (model, url)
+        state = self._in_flight.get(replica)
+        if state is None:
+            return
+        if state[0] == 1:
+            self._accrue_replica(model, state, self._clock())
+            del self._in_flight[replica]
+        else:
+            state[0] -= 1
+
+    def _now_ms(self) -> int:
+        return math.floor(self._clock() * 1000)
+
+    def _accrue(self) -> None:
+        """Count the busy replicas' time up to now."""
+        if not self._in_flight:
+            return
+        now = self._clock()
+        for (model, _url), state in self._in_flight.items():
+            self._accrue_replica(model, state, now)
+
+    def _accrue_replica(self, model: str, state: list[int], now: float) -> None:
+        """Add the milliseconds since `state`'s mark to `model` in `now`'s month of every
+        zone, and mark `now`. A clock set back adds nothing and is counted on from."""
+        now_ms = math.floor(now * 1000)
+        elapsed, state[1] = now_ms - state[1], now_ms
+        if elapsed <= 0:
+            return
+        for name, zone in self._zones:
+            key = (name, month_in(now, zone), model)
+            if key in self._busy:
+                self._busy[key] += elapsed
+            else:
+                self._busy[key] = elapsed
+                _prune(self._busy, name)
+        self._version += 1
 
     def rows(self) -> list[dict[str, Any]]:
         """The counters, sorted by (zone, month, subject, policy, model)."""
@@ -152,9 +215,18 @@ class UsageTally:
             for key, counts in sorted(self._counts.items())
         ]
 
+    def busy_rows(self) -> list[dict[str, Any]]:
+        """The replica-busy milliseconds up to now, sorted by (zone, month, model)."""
+        self._accrue()
+        return [
+            {**dict(zip(_BUSY_NAMES, key, strict=True)), _BUSY_COUNTER: milliseconds}
+            for key, milliseconds in sorted(self._busy.items())
+        ]
+
     def document(self) -> dict[str, Any]:
         """The answer of `GET /usage`."""
-        return {"tally": self.tally_id, "usage": self.rows()}
+        busy = self.busy_rows()
+        return {"tally": self.tally_id, "usage": self.rows(), "busy": busy}
 
     # --- the file --------------------------------------------------------
 
@@ -165,6 +237,7 @@ class UsageTally:
 
     def save(self) -> None:
         """Write the tally now when it changed (at shutdown: after `run` was cancelled)."""
+        self._accrue()
         if self.changed:
             self._write(*self._snapshot())
 
@@ -172,6 +245,7 @@ class UsageTally:
         """Until cancelled: write the tally at most once per `interval` while it changes."""
         while True:
             await asyncio.sleep(interval)
+            self._accrue()
             if self.changed:
                 await asyncio.to_thread(self._write, *self._snapshot())
 
@@ -202,7 +276,7 @@ class UsageTally:
         assert self.path is not None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            tally_id, counts = parse_tally(self.path.read_bytes())
+            tally_id, counts, busy = parse_tally(self.path.read_bytes())
         except FileNotFoundError:
             self._version = 1  # the new id goes to disk with the first write
             return new_tally_id()
@@ -216,10 +290,12 @@ class UsageTally:
             )
             self._version = 1
             return new_tally_id()
-        self._counts = counts
+        self._counts, self._busy = dict(counts), dict(busy)
         for zone in {key[0] for key in counts}:
-            self._prune(zone)
-        if len(self._counts) != len(counts):
+            _prune(self._counts, zone)
+        for zone in {key[0] for key in busy}:
+            _prune(self._busy, zone)
+        if len(self._counts) != len(counts) or len(self._busy) != len(busy):
             self._version = 1
         return tally_id
 
@@ -241,8 +317,19 @@ class UsageTally:
         return aside
 
 
-def parse_tally(data: bytes) -> tuple[str, dict[Key, list[int]]]:
-    """The tally id and counters a usage file holds; CorruptTallyError when it is not one."""
+def _prune(buckets: dict[Any, Any], zone: str) -> None:
+    """Keep the KEEP_MONTHS most recent months of `zone` in `buckets` (keyed (zone, month, ...))."""
+    months = {key[1] for key in buckets if key[0] == zone}
+    if not months:
+        return
+    oldest = _month_number(max(months)) - (KEEP_MONTHS - 1)
+    for key in [k for k in buckets if k[0] == zone and _month_number(k[1]) < oldest]:
+        del buckets[key]
+
+
+def parse_tally(data: bytes) -> tuple[str, dict[Key, list[int]], dict[BusyKey, int]]:
+    """The tally id, counters and replica-busy milliseconds a usage file holds (none busy
+    in a file from before they were counted); CorruptTallyError when it is not one."""
     try:
         document = orjson.loads(data)
     except orjson.JSONDecodeError as error:
@@ -268,7 +355,26 @@ def parse_tally(data: bytes) -> tuple[str, dict[Key, list[int]]]:
         if key in counts:
             raise CorruptTallyError(f"a row twice: {row!r:.200}")
         counts[key] = values
-    return tally_id, counts
+    return tally_id, counts, _parse_busy(document.get("busy", []))
+
+
+def _parse_busy(rows: Any) -> dict[BusyKey, int]:
+    if not isinstance(rows, list):
+        raise CorruptTallyError("the busy section is not a list")
+    busy: dict[BusyKey, int] = {}
+    for row in rows:
+        if not isinstance(row, dict) or set(row) != {*_BUSY_NAMES, _BUSY_COUNTER}:
+            raise CorruptTallyError(f"a malformed busy row: {row!r:.200}")
+        zone, month, model = (row[name] for name in _BUSY_NAMES)
+        milliseconds = row[_BUSY_COUNTER]
+        if not all(isinstance(n, str) for n in (zone, month, model)) or not _MONTH.match(month):
+            raise CorruptTallyError(f"a malformed busy row: {row!r:.200}")
+        if type(milliseconds) is not int or milliseconds < 0:
+            raise CorruptTallyError(f"a busy row with an invalid counter: {row!r:.200}")
+        if (zone, month, model) in busy:
+            raise CorruptTallyError(f"a busy row twice: {row!r:.200}")
+        busy[(zone, month, model)] = milliseconds
+    return busy
 
 
 def usage_handler(tally: UsageTally) -> Callable[[web.Request], Awaitable[web.Response]]:

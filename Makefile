@@ -127,6 +127,8 @@ demo: $(READY) testenv
 	  echo; echo "GPU spend of $(DEMO_NAMESPACE) this month, from the serving Pods' running time:"; \
 	  kubectl get costbudgets -n $(DEMO_NAMESPACE); \
 	  $(BIN)/privatellm cost report -n $(DEMO_NAMESPACE); \
+	  echo; echo "The same spend shared out by who used the models, from the gateway's usage tally:"; \
+	  $(BIN)/privatellm cost report -n $(DEMO_NAMESPACE) --by subject; \
 	  echo; echo "KUBECONFIG=$$KUBECONFIG"; \
 	  echo "Stop the operator and the local cluster with: make demo-down"
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from privatellm.controllers.gateway import reconcile_gateway
+from privatellm.cost.usage import load
 from privatellm.devcluster.demo import ALLOWED_PROMPT, run_demo
-from privatellm.kube.client import Kube
+from privatellm.kube.client import KINDS, Kube
 
 from .conftest import ROOT, Cluster
 
@@ -31,3 +32,13 @@ def test_the_demo_shows_a_redacted_prompt_a_refusal_and_their_verified_records(
     assert "Requests that reached the model: 0" in shown
     records = shown.split("chain and signatures verified):\n")[1]
     assert '"decision": "allow"' in records and '"decision": "deny"' in records
+    # The allowed request's use is in the usage ledger the report shares spend by.
+    month = shown.split("is in the usage ledger: ")[1].split()[0]
+    stored = kube.get(KINDS["ConfigMap"], namespace, month)
+    assert stored is not None
+    # Counted in UTC and in the example budget's Europe/Amsterdam.
+    rows = load(stored["data"])
+    assert sorted((r.zone, r.model, r.requests) for r in rows) == [
+        ("Europe/Amsterdam", "llama-8b", 1),
+        ("UTC", "llama-8b", 1),
+    ]

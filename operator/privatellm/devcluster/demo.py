@@ -30,6 +30,9 @@ from aiohttp import ClientSession, web
 
 from privatellm.audit import Signer
 from privatellm.audit.query import AuditQuery, query_log
+from privatellm.controllers.usage import store_usage
+from privatellm.cost.usage import answer_months, parse_answer, usage_configmap
+from privatellm.gateway.usage import USAGE_FILE
 from privatellm.kube.client import KINDS, Kube
 from privatellm.render.gateway import AUDIT_KEY_KEY, CONFIG_KEY, CONFIG_SECRET, HASH_KEY_KEY
 
@@ -204,6 +207,7 @@ def run_demo(kube: Kube, namespace: str, workdir: Path, vllm: VLLMInstall | None
             error = answer.get("error") or {}
             print(f"   HTTP {status}: {error.get('code')}: {error.get('message')}")
             print(f"   Requests that reached the model: {len(model.received) - before}")
+    _store_usage(kube, namespace, audit_dir / USAGE_FILE)
     public_key = Signer.from_file(workdir / AUDIT_KEY_KEY).public_key
     records = query_log(audit_dir, public_key, AuditQuery()).records
     print(f"\n3. The gateway's audit records ({audit_dir}, chain and signatures verified):")
@@ -217,6 +221,17 @@ def run_demo(kube: Kube, namespace: str, workdir: Path, vllm: VLLMInstall | None
             )
         )
     return 0
+
+
+def _store_usage(kube: Kube, namespace: str, tally: Path) -> None:
+    """Put the gateway's usage tally where the operator would: the operator reads it from
+    the gateways in the cluster, and cannot reach this one on the loopback device."""
+    if not tally.exists():
+        return
+    answer = parse_answer(json.loads(tally.read_bytes()))
+    store_usage(kube, namespace, [answer])
+    months = ", ".join(usage_configmap(month) for month in answer_months([answer]))
+    print(f"\nThe gateway's usage tally ({tally}) is in the usage ledger: {months}")
 
 
 @contextmanager

@@ -147,7 +147,7 @@ def test_off_hours_hold_every_model_in_scope_and_lift_on_monday(
     assert events(crds, namespace) == ["OffHours", "OffHoursLifted"]
 
 
-def test_an_idle_timeout_sends_a_model_to_zero_whatever_its_minimum(
+def test_an_idle_timeout_sends_a_model_to_zero_whatever_its_minimum_or_count(
     crds: Cluster, kube: Kube, namespace: str
 ) -> None:
     scaling = {"minReplicas": 2, "maxReplicas": 4}
@@ -164,20 +164,23 @@ def test_an_idle_timeout_sends_a_model_to_zero_whatever_its_minimum(
     budget.reconcile(kube, namespace, "idle", int(start))
     status = status_of(crds, namespace, "idle")
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
-    assert (ready["status"], ready["reason"]) == ("False", "ActionsNotEnforced")
-    assert "spec.idleTimeout (models the operator does not autoscale: fixed)" in ready["message"]
+    assert (ready["status"], ready["reason"]) == ("True", "Accounted"), "it reaches both"
 
-    reconcile(kube, None, nodes, namespace, "scaled", autoscaler)
-    assert replicas(crds, namespace, "scaled") == 2
-    clock.now = start + 9 * 60
-    reconcile(kube, None, nodes, namespace, "scaled", autoscaler)
-    assert replicas(crds, namespace, "scaled") == 2, "not idle long enough"
-    clock.now = start + 10 * 60
-    reconcile(kube, None, nodes, namespace, "scaled", autoscaler)
-    assert replicas(crds, namespace, "scaled") == 0
-    scaled = model_status(kube, namespace, "scaled")["autoscaling"]
-    assert scaled["reason"] == "ScaledToZero"
-    assert "CostBudget 'idle' idleTimeout 10m" in scaled["message"]
+    def step(minutes: int) -> None:
+        clock.now = start + minutes * 60
+        for name in ("scaled", "fixed"):
+            reconcile(kube, None, nodes, namespace, name, autoscaler)
+
+    step(0)
+    assert (replicas(crds, namespace, "scaled"), replicas(crds, namespace, "fixed")) == (2, 2)
+    step(9)
+    assert (replicas(crds, namespace, "scaled"), replicas(crds, namespace, "fixed")) == (2, 2)
+    step(10)
+    assert (replicas(crds, namespace, "scaled"), replicas(crds, namespace, "fixed")) == (0, 0)
+    for name in ("scaled", "fixed"):
+        scaled = model_status(kube, namespace, name)["autoscaling"]
+        assert scaled["reason"] == "ScaledToZero"
+        assert "CostBudget 'idle' idleTimeout 10m" in scaled["message"]
 
 
 def test_batch_work_runs_on_spot_where_the_budget_prices_spot(

@@ -33,8 +33,10 @@ from .conftest import ROOT, Cluster, wait_until
 from .operator_process import OperatorProcess, running_operator, service_account_kubeconfig
 from .test_connector_operator import connector, sidecar_metrics, stack, step
 from .test_inference_operator import model
+from .test_keda import install_keda, keda, llama
 
-__all__ = ["stack"]  # the DataConnector tests' namespace, used here as a fixture
+# Fixtures of other modules: the DataConnector tests' namespace, and KEDA's CRD.
+__all__ = ["keda", "stack"]
 
 ARGOCD_CM = ROOT / "deploy" / "argocd" / "argocd-cm.yaml"
 DOC = ROOT / "docs" / "gitops.md"
@@ -317,15 +319,17 @@ def test_data_connector_verdicts(crds: Cluster, kube: Kube, stack: str) -> None:
     judge("spec edited, not reconciled yet", read(crds, namespace, "DataConnector", "crm"))
 
 
-def test_cost_budget_verdicts(crds: Cluster, kube: Kube, namespace: str) -> None:
+def test_cost_budget_verdicts(keda: Cluster, kube: Kube, namespace: str) -> None:
+    crds = keda
     create(crds, namespace, cost_budget())
     judge("not observed yet", read(crds, namespace, "CostBudget", "support"))
     budget.reconcile(kube, namespace, "support", int(time.time()))
     status, _ = judge("spend accounted", read(crds, namespace, "CostBudget", "support"))
     assert status == "Healthy"
 
-    # An idle timeout cannot reach a model without autoscaling.
-    create(crds, namespace, model("chat"))
+    # An idle timeout cannot reach a model KEDA scales.
+    install_keda(crds)
+    create(crds, namespace, llama("keda"))
     patch_spec(crds, namespace, "CostBudget", "support", {"idleTimeout": "30m"})
     judge("spec edited, not reconciled yet", read(crds, namespace, "CostBudget", "support"))
     budget.reconcile(kube, namespace, "support", int(time.time()))
@@ -335,7 +339,7 @@ def test_cost_budget_verdicts(crds: Cluster, kube: Kube, namespace: str) -> None
     assert (status, message) == (
         "Suspended",
         "spend is accounted; cannot act on every model in scope: spec.idleTimeout (models"
-        " the operator does not autoscale: chat)",
+        " scaled by KEDA: llama)",
     )
 
 
@@ -385,9 +389,11 @@ def operator(crds: Cluster, tmp_path: Path) -> Iterator[OperatorProcess]:
 
 
 def test_the_operator_says_a_budget_is_not_ready_where_kubectl_looks(
-    operator: OperatorProcess, crds: Cluster, namespace: str
+    operator: OperatorProcess, keda: Cluster, namespace: str
 ) -> None:
-    create(crds, namespace, model("chat"))
+    crds = keda
+    install_keda(crds)
+    create(crds, namespace, llama("keda"))
     create(crds, namespace, cost_budget(idleTimeout="30m"))
     crds.kubectl(
         "wait",

@@ -21,7 +21,6 @@ from privatellm.render.budget import (
     ACCOUNTED,
     ACTIONS_NOT_ENFORCED,
     Figures,
-    Reach,
     action_transitions,
     budget_blocks,
     budget_spec,
@@ -81,25 +80,21 @@ def test_what_cannot_act_on_a_model_in_scope_keeps_it_from_ready_and_is_named() 
         idleTimeout="30m",
     )
     everything = budget_status(1, [], {}, T0, acting, figures())
-    assert states(everything)["Ready"] == ("True", ACCOUNTED), "the autoscaler reaches all"
-    reach = Reach(fixed=["small"], keda=["big"])
-    status = budget_status(1, [], {}, T0, acting, figures(), reach=reach)
+    assert states(everything)["Ready"] == ("True", ACCOUNTED), "the operator reaches all"
+    status = budget_status(1, [], {}, T0, acting, figures(), keda=["big"])
     assert states(status)["Ready"] == ("False", ACTIONS_NOT_ENFORCED)
     ready = find_condition(status["conditions"], "Ready")
     assert ready is not None
     assert ready["message"] == (
         "spend is accounted; cannot act on every model in scope:"
-        " spec.idleTimeout (models the operator does not autoscale: big, small),"
+        " spec.idleTimeout (models scaled by KEDA: big),"
         " spec.businessHours (models scaled by KEDA: big),"
         " spec.thresholds[1] (scaleDown: models scaled by KEDA: big)"
     )
     assert status["spentThisMonth"] == 123.46, "the figures are there all the same"
-    fixed_only = budget_status(1, [], {}, T0, spec(businessHours={}), figures(), reach=reach)
-    assert states(fixed_only)["Ready"] == ("False", ACTIONS_NOT_ENFORCED)
-    no_keda = budget_status(
-        1, [], {}, T0, spec(businessHours={}), figures(), reach=Reach(fixed=["small"])
-    )
-    assert states(no_keda)["Ready"] == ("True", ACCOUNTED), "off hours lower a fixed count too"
+    alerting = spec(thresholds=[{"percent": 80, "action": "alert"}])
+    only_alerts = budget_status(1, [], {}, T0, alerting, figures(), keda=["big"])
+    assert states(only_alerts)["Ready"] == ("True", ACCOUNTED), "an alert needs no scaling"
 
 
 def test_off_hours_is_a_condition_with_the_ceiling_and_when_it_ends() -> None:

@@ -340,7 +340,14 @@ def test_a_model_a_budget_idles_to_zero_holds_requests_whatever_its_minimum() ->
     )
     holds = {m.name: m.hold for m in render_gateway_config(inputs).models}
     assert holds["always"] is not None, "its idle timeout may leave it at zero"
-    assert holds["fixed"] is None, "no autoscaler sends it to zero"
+    assert holds["fixed"] is not None, "a fixed count goes to zero when idle too"
+    plain = {
+        m.name: m.hold
+        for m in render_gateway_config(
+            dataclasses.replace(inputs, idle_timeouts=frozenset())
+        ).models
+    }
+    assert plain == {"always": None, "fixed": None}
 
 
 def test_a_hold_never_waits_longer_than_the_cap() -> None:

@@ -58,12 +58,14 @@ class Autoscaler:
     def decide(
         self, obj: InferenceDeployment, status: Mapping[str, Any], limits: Limits = NO_LIMITS
     ) -> Decision | None:
-        """The replica count for a model with spec.autoscaling; None for the others.
+        """The replica count for a model with spec.autoscaling, or with a fixed count that
+        a CostBudget's idle timeout may send to zero; None for the others.
 
         `limits` are what CostBudgets impose now (a scaleDown threshold, off hours, an
-        idle timeout); the decision's message says which acted.
+        idle timeout); the decision's message says which acted. A fixed count is the
+        policy's minimum and maximum, so only idleness and a wake move it.
         """
-        if obj.spec.autoscaling is None:
+        if obj.spec.autoscaling is None and limits.idle_after_seconds is None:
             return None
         namespace, name = obj.metadata.namespace or "", obj.metadata.name
         key = (namespace, name)

@@ -34,7 +34,6 @@ from privatellm.kube.client import KINDS, Kube, Obj, namespace_and_name
 from privatellm.render.budget import (
     ACTION_CONDITIONS,
     Figures,
-    Reach,
     action_transitions,
     budget_status,
     stricter_elsewhere,
@@ -129,7 +128,7 @@ def reconcile(
         figures,
         problems,
         period=period,
-        reach=reach(kube, deployments, models),
+        keda=keda_scaled(kube, deployments, models),
         stricter_elsewhere=stricter_elsewhere(raw, models, others),
     )
     _write_status(kube, raw, previous, status, audit)
@@ -149,10 +148,11 @@ def _month_usage(
     return rows, month_busy(load_busy(data), zone, month, models)
 
 
-def reach(kube: Kube, deployments: Iterable[Obj], models: Collection[str]) -> Reach:
-    """Which of the models in scope the operator's autoscaler does not decide."""
-    fixed, keda = [], []
-    installed = keda_present(kube)
+def keda_scaled(kube: Kube, deployments: Iterable[Obj], models: Collection[str]) -> list[str]:
+    """The models in scope KEDA scales (where it is installed): no budget bound reaches them."""
+    if not keda_present(kube):
+        return []
+    found = []
     for raw in deployments:
         if raw["metadata"]["name"] not in models:
             continue
@@ -160,11 +160,9 @@ def reach(kube: Kube, deployments: Iterable[Obj], models: Collection[str]) -> Re
             spec = InferenceDeploymentSpec.model_validate(raw.get("spec") or {})
         except ValidationError:
             continue  # its own status says why; nothing scales it
-        if spec.autoscaling is None:
-            fixed.append(raw["metadata"]["name"])
-        elif installed and scaled_by_keda(spec):
-            keda.append(raw["metadata"]["name"])
-    return Reach(sorted(fixed), sorted(keda))
+        if scaled_by_keda(spec):
+            found.append(raw["metadata"]["name"])
+    return sorted(found)
 
 
 def _write_status(

@@ -5,11 +5,11 @@ thresholds name has a condition that says whether spend has reached it, and OffH
 says whether business hours are over. The gateway (block, throttle) and the model
 controller (scaleDown, off hours, idle) act on what the status says, through
 `budget_blocks`, `budget_throttles` and `model_limits`. What cannot act on a model in
-scope (idleTimeout on a model without the operator's autoscaler) keeps the budget from
-Ready: reason ActionsNotEnforced names it, so `kubectl wait`, Argo CD and kstatus see
-that truth instead of a budget that looks enforced. A GPU product in scope without a
-price, or a time zone the runtime cannot load, is Degraded, and the spend is then a
-floor (`spendComplete: false`), never a zero.
+scope (a bound on a model KEDA scales) keeps the budget from Ready: reason
+ActionsNotEnforced names it, so `kubectl wait`, Argo CD and kstatus see that truth
+instead of a budget that looks enforced. A GPU product in scope without a price, or a
+time zone the runtime cannot load, is Degraded, and the spend is then a floor
+(`spendComplete: false`), never a zero.
 """
 
 from __future__ import annotations
@@ -98,31 +98,25 @@ def action_conditions(spec: CostBudgetSpec, percent: Decimal | None) -> list[Con
     return states
 
 
-@dataclass(frozen=True)
-class Reach:
-    """The models in scope the operator's autoscaler does not decide."""
-
-    # Without spec.autoscaling: a fixed count, which off hours can still lower.
-    fixed: Sequence[str] = ()
-    # Scaled by KEDA's HPAs, which no budget ceiling reaches.
-    keda: Sequence[str] = ()
-
-
-def unenforced_fields(spec: CostBudgetSpec, reach: Reach) -> list[str]:
-    """The fields the spec sets that cannot act on every model in scope."""
-    fields = []
-    if spec.idle_timeout and (idle := ", ".join(sorted([*reach.fixed, *reach.keda]))):
-        fields.append(f"spec.idleTimeout (models the operator does not autoscale: {idle})")
-    if reach.keda:
-        keda = ", ".join(reach.keda)
-        if spec.business_hours is not None:
-            fields.append(f"spec.businessHours (models scaled by KEDA: {keda})")
-        fields += [
-            f"spec.thresholds[{i}] ({t.action}: models scaled by KEDA: {keda})"
-            for i, t in enumerate(spec.thresholds)
-            if t.action == "scaleDown"
-        ]
-    return fields
+def unenforced_fields(spec: CostBudgetSpec, keda: Sequence[str]) -> list[str]:
+    """The fields the spec sets that cannot act on every model in scope: `keda`, the
+    models in scope KEDA's HPAs scale, which no budget bound reaches."""
+    if not keda:
+        return []
+    models = ", ".join(keda)
+    fields = [
+        f"spec.{name} (models scaled by KEDA: {models})"
+        for name, value in (
+            ("idleTimeout", spec.idle_timeout),
+            ("businessHours", spec.business_hours),
+        )
+        if value
+    ]
+    return fields + [
+        f"spec.thresholds[{i}] ({t.action}: models scaled by KEDA: {models})"
+        for i, t in enumerate(spec.thresholds)
+        if t.action == "scaleDown"
+    ]
 
 
 def off_hours_condition(spec: CostBudgetSpec, period: Period) -> ConditionState:
@@ -234,7 +228,7 @@ def budget_status(
     figures: Figures | None = None,
     problems: Sequence[Problem] = (),
     period: Period | None = None,
-    reach: Reach = Reach(),
+    keda: Sequence[str] = (),
     stricter_elsewhere: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The status fields the operator owns; equal to `previous` when nothing changed.
@@ -243,7 +237,7 @@ def budget_status(
     zone cannot be loaded); `stricter_elsewhere`: see `stricter_elsewhere()`."""
     fields = figures_status(spec, figures) if spec and figures else {}
     all_problems = [*problems, *(figures_problems(figures) if figures else [])]
-    unenforced = unenforced_fields(spec, reach) if spec else []
+    unenforced = unenforced_fields(spec, keda) if spec else []
     states = budget_conditions(invalid, all_problems, unenforced)
     if spec is not None and not invalid:
         percent = percent_of_limit(spec, figures) if figures else None

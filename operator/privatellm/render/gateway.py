@@ -220,8 +220,8 @@ def render_hold(model: InferenceDeployment, idles_to_zero: bool = False) -> Hold
     (autoscaling.minReplicas 0, or `idles_to_zero`: a CostBudget's idleTimeout covers it)
     or a batch model; None for the others (503 at once)."""
     spec = model.spec
-    scales_to_zero = spec.autoscaling is not None and (
-        spec.autoscaling.min_replicas == 0 or idles_to_zero
+    scales_to_zero = idles_to_zero or (
+        spec.autoscaling is not None and spec.autoscaling.min_replicas == 0
     )
     if not scales_to_zero and spec.workload_class != "batch":
         return None

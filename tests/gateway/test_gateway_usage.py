@@ -30,6 +30,7 @@ from privatellm.gateway.server import Gateway
 from privatellm.gateway.usage import USAGE_FILE, USAGE_PATH
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.gateway_client import chat, first_answer
+from tests.support.usage import usage_row
 
 from .conftest import BOB_KEY, Stack, base_config, gateway_stack, read_stream, upstream
 
@@ -69,20 +70,7 @@ async def get_usage(stack: Stack, url: str, token: str | None = TOKEN) -> tuple[
         return response.status, await response.json(content_type=None)
 
 
-def row(
-    zone: str, month: str, subject: str, policy: str, model: str, *counts: int
-) -> dict[str, Any]:
-    requests, prompt, completion = counts
-    return {
-        "zone": zone,
-        "month": month,
-        "subject": subject,
-        "policy": policy,
-        "model": model,
-        "requests": requests,
-        "promptTokens": prompt,
-        "completionTokens": completion,
-    }
+row = usage_row
 
 
 def test_usage_is_tallied_per_subject_and_month_and_survives_a_restart(tmp_path: Path) -> None:

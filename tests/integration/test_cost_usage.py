@@ -48,6 +48,7 @@ from privatellm.render.gateway import CONFIG_SECRET, GATEWAY_NAME, HASH_KEY_KEY
 from privatellm.render.tls import CA_CERT_KEY, NAMESPACE_CA_SECRET
 from tests.gateway.conftest import ALICE_KEY, BOB_KEY, base_config
 from tests.support.fake_openai import FakeOpenAI
+from tests.support.usage import usage_row
 
 from .conftest import Cluster, wait_until
 from .test_cost_ledger import NODES, cost_budget, run_pod, serving_pod, status_of
@@ -92,16 +93,7 @@ def usage_item(
     completion: int,
     month: str = "2026-12",
 ) -> Obj:
-    return {
-        "zone": "UTC",
-        "month": month,
-        "subject": subject,
-        "policy": policy,
-        "model": "llama",
-        "requests": requests,
-        "promptTokens": prompt,
-        "completionTokens": completion,
-    }
+    return usage_row("UTC", month, subject, policy, "llama", requests, prompt, completion)
 
 
 class StandIn:

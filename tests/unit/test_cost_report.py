@@ -26,6 +26,7 @@ from privatellm.cost.report import (
     usage_months,
     usage_report,
 )
+from tests.support.usage import usage_row
 
 NS = "team-a"
 H100 = "NVIDIA-H100-80GB-HBM3"
@@ -348,16 +349,7 @@ def usage_item(
     completion: int,
     month: str = "2026-12",
 ) -> dict[str, Any]:
-    return {
-        "zone": zone,
-        "month": month,
-        "subject": subject,
-        "policy": policy,
-        "model": model,
-        "requests": requests,
-        "promptTokens": prompt,
-        "completionTokens": completion,
-    }
+    return usage_row(zone, month, subject, policy, model, requests, prompt, completion)
 
 
 # Two gateway replicas' tallies: each counts in the budgets' zones (Amsterdam) and UTC.

@@ -35,6 +35,7 @@ from privatellm.cost.usage import (
 )
 from privatellm.kube.client import ApiError, Kube
 from privatellm.render.meta import MANAGED_BY, MANAGED_BY_LABEL
+from tests.support.usage import usage_row
 
 TALLY_A = "a1b2c3d4"
 TALLY_B = "0f0f0f0f"
@@ -51,16 +52,7 @@ def item(
     zone: str = "UTC",
     month: str = "2026-12",
 ) -> dict[str, Any]:
-    return {
-        "zone": zone,
-        "month": month,
-        "subject": subject,
-        "policy": policy,
-        "model": model,
-        "requests": requests,
-        "promptTokens": prompt,
-        "completionTokens": completion,
-    }
+    return usage_row(zone, month, subject, policy, model, requests, prompt, completion)
 
 
 def answer(tally: str, *items: dict[str, Any]) -> UsageAnswer:

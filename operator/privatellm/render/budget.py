@@ -391,8 +391,8 @@ def _prices_spot(budget: Mapping[str, Any], product: str) -> bool:
 def stricter_elsewhere(
     budget: Mapping[str, Any], models: Sequence[str], others: Sequence[Mapping[str, Any]]
 ) -> list[str]:
-    """ "model: action (CostBudget/other)" for each of `models` that another budget holds to
-    an action stricter than this budget's own."""
+    """A line for each of `models` that another budget holds to an action stricter than
+    this budget's own: "llama: block (CostBudget/team-b)"."""
     own = ACTIONS.index(action) if (action := _action(budget)) else -1
     lines = []
     for other in sorted(others, key=lambda b: b["metadata"]["name"]):

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,12 +53,23 @@ def _serve(tmp_path: Path, s3: DevS3, signing_key: Path, requests: int) -> None:
             )
         try:
             url = f"http://127.0.0.1:{port}"
+            # Both workers must take requests, or one has no segment to ship: a worker
+            # slower to start would leave all of them to the other.
+            _until_listening(tmp_path / "gateway.log", workers=2)
             first_answer(url)
             assert [chat(url) for _ in range(requests)] == [200] * requests
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=60)
     assert process.returncode == 0, (tmp_path / "gateway.log").read_text()
+
+
+def _until_listening(log: Path, workers: int, seconds: float = 60) -> None:
+    """Until each of the gateway's `workers` has said it listens."""
+    deadline = time.monotonic() + seconds
+    while log.read_text().count("gateway listening on") < workers:
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
 
 
 def test_a_stopping_gateway_ships_its_log_and_verify_compares_with_the_copy(

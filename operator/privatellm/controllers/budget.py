@@ -22,14 +22,15 @@ from privatellm.cost.schedule import period_at
 from privatellm.cost.spend import forecast, month_of, spend
 from privatellm.cost.usage import (
     UsageRow,
+    busy_totals,
     idle_gpu_share,
-    load_busy,
     month_busy,
     month_usage,
+    tallies,
     usage_configmap,
     usage_figures,
+    usage_rows,
 )
-from privatellm.cost.usage import load as load_usage
 from privatellm.kube.client import KINDS, Kube, Obj, namespace_and_name
 from privatellm.render.budget import (
     ACTION_CONDITIONS,
@@ -143,9 +144,9 @@ def _month_usage(
     ledger = kube.get(CONFIG_MAP, namespace, usage_configmap(month))
     if ledger is None:
         return None
-    data = ledger.get("data")
-    rows = month_usage(load_usage(data), zone, month, models)
-    return rows, month_busy(load_busy(data), zone, month, models)
+    answers = tallies(ledger.get("data"))
+    rows = month_usage(usage_rows(answers), zone, month, models)
+    return rows, month_busy(busy_totals(answers), zone, month, models)
 
 
 def keda_scaled(kube: Kube, deployments: Iterable[Obj], models: Collection[str]) -> list[str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from privatellm.cost.ledger import (
     ARCHIVES_ANNOTATION,
@@ -100,16 +101,21 @@ def archive(
     return {uid: run for uid, run in ledger.items() if uid not in moved}
 
 
+def listed_parts(live: Mapping[str, Any] | None) -> list[str]:
+    """The archive parts a live ledger lists in its annotation."""
+    annotations = (live or {}).get("metadata", {}).get("annotations") or {}
+    return archive_parts(annotations.get(ARCHIVES_ANNOTATION))
+
+
 def read_runs(kube: Kube, namespace: str, first_month: str) -> tuple[dict[str, Run], list[str]]:
     """The runs of `first_month` (YYYY-MM) and after: the live ledger's and its archives';
     and the archive parts it lists that are missing (their spend is then unknown)."""
     live = kube.get(CONFIG_MAP, namespace, LEDGER_CONFIGMAP)
     if live is None:
         return {}, []
-    annotation = (live["metadata"].get("annotations") or {}).get(ARCHIVES_ANNOTATION)
     runs: dict[str, Run] = {}
     missing = []
-    for part in parts_for(archive_parts(annotation), first_month):
+    for part in parts_for(listed_parts(live), first_month):
         stored = kube.get(CONFIG_MAP, namespace, archive_name(part))
         if stored is None:
             missing.append(archive_name(part))
@@ -148,9 +154,7 @@ def reconcile(
     merged = merge(stored, observed, now)
     if live is None and not merged:
         return
-    parts = archive_parts(
-        (live or {}).get("metadata", {}).get("annotations", {}).get(ARCHIVES_ANNOTATION)
-    )
+    parts = listed_parts(live)
     listed = len(parts)
     kept = archive(kube, namespace, merged, parts, now)
     if (

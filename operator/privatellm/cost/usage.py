@@ -317,10 +317,10 @@ def ledger_bytes(data: Mapping[str, str]) -> int:
     return sum(len(key.encode()) + len(value.encode()) for key, value in data.items())
 
 
-def load(data: Mapping[str, str] | None) -> list[UsageRow]:
-    """The usage of every tally in a ledger's data, summed per (zone, month, subject,
-    policy, model). ValueError when an entry is not one or not under its own tally."""
-    totals: dict[tuple[str, str, str, str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
+def tallies(data: Mapping[str, str] | None) -> list[UsageAnswer]:
+    """The tallies of a ledger's data, each checked once. ValueError when an entry is not
+    one or not under its own tally."""
+    found = []
     for tally, text in sorted((data or {}).items()):
         try:
             _, answer = parse_entry(text)
@@ -328,6 +328,14 @@ def load(data: Mapping[str, str] | None) -> list[UsageRow]:
             raise ValueError(f"tally {tally}: {error}") from None
         if answer.tally != tally:
             raise ValueError(f"tally {tally} holds the rows of tally {answer.tally}")
+        found.append(answer)
+    return found
+
+
+def usage_rows(answers: Iterable[UsageAnswer]) -> list[UsageRow]:
+    """The usage of `answers`, summed per (zone, month, subject, policy, model)."""
+    totals: dict[tuple[str, str, str, str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
+    for answer in answers:
         for row in answer.rows:
             counts = totals[row.key]
             counts[0] += row.requests
@@ -336,19 +344,25 @@ def load(data: Mapping[str, str] | None) -> list[UsageRow]:
     return [UsageRow(*key, *counts) for key, counts in sorted(totals.items())]
 
 
-def load_busy(data: Mapping[str, str] | None) -> dict[tuple[str, str, str], int]:
-    """Replica-busy milliseconds of every tally in a ledger's data, summed per (zone,
-    month, model). Summed over gateway replicas, so a replica two gateways kept busy at
-    once counts twice: an upper bound of its busy time. ValueError as `load`."""
+def busy_totals(answers: Iterable[UsageAnswer]) -> dict[tuple[str, str, str], int]:
+    """Replica-busy milliseconds of `answers`, summed per (zone, month, model). Summed over
+    gateway replicas, so a replica two gateways kept busy at once counts twice: an upper
+    bound of its busy time."""
     totals: dict[tuple[str, str, str], int] = defaultdict(int)
-    for tally, text in sorted((data or {}).items()):
-        try:
-            _, answer = parse_entry(text)
-        except ValueError as error:
-            raise ValueError(f"tally {tally}: {error}") from None
+    for answer in answers:
         for row in answer.busy:
             totals[row.key] += row.replica_milliseconds
     return dict(totals)
+
+
+def load(data: Mapping[str, str] | None) -> list[UsageRow]:
+    """The usage of every tally in a ledger's data (see `tallies`, `usage_rows`)."""
+    return usage_rows(tallies(data))
+
+
+def load_busy(data: Mapping[str, str] | None) -> dict[tuple[str, str, str], int]:
+    """The replica-busy time of every tally in a ledger's data (see `busy_totals`)."""
+    return busy_totals(tallies(data))
 
 
 def month_usage(

@@ -40,7 +40,7 @@ from privatellm.cost.ledger import Capacity, dump, load, merge, observe
 from privatellm.cost.ledger import Run as LedgerRun
 from privatellm.cost.schedule import off_hours
 from privatellm.cost.spend import Spend, cents, month_named, month_of, spend
-from privatellm.render.budget import model_limits
+from privatellm.render.budget_actions import model_limits
 from privatellm.render.meta import (
     CAPACITY_TYPE_LABEL,
     COMPONENT_LABEL,

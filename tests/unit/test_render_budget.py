@@ -22,9 +22,11 @@ from privatellm.render.budget import (
     ACTIONS_NOT_ENFORCED,
     Figures,
     action_transitions,
+    budget_status,
+)
+from privatellm.render.budget_actions import (
     budget_blocks,
     budget_spec,
-    budget_status,
     budget_throttles,
     idle_timeouts,
     model_limits,

@@ -37,8 +37,8 @@ from privatellm.render.budget import (
     Figures,
     action_transitions,
     budget_status,
-    stricter_elsewhere,
 )
+from privatellm.render.budget_actions import stricter_elsewhere
 from privatellm.render.conditions import transition_events, validation_messages
 from privatellm.render.inference_status import Problem
 from privatellm.render.keda import scaled_by_keda

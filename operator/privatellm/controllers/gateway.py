@@ -33,7 +33,7 @@ from privatellm.render.access_policy import (
     policy_problems,
     resolved_models,
 )
-from privatellm.render.budget import (
+from privatellm.render.budget_actions import (
     action_signature,
     budget_blocks,
     budget_throttles,

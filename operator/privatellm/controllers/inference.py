@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from privatellm.api import InferenceDeployment
 from privatellm.keys.transit import VaultClient, VaultError
 from privatellm.kube.client import KINDS, LOOKUP, ApiError, Kube, Obj, namespace_and_name
-from privatellm.render.budget import action_signature, budget_spec, model_limits
+from privatellm.render.budget_actions import action_signature, budget_spec, model_limits
 from privatellm.render.conditions import find_condition, merge_conditions, validation_messages
 from privatellm.render.inference import (
     render_children,

@@ -14,15 +14,13 @@ import pytest
 
 from privatellm.controllers.usage import store_usage
 from privatellm.cost import usage
+from privatellm.cost.chargeback import UNNAMED, UNUSED, chargeback, idle_gpu_share, usage_figures
 from privatellm.cost.spend import Spend
 from privatellm.cost.usage import (
     MAX_LEDGER_BYTES,
-    UNNAMED,
-    UNUSED,
     UsageAnswer,
     UsageRow,
     answer_months,
-    chargeback,
     dump_entry,
     ledger_bytes,
     load,
@@ -31,7 +29,6 @@ from privatellm.cost.usage import (
     parse_answer,
     parse_entry,
     usage_configmap,
-    usage_figures,
 )
 from privatellm.kube.client import ApiError, Kube
 from privatellm.render.meta import MANAGED_BY, MANAGED_BY_LABEL
@@ -491,8 +488,8 @@ def test_busy_time_is_parsed_stored_merged_by_month_and_summed_over_tallies() ->
 def test_the_idle_share_is_the_gpu_time_no_request_was_in_flight_on() -> None:
     spent = Spend(gpu_seconds=4 * 3600)  # llama: 2 replicas of 2 GPUs, 1 h
     # Its replicas were busy 1.5 h between them: 3 GPU-hours of 4.
-    assert usage.idle_gpu_share(spent, {"llama": 5_400_000}, {"llama": 2}) == Decimal("0.250")
-    assert usage.idle_gpu_share(spent, {}, {"llama": 2}) == Decimal("1.000"), "never asked"
-    overlapping = usage.idle_gpu_share(spent, {"llama": 9_000_000}, {"llama": 2})
+    assert idle_gpu_share(spent, {"llama": 5_400_000}, {"llama": 2}) == Decimal("0.250")
+    assert idle_gpu_share(spent, {}, {"llama": 2}) == Decimal("1.000"), "never asked"
+    overlapping = idle_gpu_share(spent, {"llama": 9_000_000}, {"llama": 2})
     assert overlapping == Decimal("0.000"), "two gateways' busy times exceed the GPU time"
-    assert usage.idle_gpu_share(Spend(), {"llama": 1}, {"llama": 1}) is None
+    assert idle_gpu_share(Spend(), {"llama": 1}, {"llama": 1}) is None

@@ -14,9 +14,9 @@ from privatellm.controllers import budget as controller
 from privatellm.controllers import ledger
 from privatellm.controllers.builder import KnownKeys, WatchEvent
 from privatellm.controllers.runtime import CONTROLLERS
+from privatellm.cost.chargeback import UsageFigures
 from privatellm.cost.schedule import period_at
 from privatellm.cost.spend import Spend
-from privatellm.cost.usage import UsageFigures
 from privatellm.render.budget import (
     ACCOUNTED,
     ACTIONS_NOT_ENFORCED,

@@ -17,18 +17,17 @@ from pydantic import ValidationError
 from privatellm.api import CostBudget, InferenceDeploymentSpec
 from privatellm.audit import AuditLog
 from privatellm.audit.records import control_record
+from privatellm.cost.chargeback import idle_gpu_share, usage_figures
 from privatellm.cost.ledger import Run
 from privatellm.cost.schedule import period_at
 from privatellm.cost.spend import forecast, month_of, spend
 from privatellm.cost.usage import (
     UsageRow,
     busy_totals,
-    idle_gpu_share,
     month_busy,
     month_usage,
     tallies,
     usage_configmap,
-    usage_figures,
     usage_rows,
 )
 from privatellm.kube.client import KINDS, Kube, Obj, namespace_and_name

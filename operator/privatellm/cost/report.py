@@ -11,8 +11,8 @@ budget has no price for is never shown as costing nothing: its row says the spen
 incomplete and names the product, and the amount is what the priced runs cost.
 
 By subject or by AccessPolicy, each model's row is shared out by the namespace's usage
-ledger of the budget's month (cost/usage.py `chargeback`): the shares of a model add up to
-its row exactly.
+ledger of the budget's month (cost/chargeback.py): the shares of a model add up to its
+row exactly.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from zoneinfo import ZoneInfoNotFoundError
 
 from privatellm.api import CostBudget
 
+from .chargeback import UNNAMED, UNUSED, Grouping, chargeback
 from .ledger import Run
 from .spend import (
     SECONDS_PER_HOUR,
@@ -39,15 +40,7 @@ from .spend import (
     month_of,
     spend,
 )
-from .usage import (
-    UNNAMED,
-    UNUSED,
-    Grouping,
-    UsageRow,
-    chargeback,
-    month_usage,
-    usage_configmap,
-)
+from .usage import UsageRow, month_usage, usage_configmap
 
 FORMATS = ("table", "json", "csv")
 # Months whose bounds every time zone can express as epoch seconds.

@@ -20,9 +20,9 @@ from decimal import Decimal
 from typing import Any
 
 from privatellm.api.budget import CostBudgetSpec, ThresholdAction
+from privatellm.cost.chargeback import UsageFigures
 from privatellm.cost.schedule import Period
 from privatellm.cost.spend import Spend, cents
-from privatellm.cost.usage import UsageFigures
 
 from .conditions import ConditionState, merge_conditions
 from .inference_status import Problem, invalid_spec_conditions
@@ -52,7 +52,7 @@ class Figures:
     forecast: Decimal
     # The gateways' usage of the models in scope; None while no gateway has reported.
     usage: UsageFigures | None = None
-    # Of the GPU time, the share no request was in flight on (cost/usage.py).
+    # Of the GPU time, the share no request was in flight on (cost/chargeback.py).
     idle_gpu_share: Decimal | None = None
     # GPU ledger archives the live ledger lists and nobody can read: spend is a floor.
     missing_archives: Sequence[str] = ()
